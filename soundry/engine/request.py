@@ -1,0 +1,37 @@
+"""What the engine is asked to do and what it gives back; no HTTP, no database."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class GenerationRequest:
+    """One clip to generate. Sampling semantics follow DESIGN.md: top_k and top_p both filter;
+    top_k=0 / top_p=0 disable their filter; top_k=1 is greedy."""
+
+    prompt: str
+    duration: float = 5.0
+    top_k: int = 15
+    top_p: float = 0.9
+    temperature: float = 1.0
+    cfg_coef: float = 3.0
+    seed: int | None = None
+    negative_prompt: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class GenerationResult:
+    """tokens [K, T] int64, audio [C, N] float32 at sample_rate."""
+
+    tokens: torch.Tensor
+    audio: torch.Tensor
+    sample_rate: int
+
+
+class GenerationCanceled(Exception):
+    """Raised from a request's future when it was canceled before it finished."""
