@@ -1,0 +1,183 @@
+"""The decode core: many requests' rows in one KV cache, advanced together one step at a time.
+
+Each active request ("job") owns a slot; slot s uses cache rows 2s (conditional) and 2s+1
+(unconditional, the guidance branch). Active slots are kept contiguous (0..n-1), so a step reads
+the cache through views; a leaving job's slot is refilled by moving the last one. Codes live on the
+device in the delay-pattern-free layout [slot, K, T]; the pattern is applied by index arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from soundry.engine.kv_cache import KVCache
+from soundry.engine.request import GenerationRequest
+from soundry.engine.sampling import apply_cfg, sample
+from soundry.engine.windows import Window
+from soundry.models.lm import TransformerLM
+
+
+@dataclass
+class Job:
+    """One request's decoding state across its windows."""
+
+    request: GenerationRequest
+    windows: list[Window]
+    cond: torch.Tensor  # [2, L, D] conditional and guidance-branch condition
+    cond_valid: torch.Tensor  # [2, L] keys each branch attends to
+    generator: torch.Generator
+    progress: Callable[[int, int], None] | None = None
+    slot: int = -1
+    window: int = 0
+    step: int = 0  # next input step of the delay pattern to feed
+    steps_done: int = 0
+    pieces: list[torch.Tensor] = field(default_factory=list)  # new codes of finished windows [K, t]
+
+    def total_steps(self, max_delay: int) -> int:
+        return sum(w.length + max_delay - w.prompt for w in self.windows)
+
+    @property
+    def current(self) -> Window:
+        return self.windows[self.window]
+
+
+class DecodeBatch:
+    """Owns the KV cache and per-slot tensors; ``admit``, ``step`` and ``remove`` jobs."""
+
+    def __init__(self, lm: TransformerLM, max_slots: int, max_frames: int, device: torch.device | str | None = None):
+        self.lm = lm
+        p = next(lm.parameters())
+        self.device = torch.device(device) if device is not None else p.device
+        cfg = lm.cfg
+        self.K, self.card = cfg.n_q, cfg.card
+        self.delays = torch.tensor(cfg.delays, device=self.device)
+        self.max_delay = max(cfg.delays)
+        self.max_slots, self.max_frames = max_slots, max_frames
+        self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1, device=self.device)
+        self.codes = torch.zeros(max_slots, self.K, max_frames, dtype=torch.long, device=self.device)
+        self.steps = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.lengths = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.prompts = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
+        self.jobs: list[Job] = []
+        self._ar_k = torch.arange(self.K, device=self.device)
+
+    # -- admission and retirement --------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return self.max_slots - len(self.jobs)
+
+    def admit(self, job: Job) -> None:
+        if self.free_slots <= 0:
+            raise RuntimeError("no free slot")
+        if max(w.length for w in job.windows) > self.max_frames:
+            raise ValueError(f"window of {job.current.length} frames exceeds the batch's {self.max_frames}")
+        job.slot = len(self.jobs)
+        self.jobs.append(job)
+        s = job.slot
+        self.cache.set_condition(slice(2 * s, 2 * s + 2), job.cond, job.cond_valid)
+        r = job.request
+        self.params[s] = torch.tensor([r.temperature, r.top_k, r.top_p, r.cfg_coef], device=self.device)
+        self._start_window(job, prompt_codes=None)
+
+    def remove(self, job: Job) -> None:
+        """Take a job out (finished or canceled); the last slot moves into its place."""
+        s, last = job.slot, len(self.jobs) - 1
+        if s != last:
+            moved = self.jobs[last]
+            self.cache.move(slice(2 * last, 2 * last + 2), slice(2 * s, 2 * s + 2))
+            for t in (self.codes, self.steps, self.lengths, self.prompts, self.params):
+                t[s] = t[last]
+            moved.slot = s
+            self.jobs[s] = moved
+        self.jobs.pop()
+        job.slot = -1
+
+    def _start_window(self, job: Job, prompt_codes: torch.Tensor | None) -> None:
+        s, w = job.slot, job.current
+        self.lengths[s], self.prompts[s] = w.length, w.prompt
+        if w.prompt:
+            self.codes[s, :, : w.prompt] = prompt_codes
+            self._prefill(job)
+        job.step = w.prompt
+        self.steps[s] = w.prompt
+
+    def _prefill(self, job: Job) -> None:
+        """Feed input steps [0, prompt) of a continuation window into the job's cache rows."""
+        s, P = job.slot, job.current.prompt
+        steps = torch.arange(P, device=self.device)
+        tokens = self._input_tokens(torch.tensor([s], device=self.device), steps[None, :])
+        tokens = tokens.repeat_interleave(2, dim=0)
+        start = torch.zeros(2, dtype=torch.long, device=self.device)
+        rows = slice(2 * s, 2 * s + 2)
+        self.lm.forward_cached(tokens, start, self.cache, rows, self.cache.cross_mask[rows], key_len=P)
+
+    def _input_tokens(self, slots: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Delay-pattern inputs: slots [n], steps [n, S] → tokens [n, K, S] (special where invalid)."""
+        t = steps[:, None, :] - 1 - self.delays[None, :, None]  # [n, K, S]
+        valid = (t >= 0) & (t < self.lengths[slots].view(-1, 1, 1))
+        idx = t.clamp(0, self.max_frames - 1)
+        tok = self.codes[slots.view(-1, 1, 1), self._ar_k.view(1, -1, 1), idx]
+        return torch.where(valid, tok, torch.full_like(tok, self.card))
+
+    # -- one decode step -------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> list[Job]:
+        """Advance every active job by one step; returns the jobs whose last window finished."""
+        n = len(self.jobs)
+        if n == 0:
+            return []
+        slots = torch.arange(n, device=self.device)
+        steps = self.steps[:n]
+        tokens = self._input_tokens(slots, steps[:, None]).repeat_interleave(2, dim=0)
+        rows = slice(0, 2 * n)
+        key_len = max(j.step for j in self.jobs) + 1
+        hidden = self.lm.forward_cached(tokens, steps.repeat_interleave(2), self.cache, rows,
+                                        self.cache.cross_mask[rows], key_len=key_len)
+        logits = self.lm.logits(hidden)[:, :, -1].float().view(n, 2, self.K, self.card)
+        params = self.params[:n]
+        guided = apply_cfg(logits, params[:, 3])
+        uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
+        all_k = all(j.request.top_k > 0 for j in self.jobs)
+        max_k = max(j.request.top_k for j in self.jobs) if all_k else None
+        new = sample(guided, params[:, 0], params[:, 1].long(), params[:, 2], uniforms, max_k=max_k)
+        self._write(slots, steps, new)
+        self.steps[:n] += 1
+        return self._advance_host()
+
+    def _write(self, slots: torch.Tensor, steps: torch.Tensor, new: torch.Tensor) -> None:
+        t = steps[:, None] - self.delays[None, :]  # frame each codebook's new token belongs to
+        valid = (t >= self.prompts[slots, None]) & (t < self.lengths[slots, None])
+        idx = t.clamp(0, self.max_frames - 1)
+        ix = (slots[:, None], self._ar_k[None, :], idx)
+        self.codes[ix] = torch.where(valid, new, self.codes[ix])
+
+    def _advance_host(self) -> list[Job]:
+        finished = []
+        for job in list(self.jobs):
+            job.step += 1
+            job.steps_done += 1
+            if job.progress is not None:
+                job.progress(job.steps_done, job.total_steps(self.max_delay))
+            w = job.current
+            if job.step < w.length + self.max_delay:
+                continue
+            codes = self.codes[job.slot, :, : w.length].clone()
+            job.pieces.append(codes[:, w.prompt:])
+            if job.window + 1 < len(job.windows):
+                stride = w.length - job.windows[job.window + 1].prompt
+                job.window += 1
+                self._start_window(job, prompt_codes=codes[:, stride:])
+            else:
+                finished.append(job)
+        for job in finished:
+            self.remove(job)
+        return finished
+
+    @staticmethod
+    def tokens_of(job: Job) -> torch.Tensor:
+        """All new codes of a finished job, [K, T]."""
+        return torch.cat(job.pieces, dim=-1)

@@ -1,0 +1,74 @@
+"""Preallocated key/value cache: self-attention K/V per row and position, and the text's
+cross-attention K/V per row, computed once at admission. Rows are reused across requests."""
+
+from __future__ import annotations
+
+import torch
+
+from soundry.models.lm import TransformerLM
+
+
+class KVCache:
+    """K/V tensors [layers, rows, heads, positions, head_dim]; nothing is concatenated per step."""
+
+    def __init__(self, lm: TransformerLM, max_rows: int, max_len: int, max_cond_len: int = 64,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+        cfg = lm.cfg
+        p = next(lm.parameters())
+        self.dtype = dtype or p.dtype
+        self.device = torch.device(device) if device is not None else p.device
+        self.lm = lm
+        self.layers, self.heads, self.head_dim = cfg.num_layers, cfg.num_heads, cfg.dim // cfg.num_heads
+        self.max_rows, self.max_len = max_rows, max_len
+        shape = (self.layers, max_rows, self.heads, max_len, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._alloc_cross(max_cond_len)
+        self.cross_len = 1
+
+    def _alloc_cross(self, length: int) -> None:
+        shape = (self.layers, self.max_rows, self.heads, length, self.head_dim)
+        old = getattr(self, "ck", None)
+        self.ck = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(self.max_rows, length, dtype=torch.bool, device=self.device)
+        if old is not None:
+            n = old.shape[3]
+            self.ck[:, :, :, :n] = old
+            self.cv[:, :, :, :n] = self._old_cv
+            mask[:, :n] = self.cross_mask
+        self.cross_mask = mask
+        self._old_cv = None
+
+    @property
+    def max_cond_len(self) -> int:
+        return self.ck.shape[3]
+
+    def self_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer], self.v[layer]
+
+    def cross_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ck[layer], self.cv[layer]
+
+    def set_condition(self, rows: slice, cond: torch.Tensor, valid: torch.Tensor) -> None:
+        """Store the cross-attention K/V of conditions [R, L, D] for ``rows``; ``valid`` [R, L] marks
+        the keys each row attends to (at least one per row)."""
+        L = cond.shape[1]
+        if L > self.max_cond_len:
+            self._old_cv = self.cv
+            self._alloc_cross(max(L, 2 * self.max_cond_len))
+        for i, (k, v) in enumerate(self.lm.cross_kv(cond.to(self.dtype))):
+            self.ck[i, rows, :, :L] = k
+            self.cv[i, rows, :, :L] = v
+        self.cross_mask[rows] = False
+        self.cross_mask[rows, :L] = valid
+        self.cross_len = max(self.cross_len, L)
+
+    def move(self, src: slice, dst: slice) -> None:
+        """Copy rows ``src`` onto rows ``dst`` (compaction after a request leaves)."""
+        for t in (self.k, self.v, self.ck, self.cv):
+            t[:, dst] = t[:, src]
+        self.cross_mask[dst] = self.cross_mask[src]
+
+    def nbytes_per_position(self) -> int:
+        return 2 * self.layers * self.heads * self.head_dim * self.k.element_size()

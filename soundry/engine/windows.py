@@ -1,0 +1,30 @@
+"""How a clip longer than the model's context is cut into windows (audiocraft's continuation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Window:
+    length: int  # frames this window's LM call produces (prompt included)
+    prompt: int  # frames at its start copied from the previous window's tail
+
+
+def plan_windows(duration: float, frame_rate: float, max_duration: float, extend_stride: float) -> list[Window]:
+    """Windows as in audiocraft's ``_generate_tokens``: each continues from the previous window's
+    last ``length - stride`` frames; the new frames of all windows add up to ``int(duration * fr)``."""
+    total = int(duration * frame_rate)
+    if duration <= max_duration:
+        return [Window(total, 0)]
+    if not 0 < extend_stride < max_duration:
+        raise ValueError(f"extend_stride must be in (0, max_duration={max_duration}), got {extend_stride}")
+    stride = int(frame_rate * extend_stride)
+    windows, offset, prompt = [], 0, 0
+    while offset + prompt < total:
+        chunk = min(duration - offset / frame_rate, max_duration)
+        length = int(chunk * frame_rate)
+        windows.append(Window(length, prompt))
+        prompt = max(0, length - stride)
+        offset += stride
+    return windows

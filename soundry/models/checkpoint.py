@@ -1,0 +1,105 @@
+"""Reading audiocraft release checkpoints safely (``torch.load(weights_only=True)``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not in the release format."""
+
+
+def load_package(path: Path) -> dict[str, Any]:
+    """Load a release package without unpickling code."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        pkg = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(pkg, dict):
+        raise CheckpointError(f"checkpoint {path} is not a dict package")
+    return pkg
+
+
+def parse_cfg(pkg: dict[str, Any], path: Path) -> dict[str, Any]:
+    raw = pkg.get("xp.cfg")
+    if raw is None:
+        raise CheckpointError(f"checkpoint {path} has no 'xp.cfg'")
+    cfg = yaml.safe_load(raw) if isinstance(raw, str) else dict(raw)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"checkpoint {path}: xp.cfg is not a mapping")
+    return cfg
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """What xp.cfg says about the transformer LM (the parts inference needs)."""
+
+    dim: int
+    num_heads: int
+    num_layers: int
+    hidden_scale: int
+    n_q: int
+    card: int
+    delays: tuple[int, ...]
+    norm_first: bool
+    bias_ff: bool
+    bias_attn: bool
+    bias_proj: bool
+    cross_attention: bool
+    positional_embedding: str
+    max_period: float
+    positional_scale: float
+    activation: str
+    t5_name: str
+    t5_dim_hint: int | None
+    cfg_coef: float
+    sample_rate: int
+    segment_duration: float
+
+    @classmethod
+    def from_cfg(cls, cfg: dict[str, Any]) -> LMConfig:
+        lm = cfg.get("transformer_lm", {})
+        pattern = cfg.get("codebooks_pattern", {})
+        if pattern.get("modeling", "delay") != "delay":
+            raise CheckpointError(f"codebooks pattern {pattern.get('modeling')!r} is not supported (only 'delay')")
+        delays = tuple(pattern.get("delay", {}).get("delays") or range(lm["n_q"]))
+        for key in ("flatten_first", "empty_initial"):
+            if pattern.get("delay", {}).get(key, 0):
+                raise CheckpointError(f"delay pattern with {key} != 0 is not supported")
+        cross = bool(cfg.get("fuser", {}).get("cross")) or bool(lm.get("cross_attention", False))
+        if cfg.get("fuser", {}).get("prepend") or cfg.get("fuser", {}).get("sum"):
+            raise CheckpointError("conditioning fused by 'prepend'/'sum' is not supported (text via cross-attention)")
+        cond = cfg.get("conditioners", {}).get("description", {})
+        if cond.get("model") != "t5":
+            raise CheckpointError(f"text conditioner {cond.get('model')!r} is not supported (only t5)")
+        for flag in ("qk_layer_norm", "qk_layer_norm_cross", "xpos"):
+            if lm.get(flag):
+                raise CheckpointError(f"transformer_lm.{flag} is not supported")
+        if lm.get("layer_scale") is not None:
+            raise CheckpointError("transformer_lm.layer_scale is not supported")
+        if lm.get("kv_repeat", 1) != 1:
+            raise CheckpointError("transformer_lm.kv_repeat != 1 is not supported")
+        if lm.get("positional_embedding", "sin") != "sin":
+            raise CheckpointError(f"positional embedding {lm.get('positional_embedding')!r} is not supported")
+        return cls(
+            dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
+            hidden_scale=int(lm.get("hidden_scale", 4)), n_q=int(lm["n_q"]), card=int(lm["card"]),
+            delays=delays, norm_first=bool(lm.get("norm_first", False)),
+            bias_ff=bool(lm.get("bias_ff", True)), bias_attn=bool(lm.get("bias_attn", True)),
+            bias_proj=bool(lm.get("bias_proj", True)), cross_attention=cross,
+            positional_embedding=lm.get("positional_embedding", "sin"),
+            max_period=float(lm.get("max_period", 10000)),
+            positional_scale=float(lm.get("positional_scale", 1.0)),
+            activation=str(lm.get("activation", "gelu")),
+            t5_name=str(cond.get("t5", {}).get("name", "t5-base")), t5_dim_hint=None,
+            cfg_coef=float(cfg.get("classifier_free_guidance", {}).get("inference_coef", 3.0)),
+            sample_rate=int(cfg.get("sample_rate", 32000)),
+            segment_duration=float(cfg.get("dataset", {}).get("segment_duration", 30)),
+        )

@@ -1,0 +1,46 @@
+"""Text conditioning: T5 encoder (transformers) + the checkpoint's output projection.
+
+Semantics of audiocraft's ``T5Conditioner``: empty strings are fully masked; the embedding is
+multiplied by the mask, so masked positions are zero vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextConditioner(nn.Module):
+    def __init__(self, t5_name_or_path: str, output_dim: int, t5_dim: int | None = None):
+        super().__init__()
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.tokenizer = AutoTokenizer.from_pretrained(t5_name_or_path)
+        self.t5 = T5EncoderModel.from_pretrained(t5_name_or_path).eval()
+        t5_dim = t5_dim or self.t5.config.d_model
+        self.output_proj = nn.Linear(t5_dim, output_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.output_proj.weight.device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
+        mask = inputs["attention_mask"]
+        for i, text in enumerate(texts):
+            if text == "":
+                mask[i, :] = 0
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts → (embeddings [B, L, D] with masked positions zeroed, mask [B, L])."""
+        inputs = self.tokenize(texts)
+        hidden = self.t5(**inputs).last_hidden_state
+        emb = self.output_proj(hidden.to(self.output_proj.weight))
+        mask = inputs["attention_mask"]
+        return emb * mask.unsqueeze(-1).to(emb), mask
+
+    def t5_hidden(self, texts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.t5(**self.tokenize(texts)).last_hidden_state

@@ -1,0 +1,190 @@
+"""The MusicGen/AudioGen transformer LM over K parallel codebooks, written for incremental decoding.
+
+Math follows audiocraft's ``LMModel`` (norm_first layers: self-attention, cross-attention to the
+text condition, feed-forward; sinusoidal positions; one embedding and one output head per codebook).
+Unlike the reference, every call works on rows of a preallocated KV cache (see
+``soundry.engine.kv_cache``), so a decode step reads the cache in place and writes one position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soundry.models.checkpoint import LMConfig
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+def sin_embedding(positions: torch.Tensor, dim: int, max_period: float, dtype: torch.dtype) -> torch.Tensor:
+    """audiocraft's ``create_sin_embedding``: [..., dim] = cat(cos(phase), sin(phase))."""
+    half = dim // 2
+    positions = positions.to(torch.float32).unsqueeze(-1)
+    adim = torch.arange(half, device=positions.device, dtype=torch.float32)
+    phase = positions / (torch.full([], max_period, device=positions.device) ** (adim / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with packed in_proj (names match nn.MultiheadAttention / audiocraft)."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
+        """Project x [R, S, D] with a slice of in_proj → [R, H, S, Dh] (or [R, S, n*D] before split)."""
+        w = self.in_proj_weight[part]
+        b = None if self.in_proj_bias is None else self.in_proj_bias[part]
+        return F.linear(x, w, b)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        R, S, _ = x.shape
+        return x.view(R, S, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dim = self.in_proj_weight.shape[1]
+        packed = self._project(x, slice(0, 3 * dim))
+        q, k, v = packed.split(dim, dim=-1)
+        return self.heads(q), self.heads(k), self.heads(v)
+
+    def q_only(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.in_proj_weight.shape[1]
+        return self.heads(self._project(x, slice(0, dim)))
+
+    def kv_only(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.in_proj_weight.shape[1]
+        k, v = self._project(src, slice(dim, 3 * dim)).split(dim, dim=-1)
+        return self.heads(k), self.heads(v)
+
+    def output(self, attn: torch.Tensor) -> torch.Tensor:
+        R, H, S, Dh = attn.shape
+        return self.out_proj(attn.transpose(1, 2).reshape(R, S, H * Dh))
+
+
+class Layer(nn.Module):
+    """One norm_first transformer layer: x += SA(norm1 x); x += CA(norm_cross x, cond); x += FF(norm2 x)."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.self_attn = Attention(dim, cfg.num_heads, cfg.bias_attn)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.linear1 = nn.Linear(dim, cfg.hidden_scale * dim, bias=cfg.bias_ff)
+        self.linear2 = nn.Linear(cfg.hidden_scale * dim, dim, bias=cfg.bias_ff)
+        self.activation = _ACTIVATIONS[cfg.activation]
+        self.has_cross = cfg.cross_attention
+        if self.has_cross:
+            self.cross_attention = Attention(dim, cfg.num_heads, cfg.bias_attn)
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-5)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.activation(self.linear1(x)))
+
+
+class TransformerLM(nn.Module):
+    """Weights and per-step math of the LM. Parameter names match the release state dict
+    (after ``normalize_state_dict``)."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        if not cfg.norm_first:
+            raise ValueError("only norm_first transformers (all released MusicGen/AudioGen) are supported")
+        self.cfg = cfg
+        self.emb = nn.ModuleList([nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q)])
+        self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_layers)])
+        self.out_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
+        self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.n_q)])
+
+    @property
+    def special_token(self) -> int:
+        return self.cfg.card
+
+    # -- the pieces -------------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [R, K, S] → [R, S, D] (sum of the K codebook embeddings)."""
+        x = self.emb[0](tokens[:, 0])
+        for k in range(1, tokens.shape[1]):
+            x = x + self.emb[k](tokens[:, k])
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [R, S, D] → logits [R, K, S, card]."""
+        h = self.out_norm(hidden)
+        return torch.stack([lin(h) for lin in self.linears], dim=1)
+
+    def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention keys/values of a condition [R, L, D], per layer: ([R,H,L,Dh], [R,H,L,Dh])."""
+        return [layer.cross_attention.kv_only(cond) for layer in self.layers] if self.cfg.cross_attention else []
+
+    def forward_cached(self, tokens: torch.Tensor, start: torch.Tensor, cache, rows: slice,
+                       cross_mask: torch.Tensor | None, key_len: int) -> torch.Tensor:
+        """Run S new steps for a contiguous block of cache rows.
+
+        tokens [R, K, S]; start [R] the position of the first new step of each row; ``cache`` holds
+        per-layer self K/V [Rmax, H, Tmax, Dh] and cross K/V [Rmax, H, Lmax, Dh]; ``rows`` selects
+        the block; cross_mask [R, Lmax] marks the valid condition keys; ``key_len`` (a host int, so
+        no device sync) is max(start) + S. Returns hidden [R, S, D].
+        """
+        R, _, S = tokens.shape
+        device = tokens.device
+        steps = torch.arange(S, device=device)
+        positions = start[:, None] + steps[None, :]  # [R, S]
+        x = self.embed(tokens)
+        x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
+        keys = torch.arange(key_len, device=device)
+        self_mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # [R, 1, S, T]
+        cmask = None if cross_mask is None else cross_mask[:, None, None, :]
+        r_idx = torch.arange(rows.start, rows.stop, device=device)[:, None, None]
+        h_idx = torch.arange(self.layers[0].self_attn.num_heads, device=device)[None, :, None]
+        p_idx = positions[:, None, :]
+        for i, layer in enumerate(self.layers):
+            h = layer.norm1(x)
+            q, k, v = layer.self_attn.qkv(h)
+            kc, vc = cache.self_kv(i)
+            kc[r_idx, h_idx, p_idx] = k
+            vc[r_idx, h_idx, p_idx] = v
+            attn = F.scaled_dot_product_attention(q, kc[rows, :, :key_len], vc[rows, :, :key_len], attn_mask=self_mask)
+            x = x + layer.self_attn.output(attn)
+            if layer.has_cross:
+                h = layer.norm_cross(x)
+                ck, cv = cache.cross_kv(i)
+                lc = cache.cross_len
+                attn = F.scaled_dot_product_attention(layer.cross_attention.q_only(h), ck[rows, :, :lc],
+                                                      cv[rows, :, :lc],
+                                                      attn_mask=None if cmask is None else cmask[..., :lc])
+                x = x + layer.cross_attention.output(attn)
+            x = x + layer.feed_forward(layer.norm2(x))
+        return x
+
+
+def normalize_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map release keys onto TransformerLM's names (drop the conditioner, 'transformer.' and '.mha')."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("condition_provider."):
+            continue
+        key = key.replace("transformer.layers.", "layers.").replace(".mha.", ".")
+        out[key] = value
+    return out
+
+
+def init_random_(module: nn.Module, seed: int = 0, scale: float = 1.0) -> None:
+    """Random weights for benchmarks and shape tests (std ~ 1/sqrt(fan_in))."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            elif p.dim() == 1:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (scale / math.sqrt(p.shape[-1])))
