@@ -14,7 +14,7 @@ class Window:
 def plan_windows(duration: float, frame_rate: float, max_duration: float, extend_stride: float) -> list[Window]:
     """Windows as in audiocraft's ``_generate_tokens``: each continues from the previous window's
     last ``length - stride`` frames; the new frames of all windows add up to ``int(duration * fr)``."""
-    total = int(duration * frame_rate)
+    total = int(duration * frame_rate + 1e-6)  # + eps: 0.74 s at 50 Hz is 37 frames, not 36
     if duration <= max_duration:
         return [Window(total, 0)]
     if not 0 < extend_stride < max_duration:
@@ -23,7 +23,7 @@ def plan_windows(duration: float, frame_rate: float, max_duration: float, extend
     windows, offset, prompt = [], 0, 0
     while offset + prompt < total:
         chunk = min(duration - offset / frame_rate, max_duration)
-        length = int(chunk * frame_rate)
+        length = int(chunk * frame_rate + 1e-6)
         windows.append(Window(length, prompt))
         prompt = max(0, length - stride)
         offset += stride

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,9 @@ class AudioModel:
     def make_job(self, request: GenerationRequest, cond: tuple[torch.Tensor, torch.Tensor],
                  progress: Callable[[int, int], None] | None = None,
                  max_duration: float | None = None, extend_stride: float | None = None) -> Job:
-        windows = plan_windows(request.duration, self.frame_rate, max_duration or self.max_duration,
+        # Whole frames covering the duration (audiocraft floors; equal when duration is a frame multiple).
+        frames = math.ceil(request.duration * self.frame_rate - 1e-6)
+        windows = plan_windows(frames / self.frame_rate, self.frame_rate, max_duration or self.max_duration,
                                extend_stride or self.extend_stride)
         if windows[0].length <= 0:
             raise ValueError(f"duration {request.duration}s is shorter than one frame at {self.frame_rate} Hz")

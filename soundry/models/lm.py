@@ -29,39 +29,34 @@ def sin_embedding(positions: torch.Tensor, dim: int, max_period: float, dtype: t
 
 
 class Attention(nn.Module):
-    """Multi-head attention with packed in_proj (names match nn.MultiheadAttention / audiocraft)."""
+    """Multi-head attention. Self-attention projects q, k, v with one packed linear (``qkv_proj``);
+    cross-attention splits it (``q_proj`` for the audio stream, ``kv_proj`` for the text, computed
+    once per request). Plain nn.Linear modules, so dynamic int8 quantisation applies to them."""
 
-    def __init__(self, dim: int, num_heads: int, bias: bool):
+    def __init__(self, dim: int, num_heads: int, bias: bool, cross: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        if cross:
+            self.q_proj = nn.Linear(dim, dim, bias=bias)
+            self.kv_proj = nn.Linear(dim, 2 * dim, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(dim, 3 * dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
-
-    def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
-        """Project x [R, S, D] with a slice of in_proj → [R, H, S, Dh] (or [R, S, n*D] before split)."""
-        w = self.in_proj_weight[part]
-        b = None if self.in_proj_bias is None else self.in_proj_bias[part]
-        return F.linear(x, w, b)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         R, S, _ = x.shape
         return x.view(R, S, self.num_heads, self.head_dim).transpose(1, 2)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dim = self.in_proj_weight.shape[1]
-        packed = self._project(x, slice(0, 3 * dim))
-        q, k, v = packed.split(dim, dim=-1)
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
         return self.heads(q), self.heads(k), self.heads(v)
 
     def q_only(self, x: torch.Tensor) -> torch.Tensor:
-        dim = self.in_proj_weight.shape[1]
-        return self.heads(self._project(x, slice(0, dim)))
+        return self.heads(self.q_proj(x))
 
     def kv_only(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dim = self.in_proj_weight.shape[1]
-        k, v = self._project(src, slice(dim, 3 * dim)).split(dim, dim=-1)
+        k, v = self.kv_proj(src).chunk(2, dim=-1)
         return self.heads(k), self.heads(v)
 
     def output(self, attn: torch.Tensor) -> torch.Tensor:
@@ -83,7 +78,7 @@ class Layer(nn.Module):
         self.activation = _ACTIVATIONS[cfg.activation]
         self.has_cross = cfg.cross_attention
         if self.has_cross:
-            self.cross_attention = Attention(dim, cfg.num_heads, cfg.bias_attn)
+            self.cross_attention = Attention(dim, cfg.num_heads, cfg.bias_attn, cross=True)
             self.norm_cross = nn.LayerNorm(dim, eps=1e-5)
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,12 +162,22 @@ class TransformerLM(nn.Module):
 
 
 def normalize_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map release keys onto TransformerLM's names (drop the conditioner, 'transformer.' and '.mha')."""
+    """Map release keys onto TransformerLM's names: drop the conditioner, 'transformer.' and '.mha',
+    and turn packed ``in_proj_*`` into ``qkv_proj`` (self) or ``q_proj`` + ``kv_proj`` (cross)."""
     out = {}
     for key, value in state.items():
         if key.startswith("condition_provider."):
             continue
         key = key.replace("transformer.layers.", "layers.").replace(".mha.", ".")
+        if ".in_proj_" in key:
+            prefix, kind = key.split(".in_proj_")  # kind: "weight" | "bias"
+            if prefix.endswith("cross_attention"):
+                dim = value.shape[0] // 3
+                out[f"{prefix}.q_proj.{kind}"] = value[:dim]
+                out[f"{prefix}.kv_proj.{kind}"] = value[dim:]
+            else:
+                out[f"{prefix}.qkv_proj.{kind}"] = value
+            continue
         out[key] = value
     return out
 

@@ -1,0 +1,219 @@
+"""The engine: one model, one decode loop thread, requests joining and leaving between steps.
+
+``submit`` returns a Future; the loop admits waiting requests into free slots (their T5 encoding
+batched), runs one decode step for everyone, retires finished or canceled requests, and hands
+finished codes to a separate thread for codec decoding, so decoding never stalls the LM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from soundry.engine.batch import DecodeBatch, Job
+from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class EngineStats:
+    """Counters the metrics endpoint reads (plain numbers; no locking needed for monotonic ints)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.rows_stepped = 0  # sum of batch sizes over steps
+        self.last_batch_size = 0
+        self.max_batch_size = 0
+        self.completed = 0
+        self.failed = 0
+        self.canceled = 0
+        self.audio_seconds = 0.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.rows_stepped / self.steps if self.steps else 0.0
+
+
+class Engine:
+    """Continuous-batching generation over one loaded ``AudioModel``."""
+
+    def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5):
+        self.model = model
+        self.max_batch = max_batch
+        self.idle_wait = idle_wait
+        self.stats = EngineStats()
+        self._lock = threading.Condition()
+        self._waiting: deque[tuple[GenerationRequest, Future, Progress | None]] = deque()
+        self._cancel: set[str] = set()
+        self._futures: dict[str, Future] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
+        self._batch: DecodeBatch | None = None
+
+    # -- public API --------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._run, name=f"soundry-engine-{self.model.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._codec.shutdown(wait=False)
+
+    def submit(self, request: GenerationRequest, progress: Progress | None = None) -> Future:
+        if request.duration <= 0:
+            raise ValueError(f"duration must be > 0, got {request.duration}")
+        fut: Future = Future()
+        with self._lock:
+            self._futures[request.id] = fut
+            self._waiting.append((request, fut, progress))
+            self._lock.notify_all()
+        self.start()
+        return fut
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a waiting or running request; True if it was known and not finished."""
+        with self._lock:
+            fut = self._futures.get(request_id)
+            if fut is None or fut.done():
+                return False
+            for item in list(self._waiting):
+                if item[0].id == request_id:
+                    self._waiting.remove(item)
+                    self._finish_canceled(request_id, fut)
+                    return True
+            self._cancel.add(request_id)
+            self._lock.notify_all()
+        return True
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._batch.jobs) if self._batch else 0
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
+        while True:
+            with self._lock:
+                while not self._stop and not self._waiting and not self._batch.jobs:
+                    self._lock.wait(self.idle_wait)
+                if self._stop:
+                    break
+                cancels, self._cancel = self._cancel, set()
+                admit = [self._waiting.popleft() for _ in range(min(self._batch.free_slots, len(self._waiting)))]
+            self._apply_cancels(cancels)
+            if admit:
+                self._admit(admit)
+            if self._batch.jobs:
+                self._step()
+        for job in list(self._batch.jobs):
+            self._batch.remove(job)
+            self._fail(job.request.id, RuntimeError("engine stopped"))
+
+    def _admit(self, items: list[tuple[GenerationRequest, Future, Progress | None]]) -> None:
+        try:
+            conds = self.model.conditions([r for r, _, _ in items])
+        except Exception as exc:  # e.g. the text encoder failed: fail just these requests
+            log.exception("conditioning failed")
+            for req, _, _ in items:
+                self._fail(req.id, exc)
+            return
+        for (req, _fut, progress), cond in zip(items, conds, strict=True):
+            try:
+                job = self.model.make_job(req, cond, _safe(progress))
+                self._batch.admit(job)
+            except Exception as exc:
+                self._fail(req.id, exc)
+
+    def _apply_cancels(self, ids: set[str]) -> None:
+        for job in [j for j in self._batch.jobs if j.request.id in ids]:
+            self._batch.remove(job)
+            self._finish_canceled(job.request.id, self._futures.get(job.request.id))
+
+    def _step(self) -> None:
+        n = len(self._batch.jobs)
+        t0 = time.perf_counter()
+        try:
+            finished = self._batch.step()
+        except Exception as exc:  # a broken step fails everyone in it; the engine keeps serving
+            log.exception("decode step failed")
+            for job in list(self._batch.jobs):
+                self._batch.remove(job)
+                self._fail(job.request.id, exc)
+            return
+        st = self.stats
+        st.steps += 1
+        st.step_seconds += time.perf_counter() - t0
+        st.rows_stepped += n
+        st.last_batch_size = n
+        st.max_batch_size = max(st.max_batch_size, n)
+        for job in finished:
+            self._codec.submit(self._decode, job, DecodeBatch.tokens_of(job))
+
+    def _decode(self, job: Job, tokens: torch.Tensor) -> None:
+        req = job.request
+        try:
+            audio = self.model.decode(tokens[None])[0]
+            samples = int(round(req.duration * self.model.sample_rate))
+            audio = audio[..., :samples]
+            result = GenerationResult(tokens.cpu(), audio, self.model.sample_rate)
+        except Exception as exc:
+            log.exception("codec decode failed")
+            self._fail(req.id, exc)
+            return
+        with self._lock:
+            fut = self._futures.pop(req.id, None)
+        self.stats.completed += 1
+        self.stats.audio_seconds += audio.shape[-1] / self.model.sample_rate
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def _fail(self, request_id: str, exc: BaseException) -> None:
+        with self._lock:
+            fut = self._futures.pop(request_id, None)
+        self.stats.failed += 1
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _finish_canceled(self, request_id: str, fut: Future | None) -> None:
+        with self._lock:
+            self._futures.pop(request_id, None)
+        self.stats.canceled += 1
+        if fut is not None and not fut.done():
+            fut.set_exception(GenerationCanceled(request_id))
+
+
+def _safe(progress: Progress | None) -> Progress | None:
+    """A progress callback that cannot break the decode loop."""
+    if progress is None:
+        return None
+
+    def call(done: int, total: int) -> None:
+        try:
+            progress(done, total)
+        except Exception:
+            log.exception("progress callback failed")
+
+    return call

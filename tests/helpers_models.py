@@ -1,0 +1,30 @@
+"""Shared helpers for tests that load the tiny reference checkpoints."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).parent / "data"
+TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny"}
+
+
+@lru_cache(maxsize=None)
+def tiny_model(kind: str):
+    from soundry.models import load_model
+
+    return load_model(str(TINY[kind]), device="cpu")
+
+
+@lru_cache(maxsize=None)
+def golden(kind: str) -> dict:
+    return torch.load(TINY[kind] / "golden.pt", weights_only=True)
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
+    """Max abs error ≤ rel × max |expected| (the '~1e-4 relative' of DESIGN.md)."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (actual.float() - expected.float()).abs().max()
+    assert err <= rel * scale, f"max error {err:.3e} > {rel:g} × {scale:.3e}"
