@@ -1,0 +1,202 @@
+"""Decode speed of soundry's engine vs. baselines on a real model shape with random weights.
+
+    python bench/engine.py --shape musicgen-small --batch-sizes 1,4,8 --steps 24 [--int8] [--hf]
+
+Reports, side by side in one process: engine decode steps/s and seconds per 5 s clip for each batch
+size (float32, and int8 with --int8), the eager reference-style baseline (batch 1, cross-attention
+recomputed each step, cache grown by concatenation), transformers' MusicGen ``generate`` (--hf, for
+MusicGen shapes), and the memory-bandwidth floor: (weight bytes + KV bytes) per step over the
+measured read bandwidth. Prints a table, then one JSON line. Text encoding and codec decoding are
+left out of every row (they run outside the decode loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.eager_baseline import EagerDecoder  # noqa: E402
+from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
+from soundry.engine.quantize import quantize_lm  # noqa: E402
+from soundry.engine.request import GenerationRequest  # noqa: E402
+from soundry.engine.windows import Window  # noqa: E402
+from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
+from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
+
+FRAME_RATE = 50
+CLIP_SECONDS = 5.0
+COND_LEN = 16
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, device) -> float:
+    dim = lm.cfg.dim
+    dtype = next(p for p in lm.parameters()).dtype if not _is_quantized(lm) else torch.float32
+
+    def run():
+        b = DecodeBatch(lm, batch, steps + 8, device=device)
+        for i in range(batch):
+            req = GenerationRequest(prompt=f"p{i}", duration=steps / FRAME_RATE, top_k=250, top_p=0.0, seed=i)
+            cond = torch.randn(2, COND_LEN, dim, device=device, dtype=dtype)
+            gen = torch.Generator(device=device).manual_seed(i)
+            b.admit(Job(req, [Window(steps + 4, 0)], cond, torch.ones(2, COND_LEN, dtype=torch.bool, device=device),
+                        gen))
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            b.step()
+        _sync(device)
+        run.elapsed = time.perf_counter() - t0
+
+    samples = []
+    run()
+    for _ in range(repeats):
+        run()
+        samples.append(steps / run.elapsed)
+    return statistics.median(samples)
+
+
+def eager_steps_per_s(lm: TransformerLM, steps: int, repeats: int) -> float:
+    dec = EagerDecoder(lm)
+    cond = torch.randn(2, COND_LEN, lm.cfg.dim)
+    return steps / timed(lambda: dec.run(steps, cond), repeats)
+
+
+def hf_steps_per_s(shape: str, steps: int, repeats: int) -> float:
+    """transformers' MusicgenForConditionalGeneration.generate on the same decoder shape (random weights)."""
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+
+    s = SHAPES[shape]
+    dec = MusicgenDecoderConfig(vocab_size=2048, hidden_size=s["dim"], num_hidden_layers=s["num_layers"],
+                                num_attention_heads=s["num_heads"], ffn_dim=4 * s["dim"], num_codebooks=4,
+                                max_position_embeddings=4096)
+    text = T5Config(vocab_size=160, d_model=48, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    audio = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, upsampling_ratios=[8, 5, 4, 4],
+                          codebook_size=2048, codebook_dim=16, hidden_size=16, target_bandwidths=[2.2],
+                          num_lstm_layers=1, chunk_length_s=None, overlap=None)
+    cfg = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=dec.to_dict())
+    model = MusicgenForConditionalGeneration(cfg).eval()
+    ids = torch.randint(2, 150, (1, COND_LEN))
+
+    def run():
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=250,
+                           guidance_scale=3.0, max_new_tokens=steps)
+
+    return steps / timed(run, repeats)
+
+
+def read_bandwidth(device, mbytes: int = 1024) -> float:
+    """Bytes per second read by a reduction over a large random tensor (what a decode step does
+    with its weights: read each once)."""
+    n = mbytes * 2**20 // 4
+    src = torch.randn(n, device=device)
+    t = timed(lambda: (src.sum(), _sync(device)), 5)
+    return src.numel() * 4 / t
+
+
+def step_bytes(lm: TransformerLM, batch: int, positions: int, int8: bool) -> tuple[int, int]:
+    """(weight bytes, KV bytes) one decode step must read. Cross-attention K/V projections are
+    computed once per request, so their weights are not read per step; embeddings read 4 rows."""
+    cfg = lm.cfg
+    D, elt = cfg.dim, 1 if int8 else 4
+    per_layer = (3 * D * D + D * D) + (D * D + D * D) + 2 * 4 * D * D  # self qkv+out, cross q+out, FF
+    weights = (cfg.num_layers * per_layer + cfg.n_q * cfg.card * D) * elt
+    kv = 2 * cfg.num_layers * (2 * batch) * (positions + COND_LEN) * D * 4
+    return weights, kv
+
+
+def _is_quantized(lm) -> bool:
+    return any("Quantized" in type(m).__name__ for m in lm.modules())
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="musicgen-small", choices=sorted(SHAPES))
+    ap.add_argument("--batch-sizes", default="1,4,8")
+    ap.add_argument("--steps", type=int, default=24, help="decode steps timed per run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--int8", action="store_true", help="also measure int8 dynamic quantisation (CPU)")
+    ap.add_argument("--hf", action="store_true", help="also measure transformers' MusicGen generate")
+    ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    device = torch.device(a.device)
+    dtype = getattr(torch, a.dtype) if a.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    batches = [int(b) for b in a.batch_sizes.split(",")]
+
+    cfg = lm_config(a.shape)
+    lm = TransformerLM(cfg).eval()
+    init_random_(lm, seed=0)
+    rows, results = [], {"shape": a.shape, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                         "steps": a.steps}
+    bw = read_bandwidth(device)
+    clip_steps = int(CLIP_SECONDS * FRAME_RATE) + max(cfg.delays)
+    avg_pos = clip_steps // 2
+
+    def add(name, batch, sps, int8=False):
+        w, kv = step_bytes(lm, batch, avg_pos, int8)
+        floor = bw / (w + kv)
+        rows.append((name, batch, sps, sps * batch, clip_steps / sps, floor))
+        results.setdefault("rows", []).append({"name": name, "batch": batch, "steps_per_s": round(sps, 3),
+                                               "clips_steps_per_s": round(sps * batch, 3),
+                                               "seconds_per_clip": round(clip_steps / sps, 3),
+                                               "bandwidth_floor_steps_per_s": round(floor, 3)})
+
+    if not a.no_eager and device.type == "cpu":
+        add("eager baseline (fp32)", 1, eager_steps_per_s(lm, a.steps, a.repeats))
+    if a.hf and a.shape.startswith("musicgen") and device.type == "cpu":
+        add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
+    lm_dev = lm.to(device, dtype)
+    for b in batches:
+        add(f"soundry engine ({results['dtype']})", b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device))
+    if a.int8 and device.type == "cpu":
+        qlm = quantize_lm(lm.float(), "int8")
+        for b in batches:
+            add("soundry engine (int8)", b, engine_steps_per_s(qlm, b, a.steps, a.repeats, device), int8=True)
+
+    results["read_bandwidth_GBps"] = round(bw / 1e9, 2)
+    print(f"shape {a.shape} on {device} ({results['dtype']}, {results['threads']} threads), read bandwidth "
+          f"{bw / 1e9:.1f} GB/s, {a.steps} steps x {a.repeats} runs (median); clip = {CLIP_SECONDS:g} s "
+          f"= {clip_steps} steps")
+    print(f"{'implementation':34s} {'batch':>5s} {'steps/s':>9s} {'clip-steps/s':>13s} {'s/clip':>8s} "
+          f"{'floor steps/s':>14s}")
+    for name, b, sps, agg, spc, floor in rows:
+        print(f"{name:34s} {b:5d} {sps:9.2f} {agg:13.2f} {spc:8.2f} {floor:14.2f}")
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
