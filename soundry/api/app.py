@@ -1,0 +1,111 @@
+"""The FastAPI application: envelope everywhere, routes, and the services behind them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from soundry import __version__
+from soundry.accounts import Accounts
+from soundry.api import routes_tasks, routes_user
+from soundry.api.deps import Services
+from soundry.api.envelope import ApiError, error_response, ok
+from soundry.config import Settings
+from soundry.storage import open_storage
+from soundry.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
+               429: "rate_limited", 503: "unavailable"}
+
+
+def build_services(settings: Settings, queue=None) -> Services:
+    store = TaskStore(settings.database_url)
+    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl)
+    storage = open_storage(settings.storage_url)
+    engines = None
+    if queue is None:
+        queue, engines = make_queue(settings, store, storage)
+    return Services(settings, store, accounts, storage, queue, engines)
+
+
+def make_queue(settings: Settings, store: TaskStore, storage):
+    """The embedded queue (in-process worker) unless a broker is configured."""
+    if settings.broker_url:
+        from soundry.tasks.celery_queue import CeleryQueue
+
+        return CeleryQueue(settings), None
+    from soundry.tasks.embedded import EmbeddedQueue
+    from soundry.tasks.engines import EngineManager
+    from soundry.tasks.runner import TaskRunner
+
+    engines = EngineManager(max_batch=settings.max_batch)
+    return EmbeddedQueue(TaskRunner(store, storage, engines), concurrency=4 * settings.max_batch), engines
+
+
+def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+    svc = build_services(settings, queue)
+    run_worker = settings.worker if start_worker is None else start_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if run_worker and hasattr(svc.queue, "start"):
+            svc.queue.start()
+        for name in settings.preload:
+            if svc.engines is not None:
+                try:
+                    svc.engines.get(name)
+                except Exception as exc:  # reported by /readyz and in failed tasks
+                    log.warning("preloading %s failed: %s", name, exc)
+        yield
+        if hasattr(svc.queue, "stop"):
+            svc.queue.stop()
+        if svc.engines is not None:
+            svc.engines.stop()
+
+    app = FastAPI(title="soundry", version=__version__, lifespan=lifespan,
+                  description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")
+    app.state.services = svc
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next):
+        request.state.start_time = time.time()
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(request, exc.status, exc.code, exc.description, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_response(request, 422, "invalid_request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        desc = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and desc == "Not Found":
+            desc = f"no route {request.method} {request.url.path}"
+        return error_response(request, exc.status_code, code, desc, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request, 500, "internal_error", "the server failed to handle this request")
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up")
+    def healthz(request: Request):
+        return ok(request, {"status": "ok", "version": __version__})
+
+    app.include_router(routes_user.router)
+    app.include_router(routes_tasks.router)
+    return app

@@ -1,0 +1,120 @@
+"""Models, task creation, results, cancel and downloads."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
+
+from soundry.api.deps import current_user, services
+from soundry.api.envelope import ApiError, ok
+from soundry.api.schemas import CreateTask
+from soundry.api.signing import verify
+from soundry.api.tasks_view import public_config, task_result
+from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
+from soundry.tasks.models import Task, User
+
+router = APIRouter(prefix="/v1", tags=["audio generation"])
+MAX_BODY = 1 << 20
+
+
+def _model_metadata(name: str) -> dict:
+    spec = SPECS[ALIASES.get(name, name)]
+    return {"name": spec.name, "hub_repo": spec.hub_repo, "family": spec.family, "description": spec.description,
+            "sample_rate": 16000 if spec.family == "audiogen" else 32000, "license": "CC-BY-NC-4.0"}
+
+
+@router.get("/models/audio_generation", summary="Models with their metadata")
+def models(request: Request):
+    return ok(request, [{"model": n, "metadata": _model_metadata(n)} for n in MODEL_NAMES])
+
+
+@router.get("/ai/models", summary="Model names and types")
+def ai_models(request: Request):
+    return ok(request, {"models": [{"model": n, "type": "audio-generation-model"} for n in MODEL_NAMES]})
+
+
+@router.post("/ai/audio_generation", status_code=201, summary="Create a text-to-audio task",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+async def create_task(request: Request, user: User = Depends(current_user)):
+    svc = services(request)
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
+    try:
+        req = CreateTask.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    cfg = req.configs
+    if len(req.prompt) > svc.settings.max_prompt_chars:
+        raise ApiError(413, "prompt_too_long", f"prompt has {len(req.prompt)} characters; the limit is "
+                                               f"{svc.settings.max_prompt_chars}")
+    if cfg.duration > svc.settings.max_duration:
+        raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
+    task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
+                                 config=cfg.model_dump(), model=cfg.model))
+    svc.queue.enqueue(task.id, task.model)
+    return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
+                        "config": public_config(task)}, status_code=201)
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    parts, code = [], "invalid_request"
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if loc.startswith("configs"):
+            code = "invalid_config"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc or 'body'}: {msg}")
+    return ApiError(422, code, "; ".join(parts))
+
+
+def _own_task(request: Request, task_id: str, user: User) -> Task:
+    task = services(request).store.get(task_id, user.id) if len(task_id) <= 64 else None
+    if task is None:
+        raise ApiError(404, "not_found", f"no task {task_id} for this user")
+    return task
+
+
+@router.get("/ai/audio_generation/{task_id}", summary="A task's state and result")
+def get_task(request: Request, task_id: str, user: User = Depends(current_user)):
+    return ok(request, task_result(request, _own_task(request, task_id, user)))
+
+
+@router.post("/ai/audio_generation/{task_id}/cancel", summary="Cancel a task that has not finished")
+def cancel_task(request: Request, task_id: str, user: User = Depends(current_user)):
+    svc = services(request)
+    task = _own_task(request, task_id, user)
+    if not svc.store.cancel(task.id):
+        raise ApiError(409, "already_finished", f"task {task.id} is already {task.status}")
+    svc.queue.cancel(task.id)
+    return ok(request, task_result(request, svc.store.get(task.id)))
+
+
+@router.get("/files/{name}", summary="Download a finished task's audio (signed link, no auth header)",
+            response_class=FileResponse)
+def download(request: Request, name: str, expires: int = Query(...), sig: str = Query(..., max_length=128)):
+    svc = services(request)
+    task_id, _, ext = name.partition(".")
+    reason = verify(svc.settings.secret, task_id, ext, expires, sig)
+    if reason:
+        raise ApiError(403, "forbidden", reason)
+    task = svc.store.get(task_id)
+    if task is None or task.status != "COMPLETED" or task.file_format != ext:
+        raise ApiError(404, "not_found", "no such file")
+    from soundry.audio.encode import FORMATS
+
+    media = next((v[2] for v in FORMATS.values() if v[3] == ext), "application/octet-stream")
+    path = svc.storage.local_path(task.file_key)
+    filename = f"soundry-{task.id}.{ext}"
+    if path is not None:
+        return FileResponse(path, media_type=media, filename=filename)
+    return StreamingResponse(svc.storage.iter_chunks(task.file_key), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -1,0 +1,60 @@
+"""Request bodies and their validation (unknown keys and out-of-range values are rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from soundry.audio import FORMATS, NORMALIZATIONS
+from soundry.models.registry import MODEL_NAMES
+
+TASK_NAMES = {"audiogen": ("tasks.audiogen_task", "audiogen_queue"),
+              "musicgen": ("tasks.musicgen_task", "musicgen_queue")}
+
+
+class Configs(BaseModel):
+    """Generation settings. Defaults follow FlexStack's page (model audiogen, 5 s, top_k 15, top_p 0.9)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("audiogen", description=f"one of {', '.join(MODEL_NAMES)}")
+    duration: float = Field(5.0, gt=0, description="seconds; beyond the model's context it is generated in windows")
+    top_k: StrictInt = Field(15, ge=0, le=2048, description="0 disables top-k")
+    top_p: float = Field(0.9, ge=0.0, le=1.0, description="0 disables nucleus filtering; both filters apply")
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance strength")
+    seed: StrictInt | None = Field(None, ge=0, le=2**62, description="makes the task reproducible")
+    output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
+    normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
+    target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v.strip().lower() not in MODEL_NAMES:
+            raise ValueError(f"unknown model {v!r}; known models: {', '.join(MODEL_NAMES)}")
+        return v.strip().lower()
+
+
+class CreateTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "prompt": "motorcycle engine revving", "configs": {"model": "audiogen", "duration": 5, "top_k": 15,
+                                                           "top_p": 0.9}}]})
+
+    prompt: str = Field(..., min_length=1, description="what to generate")
+    negative_prompt: str = Field("", description="what to steer away from (replaces the empty guidance condition)")
+    configs: Configs = Field(default_factory=Configs)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be blank")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
+            raise ValueError("prompt contains control characters")
+        return v
+
+
+def family(model: str) -> str:
+    return "audiogen" if model.startswith("audiogen") else "musicgen"

@@ -1,0 +1,73 @@
+"""Settings: command-line flags > environment (SOUNDRY_*) > soundry.toml > defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # default: sqlite:///DATA_DIR/soundry.db
+    storage_url: str = ""  # default: DATA_DIR/files
+    broker_url: str = ""  # "" = embedded in-process worker
+    public_url: str = ""  # base for download links; default: the request's own base URL
+    secret: str = ""  # signs tokens and download links; default: generated into DATA_DIR/secret
+    default_model: str = "audiogen"
+    max_duration: float = 300.0
+    max_prompt_chars: int = 2000
+    max_batch: int = 16
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 30 * 24 * 3600
+    download_ttl: int = 24 * 3600
+    worker: bool = True  # run the embedded worker in the API process
+    preload: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config_file: str | None = None, **overrides) -> Settings:
+        values: dict = {}
+        path = Path(config_file or os.environ.get("SOUNDRY_CONFIG", "soundry.toml"))
+        if path.is_file():
+            values.update(tomllib.loads(path.read_text()).get("soundry", {}))
+        for f in fields(cls):
+            env = os.environ.get(f"SOUNDRY_{f.name.upper()}")
+            if env is not None:
+                values[f.name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls()
+        for f in fields(cls):
+            if f.name in values:
+                setattr(s, f.name, _coerce(f.name, values[f.name], getattr(s, f.name)))
+        return s.finalize()
+
+    def finalize(self) -> Settings:
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'soundry.db'}"
+        if not self.storage_url:
+            self.storage_url = str(self.data_dir / "files")
+        if not self.secret:
+            secret_file = self.data_dir / "secret"
+            if not secret_file.exists():
+                secret_file.write_text(secrets.token_hex(32))
+                secret_file.chmod(0o600)
+            self.secret = secret_file.read_text().strip()
+        return self
+
+
+def _coerce(name: str, value, default):
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if isinstance(default, list):
+        return value if isinstance(value, list) else [v for v in str(value).split(",") if v]
+    if isinstance(default, Path):
+        return Path(value)
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {name}: cannot read {value!r} as {type(default).__name__}") from exc

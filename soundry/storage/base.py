@@ -1,0 +1,45 @@
+"""The storage interface and key rules."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class StorageError(RuntimeError):
+    """A write or read failed (disk full, unwritable directory, unreachable bucket...)."""
+
+
+def validate_key(key: str) -> str:
+    """Keys are relative, slash-separated names of [A-Za-z0-9._-]; no '..' parts."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class Storage:
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def size(self, key: str) -> int:
+        raise NotImplementedError
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        data = self.get(key)
+        for i in range(0, len(data), chunk_size):
+            yield data[i: i + chunk_size]

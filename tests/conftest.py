@@ -1,0 +1,58 @@
+"""Fixtures: a service on embedded defaults with the tiny reference models."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from soundry.api.app import create_app
+from soundry.config import Settings
+from tests.helpers_models import TINY
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
+
+
+def make_settings(tmp_path, **kw) -> Settings:
+    return Settings.load(config_file=str(tmp_path / "none.toml"), data_dir=str(tmp_path / "data"), max_batch=8, **kw)
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_models):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings):
+    app = create_app(settings)
+    with TestClient(app) as c:
+        c.app_services = app.state.services
+        yield c
+
+
+def basic(username: str, password: str = PASSWORD) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def user(client):
+    client.app_services.accounts.create_user("alice", PASSWORD, email="alice@example.com")
+    tokens = client.post("/v1/user/login", headers=basic("alice")).json()["data"]
+    return {"username": "alice", "headers": {"Authorization": f"Bearer {tokens['access_token']}"}, **tokens}
+
+
+def wait_for(client, task_id: str, headers: dict, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        data = client.get(f"/v1/ai/audio_generation/{task_id}", headers=headers).json()["data"]["data"]
+        if data["status"] in ("COMPLETED", "FAILED", "CANCELED"):
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not finish in {timeout}s")
