@@ -1,0 +1,96 @@
+"""Every bad input gets its 4xx in the envelope, names the problem, and queues nothing."""
+
+import pytest
+
+from tests.conftest import basic
+
+GOOD = {"prompt": "dog barking", "configs": {"model": "audiogen", "duration": 1, "top_k": 15, "top_p": 0.9}}
+
+
+def with_configs(**kw):
+    return {**GOOD, "configs": {**GOOD["configs"], **kw}}
+
+
+BAD = [
+    ("missing prompt", {"configs": GOOD["configs"]}, 422, "prompt"),
+    ("blank prompt", {**GOOD, "prompt": "   "}, 422, "prompt"),
+    ("control characters", {**GOOD, "prompt": "dog\x00bark"}, 422, "prompt"),
+    ("unknown model", with_configs(model="gpt-audio"), 422, "configs.model"),
+    ("unknown config key", with_configs(speed=2), 422, "configs.speed"),
+    ("unknown top-level key", {**GOOD, "style": "jazz"}, 422, "style"),
+    ("zero duration", with_configs(duration=0), 422, "configs.duration"),
+    ("negative duration", with_configs(duration=-3), 422, "configs.duration"),
+    ("duration over the limit", with_configs(duration=10_000), 422, "configs.duration"),
+    ("top_k negative", with_configs(top_k=-1), 422, "configs.top_k"),
+    ("top_k too large", with_configs(top_k=5000), 422, "configs.top_k"),
+    ("top_k float", with_configs(top_k=1.5), 422, "configs.top_k"),
+    ("top_p over 1", with_configs(top_p=1.5), 422, "configs.top_p"),
+    ("top_p negative", with_configs(top_p=-0.1), 422, "configs.top_p"),
+    ("temperature zero", with_configs(temperature=0), 422, "configs.temperature"),
+    ("bad output format", with_configs(output_format="aiff"), 422, "configs.output_format"),
+    ("prompt not a string", {**GOOD, "prompt": 42}, 422, "prompt"),
+    ("configs not an object", {**GOOD, "configs": "fast"}, 422, "configs"),
+    ("body not an object", ["dog"], 422, "body"),
+]
+
+
+def task_count(client):
+    return client.app_services.store.count()
+
+
+@pytest.mark.parametrize("name,body,status,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_body(client, user, name, body, status, field):
+    before = task_count(client)
+    r = client.post("/v1/ai/audio_generation", json=body, headers=user["headers"])
+    assert r.status_code == status, r.text
+    env = r.json()
+    assert env["status"] == "error" and env["errors"] and field in env["error_description"]
+    assert task_count(client) == before
+
+
+def test_malformed_json(client, user):
+    r = client.post("/v1/ai/audio_generation", content=b'{"prompt": "dog', headers={
+        **user["headers"], "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["errors"] == ["invalid_json"]
+    assert task_count(client) == 0
+
+
+def test_huge_prompt_and_body(client, user):
+    r = client.post("/v1/ai/audio_generation", json={**GOOD, "prompt": "a" * 5000}, headers=user["headers"])
+    assert r.status_code == 413 and "prompt" in r.json()["error_description"]
+    r = client.post("/v1/ai/audio_generation", content=b"{" + b" " * (2 << 20) + b"}",
+                    headers={**user["headers"], "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert task_count(client) == 0
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Token abc"},
+                                     {"Authorization": "Bearer sk-abc.def"}])
+def test_bad_token(client, user, headers):
+    r = client.post("/v1/ai/audio_generation", json=GOOD, headers=headers)
+    assert r.status_code == 401 and r.json()["errors"] == ["unauthorized"]
+    assert task_count(client) == 0
+
+
+def test_expired_and_tampered_tokens(client, user):
+    import jwt
+
+    secret = client.app_services.settings.secret
+    expired = jwt.encode({"sub": "1", "typ": "access", "exp": 1}, secret, algorithm="HS256")
+    r = client.get("/v1/user/me", headers={"Authorization": f"Bearer {expired}"})
+    assert r.status_code == 401 and "expired" in r.json()["error_description"]
+    forged = jwt.encode({"sub": "1", "typ": "access", "exp": 2**40}, "not the secret", algorithm="HS256")
+    assert client.get("/v1/user/me", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+
+def test_bad_login(client, user):
+    assert client.post("/v1/user/login", headers=basic("alice", "wrong password")).status_code == 401
+    assert client.post("/v1/user/login", headers=basic("nobody", "x")).status_code == 401
+    assert client.post("/v1/user/login").status_code == 401
+
+
+def test_unknown_route_and_task(client, user):
+    r = client.get("/v1/nothing/here")
+    assert r.status_code == 404 and r.json()["status"] == "error"
+    r = client.get("/v1/ai/audio_generation/" + "0" * 32, headers=user["headers"])
+    assert r.status_code == 404 and r.json()["errors"] == ["not_found"]
