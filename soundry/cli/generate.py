@@ -1,0 +1,67 @@
+"""``soundry generate "PROMPT" -o out.wav``: one clip, locally with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="out.wav", help="output file; its extension picks the format")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default="audiogen", help="registry name (audiogen, musicgen, musicgen-medium, ...)")
+    g.add_argument("--model-path", help="a release-format directory")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--top-k", type=int, default=15)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cfg-coef", type=float, default=3.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--normalization", default="loudness", choices=["loudness", "peak", "rms", "none"])
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from soundry.audio import FORMATS, encode, normalize
+    from soundry.engine import Engine, GenerationRequest
+    from soundry.models import load_model
+
+    out = Path(args.output)
+    fmt = out.suffix.lstrip(".").lower() or "wav"
+    if fmt not in FORMATS:
+        print(f"error: unsupported output extension .{fmt}; use one of {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    if args.duration <= 0:
+        print("error: --duration must be > 0", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model_path or args.model, device=args.device,
+                           quantize="int8" if args.int8 else None)
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    engine = Engine(model, max_batch=1).start()
+    bar = tqdm(total=100, unit="%", desc=f"{model.name}: {args.prompt[:40]}")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = int(100 * done / total)
+        bar.refresh()
+
+    request = GenerationRequest(args.prompt, args.duration, args.top_k, args.top_p, args.temperature,
+                                args.cfg_coef, args.seed, args.negative_prompt)
+    try:
+        result = engine.submit(request, progress).result()
+    finally:
+        engine.stop()
+        bar.close()
+    audio = normalize(result.audio.numpy(), result.sample_rate, args.normalization)
+    encoded = encode(audio, result.sample_rate, fmt)
+    out.write_bytes(encoded.data)
+    print(f"wrote {out} ({result.audio.shape[-1] / result.sample_rate:.2f} s, {encoded.sample_rate} Hz)")
+    return 0

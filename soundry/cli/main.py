@@ -1,0 +1,109 @@
+"""The ``soundry`` command: serve, users, generate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="soundry", description="Self-hosted text-to-audio service")
+    ap.add_argument("--config", help="path of soundry.toml (default ./soundry.toml)")
+    ap.add_argument("--data-dir", help="where the database, secret and audio files live (default ./data)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("serve", help="run the API with an in-process worker (embedded defaults)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--public-url", help="base URL for download links (default: the request's)")
+    sp.add_argument("--preload", help="comma-separated models to load at start")
+
+    up = sub.add_parser("users", help="manage accounts")
+    usub = up.add_subparsers(dest="users_command", required=True)
+    uc = usub.add_parser("create", help="create a user")
+    uc.add_argument("name")
+    uc.add_argument("--password", required=True)
+    uc.add_argument("--email", default="")
+    uc.add_argument("--admin", action="store_true")
+    ut = usub.add_parser("token", help="create an API key for a user (printed once)")
+    ut.add_argument("name")
+    usub.add_parser("list", help="list users")
+
+    gp = sub.add_parser("generate", help="generate one clip locally (or against a server with --url)")
+    from soundry.cli.generate import add_arguments
+
+    add_arguments(gp)
+
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "generate":
+        from soundry.cli.generate import run
+
+        return run(args)
+    from soundry.config import Settings
+
+    settings = Settings.load(args.config, data_dir=args.data_dir,
+                             public_url=getattr(args, "public_url", None),
+                             preload=getattr(args, "preload", None))
+    if args.command == "serve":
+        return serve(settings, args.host, args.port)
+    return users(settings, args)
+
+
+def _accounts(settings):
+    from soundry.accounts import Accounts
+    from soundry.tasks.store import TaskStore
+
+    return Accounts(TaskStore(settings.database_url), settings.secret)
+
+
+def users(settings, args) -> int:
+    accounts = _accounts(settings)
+    try:
+        if args.users_command == "create":
+            user = accounts.create_user(args.name, args.password, email=args.email,
+                                        type="admin" if args.admin else "user")
+            print(f"created user {user.username}")
+        elif args.users_command == "token":
+            user = accounts.get_user(args.name)
+            if user is None:
+                print(f"error: no user {args.name!r}", file=sys.stderr)
+                return 1
+            print(accounts.create_api_key(user))
+        else:
+            for u in accounts.list_users():
+                print(f"{u.username}\t{u.type}\t{u.email}\t{u.created_at:%Y-%m-%d}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def bootstrap_first_user(settings) -> None:
+    """On first start with no users, create one and print its credentials once."""
+    accounts = _accounts(settings)
+    if accounts.list_users():
+        return
+    password = secrets.token_urlsafe(12)
+    user = accounts.create_user("admin", password, type="admin")
+    key = accounts.create_api_key(user, name="first start")
+    print("\n  soundry: first start — created an account (shown only once):\n"
+          f"    username: admin\n    password: {password}\n    API key:  {key}\n", flush=True)
+
+
+def serve(settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from soundry.api.app import create_app
+
+    bootstrap_first_user(settings)
+    print(f"  soundry: data in {settings.data_dir}; API at http://{host}:{port}/v1 ; docs at "
+          f"http://{host}:{port}/docs", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
