@@ -9,7 +9,6 @@ weights of a ``TransformerLM`` so both run the same model.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from soundry.models.lm import TransformerLM, sin_embedding
 

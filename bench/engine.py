@@ -83,8 +83,13 @@ def eager_steps_per_s(lm: TransformerLM, steps: int, repeats: int) -> float:
 
 def hf_steps_per_s(shape: str, steps: int, repeats: int) -> float:
     """transformers' MusicgenForConditionalGeneration.generate on the same decoder shape (random weights)."""
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     s = SHAPES[shape]
     dec = MusicgenDecoderConfig(vocab_size=2048, hidden_size=s["dim"], num_hidden_layers=s["num_layers"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -11,14 +11,14 @@ DATA = Path(__file__).parent / "data"
 TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_model(kind: str):
     from soundry.models import load_model
 
     return load_model(str(TINY[kind]), device="cpu")
 
 
-@lru_cache(maxsize=None)
+@cache
 def golden(kind: str) -> dict:
     return torch.load(TINY[kind] / "golden.pt", weights_only=True)
 

@@ -74,7 +74,8 @@ class AudioModel:
                 lengths = [max(1, int(mask[i].sum())), max(1, int(mask[n + i].sum()))]
                 keep = max(lengths)
                 pair = pair[:, :keep]
-                valid = torch.arange(keep, device=self.device)[None, :] < torch.tensor(lengths, device=self.device)[:, None]
+                limits = torch.tensor(lengths, device=self.device)[:, None]
+                valid = torch.arange(keep, device=self.device)[None, :] < limits
             out.append((pair, valid))
         return out
 

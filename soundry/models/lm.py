@@ -187,7 +187,7 @@ def init_random_(module: nn.Module, seed: int = 0, scale: float = 1.0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or "norm" in name and name.endswith("weight"):
+            if "norm" in name and name.endswith("weight"):
                 p.fill_(1.0)
             elif p.dim() == 1:
                 p.zero_()
