@@ -105,3 +105,24 @@ def test_audio_has_the_requested_duration(model):
     assert res.sample_rate == model.sample_rate
     assert res.audio.shape == (1, int(0.75 * model.sample_rate))
     assert torch.isfinite(res.audio).all()
+
+
+def test_long_prompt_grows_the_condition_cache(model):
+    long_prompt = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
+    short = req("rain", 8, duration=0.3)
+    expected = run_alone(model, short)
+    engine = Engine(model, max_batch=4).start()
+    try:
+        first = engine.submit(GenerationRequest(**{**short.__dict__, "id": "short"}))
+        second = engine.submit(req(long_prompt, 9, duration=0.3))
+        assert torch.equal(first.result(timeout=120).tokens, expected)
+        assert second.result(timeout=120).tokens.shape == (4, 15)
+    finally:
+        engine.stop()
+
+
+def test_unseeded_request_records_its_seed(model):
+    r = req("wind", None, duration=0.2)
+    tokens = run_alone(model, r)
+    assert r.seed is not None
+    assert torch.equal(run_alone(model, req("wind", r.seed, duration=0.2)), tokens)

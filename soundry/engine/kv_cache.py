@@ -27,18 +27,15 @@ class KVCache:
         self.cross_len = 1
 
     def _alloc_cross(self, length: int) -> None:
+        """(Re)allocate the cross-attention K/V for conditions up to ``length`` tokens, keeping contents."""
         shape = (self.layers, self.max_rows, self.heads, length, self.head_dim)
-        old = getattr(self, "ck", None)
-        self.ck = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.cv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        ck = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        cv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         mask = torch.zeros(self.max_rows, length, dtype=torch.bool, device=self.device)
-        if old is not None:
-            n = old.shape[3]
-            self.ck[:, :, :, :n] = old
-            self.cv[:, :, :, :n] = self._old_cv
-            mask[:, :n] = self.cross_mask
-        self.cross_mask = mask
-        self._old_cv = None
+        if hasattr(self, "ck"):
+            n = self.ck.shape[3]
+            ck[:, :, :, :n], cv[:, :, :, :n], mask[:, :n] = self.ck, self.cv, self.cross_mask
+        self.ck, self.cv, self.cross_mask = ck, cv, mask
 
     @property
     def max_cond_len(self) -> int:
@@ -54,8 +51,7 @@ class KVCache:
         """Store the cross-attention K/V of conditions [R, L, D] for ``rows``; ``valid`` [R, L] marks
         the keys each row attends to (at least one per row)."""
         L = cond.shape[1]
-        if L > self.max_cond_len:
-            self._old_cv = self.cv
+        if L > self.max_cond_len:  # a long prompt: grow once, rarely
             self._alloc_cross(max(L, 2 * self.max_cond_len))
         for i, (k, v) in enumerate(self.lm.cross_kv(cond.to(self.dtype))):
             self.ck[i, rows, :, :L] = k

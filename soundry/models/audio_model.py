@@ -88,8 +88,10 @@ class AudioModel:
                                extend_stride or self.extend_stride)
         if windows[0].length <= 0:
             raise ValueError(f"duration {request.duration}s is shorter than one frame at {self.frame_rate} Hz")
+        if request.seed is None:  # pick one and record it, so any result can be reproduced
+            request.seed = int(torch.randint(0, 2**62, ()).item())
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        gen.manual_seed(request.seed)
         return Job(request, windows, cond[0], cond[1], gen, progress)
 
     # -- reference generation ----------------------------------------------------------------------
