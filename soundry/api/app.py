@@ -39,9 +39,8 @@ def build_services(settings: Settings, queue=None) -> Services:
 def make_queue(settings: Settings, store: TaskStore, storage):
     """The embedded queue (in-process worker) unless a broker is configured."""
     if settings.broker_url:
-        from soundry.tasks.celery_queue import CeleryQueue
-
-        return CeleryQueue(settings), None
+        raise RuntimeError("broker_url is set, but the distributed (Celery) queue is not implemented yet; "
+                           "unset SOUNDRY_BROKER_URL to run with the embedded worker")
     from soundry.tasks.embedded import EmbeddedQueue
     from soundry.tasks.engines import EngineManager
     from soundry.tasks.runner import TaskRunner

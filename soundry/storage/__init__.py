@@ -4,12 +4,10 @@ from soundry.storage.base import Storage, StorageError, validate_key
 from soundry.storage.local import LocalStorage
 
 
-def open_storage(url: str, **options) -> Storage:
-    """A plain path or file:// URL → LocalStorage; s3://bucket/prefix → S3Storage."""
+def open_storage(url: str) -> Storage:
+    """A plain path or file:// URL → LocalStorage (s3:// is planned, see issue 5)."""
     if url.startswith("s3://"):
-        from soundry.storage.s3 import S3Storage
-
-        return S3Storage.from_url(url, **options)
+        raise StorageError(f"S3-compatible storage ({url}) is not implemented yet; use a local directory")
     return LocalStorage(url.removeprefix("file://"))
 
 
