@@ -14,7 +14,16 @@ class Settings:
     data_dir: Path = Path("./data")
     database_url: str = ""  # default: sqlite:///DATA_DIR/soundry.db
     storage_url: str = ""  # default: DATA_DIR/files
-    broker_url: str = ""  # "" = embedded in-process worker
+    broker_url: str = ""  # "" = embedded in-process worker; redis://… or amqp://… = Celery workers
+    s3_endpoint_url: str = ""  # for s3:// storage: an S3-compatible endpoint (MinIO, moto, …); "" = AWS
+    s3_access_key_id: str = ""  # "" = boto3's usual credential chain (env, ~/.aws, instance role)
+    s3_secret_access_key: str = ""
+    s3_region: str = "us-east-1"
+    lease_seconds: float = 30.0  # a worker renews its tasks' leases; a dead worker's tasks are retaken after this
+    reconcile_interval: float = 30.0  # how often a worker re-sends stale tasks
+    webhook_attempts: int = 5  # deliveries tried per webhook (backoff doubles from webhook_backoff seconds)
+    webhook_backoff: float = 2.0
+    stale_pending_seconds: float = 600.0  # a task PENDING this long is re-sent (its message may be lost)
     public_url: str = ""  # base for download links; default: the request's own base URL
     secret: str = ""  # signs tokens and download links; default: generated into DATA_DIR/secret
     default_model: str = "audiogen"
@@ -27,12 +36,19 @@ class Settings:
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
 
+    ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
+               "public_url"}
+
     @classmethod
     def load(cls, config_file: str | None = None, **overrides) -> Settings:
         values: dict = {}
         path = Path(config_file or os.environ.get("SOUNDRY_CONFIG", "soundry.toml"))
         if path.is_file():
-            values.update(tomllib.loads(path.read_text()).get("soundry", {}))
+            table = tomllib.loads(path.read_text()).get("soundry", {})
+            values.update({cls.ALIASES.get(k, k): v for k, v in table.items()})
+        for alias, name in cls.ALIASES.items():  # SOUNDRY_DATABASE, SOUNDRY_BROKER, SOUNDRY_STORAGE
+            if os.environ.get(f"SOUNDRY_{alias.upper()}") is not None:
+                values[name] = os.environ[f"SOUNDRY_{alias.upper()}"]
         for f in fields(cls):
             env = os.environ.get(f"SOUNDRY_{f.name.upper()}")
             if env is not None:

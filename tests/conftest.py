@@ -24,9 +24,18 @@ def make_settings(tmp_path, **kw) -> Settings:
     return Settings.load(config_file=str(tmp_path / "none.toml"), data_dir=str(tmp_path / "data"), max_batch=8, **kw)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Every test that uses the service runs against SQLite and against PostgreSQL."""
+    from tests.databases import database
+
+    with database(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path, tiny_models):
-    return make_settings(tmp_path)
+def settings(tmp_path, tiny_models, database_url):
+    return make_settings(tmp_path, database_url=database_url)
 
 
 @pytest.fixture
@@ -56,3 +65,13 @@ def wait_for(client, task_id: str, headers: dict, timeout: float = 120) -> dict:
             return data
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} did not finish in {timeout}s")
+
+
+@pytest.fixture
+def live_server(tmp_path, tiny_models):
+    """A real HTTP server with the tiny models and a user (``.username``/``.password``/``.api_key``)."""
+    from tests.live_server import start_live_server
+
+    server = start_live_server(make_settings(tmp_path))  # SQLite: the API suite covers PostgreSQL
+    yield server
+    server.stop()

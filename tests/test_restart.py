@@ -4,13 +4,13 @@ from soundry.tasks.models import Task
 from tests.conftest import make_settings, wait_for
 
 
-def test_restart_completes_pending_and_interrupted_tasks(tmp_path, tiny_models):
+def test_restart_completes_pending_and_interrupted_tasks(tmp_path, tiny_models, database_url):
     from fastapi.testclient import TestClient
 
     from soundry.api.app import create_app
     from soundry.tasks.store import TaskStore
 
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, database_url=database_url)
     # A previous server accepted these and stopped: one PENDING, one PROCESSING mid-way.
     store = TaskStore(settings.database_url)
     from soundry.accounts import Accounts

@@ -72,8 +72,9 @@ def test_rows_use_their_own_parameters():
 
 
 def test_cfg_combines_conditional_and_unconditional():
-    cond, uncond = torch.randn(3, 4, 16), torch.randn(3, 4, 16)
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(3, 4, 16, generator=g), torch.randn(3, 4, 16, generator=g)
     coef = torch.tensor([0.0, 1.0, 3.0])
     out = apply_cfg(torch.stack([cond, uncond], dim=1), coef)
     assert torch.allclose(out[0], uncond[0]) and torch.allclose(out[1], cond[1])
-    assert torch.allclose(out[2], uncond[2] + 3 * (cond[2] - uncond[2]))
+    assert torch.allclose(out[2], uncond[2] + 3 * (cond[2] - uncond[2]), atol=1e-5)  # float rounding differs

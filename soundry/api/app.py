@@ -18,6 +18,7 @@ from soundry.api.envelope import ApiError, error_response, ok
 from soundry.config import Settings
 from soundry.storage import open_storage
 from soundry.tasks.store import TaskStore
+from soundry.tasks.webhooks import WebhookSender, attach_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +30,28 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 def build_services(settings: Settings, queue=None) -> Services:
     store = TaskStore(settings.database_url)
     accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl)
-    storage = open_storage(settings.storage_url)
+    storage = open_storage(settings.storage_url, settings)
+    webhooks = WebhookSender(store, settings)
     engines = None
     if queue is None:
-        queue, engines = make_queue(settings, store, storage)
-    return Services(settings, store, accounts, storage, queue, engines)
+        queue, engines = make_queue(settings, store, storage, webhooks)
+    return Services(settings, store, accounts, storage, queue, engines, webhooks)
 
 
-def make_queue(settings: Settings, store: TaskStore, storage):
-    """The embedded queue (in-process worker) unless a broker is configured."""
+def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender):
+    """Celery workers when a broker is configured, else the embedded queue (in-process worker)."""
     if settings.broker_url:
-        raise RuntimeError("broker_url is set, but the distributed (Celery) queue is not implemented yet; "
-                           "unset SOUNDRY_BROKER_URL to run with the embedded worker")
+        from soundry.tasks.distributed import CeleryQueue
+
+        return CeleryQueue(settings.broker_url), None
     from soundry.tasks.embedded import EmbeddedQueue
     from soundry.tasks.engines import EngineManager
     from soundry.tasks.runner import TaskRunner
 
     engines = EngineManager(max_batch=settings.max_batch)
-    return EmbeddedQueue(TaskRunner(store, storage, engines), concurrency=4 * settings.max_batch), engines
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds)
+    attach_webhooks(runner, webhooks)
+    return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
 
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:

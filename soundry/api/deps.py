@@ -23,7 +23,8 @@ class Services:
     accounts: Accounts
     storage: Storage
     queue: object  # EmbeddedQueue | CeleryQueue: enqueue(task_id, model), cancel(task_id)
-    engines: object | None = None
+    engines: object | None = None  # EngineManager in embedded mode; None when Celery workers run the models
+    webhooks: object | None = None  # WebhookSender
 
 
 def services(request: Request) -> Services:

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from soundry.api.deps import current_user, services
 from soundry.api.envelope import ApiError, ok
 from soundry.api.schemas import CreateTask
-from soundry.api.signing import verify
 from soundry.api.tasks_view import public_config, task_result
 from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
+from soundry.signing import verify
 from soundry.tasks.models import Task, User
 
 router = APIRouter(prefix="/v1", tags=["audio generation"])

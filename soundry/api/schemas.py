@@ -9,9 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
 
-TASK_NAMES = {"audiogen": ("tasks.audiogen_task", "audiogen_queue"),
-              "musicgen": ("tasks.musicgen_task", "musicgen_queue")}
-
 
 class Configs(BaseModel):
     """Generation settings. Defaults follow FlexStack's page (model audiogen, 5 s, top_k 15, top_p 0.9)."""
@@ -54,7 +51,3 @@ class CreateTask(BaseModel):
         if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
             raise ValueError("prompt contains control characters")
         return v
-
-
-def family(model: str) -> str:
-    return "audiogen" if model.startswith("audiogen") else "musicgen"

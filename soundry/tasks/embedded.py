@@ -24,6 +24,7 @@ class EmbeddedQueue:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.runner.start()
         n = self.runner.store.requeue_interrupted()  # a restart re-runs what was in flight
         if n:
             log.info("re-queued %d interrupted tasks", n)
@@ -38,6 +39,7 @@ class EmbeddedQueue:
 
     def stop(self) -> None:
         self._stop.set()
+        self.runner.stop()
         self._wake.set()
         if self._thread:
             self._thread.join(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,10 +61,24 @@ class Task(Base):
     file_format: Mapped[str] = mapped_column(String(8), default="")
     sample_rate: Mapped[int] = mapped_column(Integer, default=0)
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # a PROCESSING task belongs to its worker while the lease is renewed; a dead worker's lease runs out
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    webhook: Mapped[str] = mapped_column(Text, default="")
+    webhook_state: Mapped[str] = mapped_column(String(16), default="")  # "" | pending | delivered | failed
+
+
+class RefreshToken(Base):
+    """One row per issued refresh token: a token can be exchanged once (rotation); reuse is refused."""
+
+    __tablename__ = "refresh_tokens"
+    jti: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELED")

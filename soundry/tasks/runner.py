@@ -1,13 +1,17 @@
 """Executing one task, idempotently: claim it, generate, encode, store, mark it done.
 
-Used by the embedded worker and by Celery workers alike. A task can only be claimed while
-PENDING, so a redelivered task that another execution already finished is skipped; the audio
-file is written (atomically) before the task says COMPLETED.
+Used by the embedded worker and by Celery workers alike. A task is claimed while PENDING, or
+while PROCESSING under a lease that lapsed (its worker died); the worker renews the leases of its
+tasks every few seconds. A redelivered message for a task that another live worker holds waits
+until that worker finishes (then it is skipped) or its lease lapses (then it takes the task over).
+Only the holder can complete a task, so it completes once. The audio file is written before the
+task says COMPLETED.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,78 +23,132 @@ from soundry.tasks.engines import EngineManager, ModelUnavailable
 from soundry.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
-WORKER_ID = f"{socket.gethostname()}:{id(object()):x}"
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 class TaskRunner:
-    def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str = WORKER_ID,
-                 progress_interval: float = 0.5):
+    def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str | None = None,
+                 progress_interval: float = 0.5, lease_seconds: float = 30.0):
         self.store, self.storage, self.engines = store, storage, engines
-        self.worker_id, self.progress_interval = worker_id, progress_interval
+        self.worker_id, self.progress_interval = worker_id or new_worker_id(), progress_interval
+        self.lease_seconds = lease_seconds
+        self.hooks: list = []  # callables(task_id, status) after a task ends (webhooks)
+        self._active: dict[str, list] = {}  # task_id -> [engine, percent to write or None]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> TaskRunner:
+        """Start the housekeeping thread: progress writes, cancel checks, lease renewal."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._housekeeping, name="soundry-runner", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _housekeeping(self) -> None:
+        last_renewal = time.monotonic()
+        while not self._stop.wait(self.progress_interval):
+            try:
+                self._sync_progress()
+                if time.monotonic() - last_renewal >= self.lease_seconds / 3:
+                    self.store.renew_leases(self.worker_id, self.lease_seconds)
+                    last_renewal = time.monotonic()
+            except Exception:
+                log.exception("runner housekeeping failed")
+
+    def _sync_progress(self) -> None:
+        """Write new percents of this process's tasks and stop the ones canceled (or taken over)."""
+        with self._lock:
+            active = {tid: (entry[0], entry[1]) for tid, entry in self._active.items()}
+            for entry in self._active.values():
+                entry[1] = None
+        if not active:
+            return
+        for task_id, (status, worker) in self.store.owners(list(active)).items():
+            engine, percent = active[task_id]
+            if status == "CANCELED" or (status == "PROCESSING" and worker != self.worker_id):
+                engine.cancel(task_id)
+            elif percent is not None:
+                self.store.set_percent(task_id, percent, self.worker_id)
+
+    def _progress(self, task_id: str):
+        def report(done: int, total: int) -> None:
+            with self._lock:
+                if task_id in self._active:
+                    self._active[task_id][1] = min(99, int(100 * done / max(1, total)))
+        return report
+
+    def claim(self, task_id: str):
+        """Claim the task, waiting while another live worker holds it; None once it is finished."""
+        while True:
+            task = self.store.claim(task_id, self.worker_id, self.lease_seconds)
+            if task is not None:
+                return task
+            current = self.store.get(task_id)
+            if current is None or current.status != "PROCESSING" or self._stop.is_set():
+                return None
+            self._stop.wait(min(2.0, self.lease_seconds / 3))  # held by a live worker: its lease decides
 
     def execute(self, task_id: str) -> str:
         """Run a task to its end; returns its final status (or 'SKIPPED' if not claimable)."""
-        task = self.store.claim(task_id, self.worker_id)
+        task = self.claim(task_id)
         if task is None:
             return "SKIPPED"
-        cfg = task.config
+        status = self._run(task)
+        for hook in self.hooks:
+            try:
+                hook(task_id, status)
+            except Exception:
+                log.exception("task %s: after-task hook failed", task_id)
+        return status
+
+    def _run(self, task) -> str:
+        task_id, cfg, me = task.id, task.config, self.worker_id
         try:
             engine = self.engines.get(task.model)
         except ModelUnavailable as exc:
-            self.store.fail(task_id, str(exc))
+            self.store.fail(task_id, str(exc), me)
             return "FAILED"
         request = GenerationRequest(
             prompt=task.prompt, duration=float(cfg["duration"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
-        watcher = _ProgressWatcher(self.store, engine, task_id, self.progress_interval)
+        with self._lock:
+            self._active[task_id] = [engine, None]
         try:
-            result = engine.submit(request, watcher).result()
+            result = engine.submit(request, self._progress(task_id)).result()
         except GenerationCanceled:
-            self.store.cancel(task_id)
-            return "CANCELED"
+            return "CANCELED"  # the store already says so (or another worker took the task over)
         except Exception as exc:
             log.exception("task %s failed", task_id)
-            self.store.fail(task_id, f"generation failed: {exc}")
+            self.store.fail(task_id, f"generation failed: {exc}", me)
             return "FAILED"
+        finally:
+            with self._lock:
+                self._active.pop(task_id, None)
         try:
             audio = normalize(result.audio.numpy(), result.sample_rate, cfg.get("normalization", "loudness"),
                               float(cfg.get("target_lufs", -14.0)))
             encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"))
-            key = f"{task.user_id}/{task_id}.{encoded.extension}"
+            key = f"{task.user_id}/{task_id}-{task.attempts}.{encoded.extension}"
             self.storage.put(key, encoded.data, encoded.content_type)
         except Exception as exc:
             log.exception("task %s: saving audio failed", task_id)
-            self.store.fail(task_id, f"saving the audio failed: {exc}")
+            self.store.fail(task_id, f"saving the audio failed: {exc}", me)
             return "FAILED"
         done = self.store.complete(task_id, key, encoded.extension, encoded.sample_rate,
-                                   result.audio.shape[-1] / result.sample_rate, request.seed)
-        if not done:  # canceled while encoding: the file is not served
-            self.storage.delete(key)
-            return "CANCELED"
+                                   result.audio.shape[-1] / result.sample_rate, request.seed, me)
+        if not done:  # canceled while encoding (or taken over): this file is not served
+            current = self.store.get(task_id)
+            if current is None or current.file_key != key:
+                self.storage.delete(key)
+            return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
         return "COMPLETED"
-
-
-class _ProgressWatcher:
-    """Engine progress callback: writes percent (throttled) and notices cancellation."""
-
-    def __init__(self, store: TaskStore, engine, task_id: str, interval: float):
-        self.store, self.engine, self.task_id, self.interval = store, engine, task_id, interval
-        self.last = 0.0
-        self.lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval and done < total:
-            return
-        self.last = now
-        percent = min(99, int(100 * done / max(1, total)))
-        threading.Thread(target=self._update, args=(percent,), daemon=True).start()
-
-    def _update(self, percent: int) -> None:
-        with self.lock:
-            task = self.store.get(self.task_id)
-            if task is not None and task.status == "CANCELED":
-                self.engine.cancel(self.task_id)
-            else:
-                self.store.set_percent(self.task_id, percent)

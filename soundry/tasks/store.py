@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, func, select, update
+import datetime as dt
+
+from sqlalchemy import and_, create_engine, func, or_, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import sessionmaker
 
-from soundry.tasks.models import FINAL_STATUSES, Base, Task, utcnow
+from soundry.tasks import migrate
+from soundry.tasks.models import FINAL_STATUSES, Task, utcnow
 
 
 def make_engine(url: str) -> SAEngine:
@@ -27,7 +30,7 @@ def make_engine(url: str) -> SAEngine:
 class TaskStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -61,6 +64,21 @@ class TaskStore:
                 Task.status == "PENDING", Task.model == task.model, Task.created_at < task.created_at))
             return int(ahead or 0) + 1
 
+    def seconds_per_audio_second(self, model: str, recent: int = 20) -> float | None:
+        """Median wall seconds per audio second of the model's recent completed tasks (None if none)."""
+        with self.session() as s:
+            rows = s.execute(select(Task.started_at, Task.finished_at, Task.audio_seconds).where(
+                Task.status == "COMPLETED", Task.model == model, Task.audio_seconds > 0).order_by(
+                Task.finished_at.desc()).limit(recent)).all()
+        rates = sorted((f - st).total_seconds() / a for st, f, a in rows if st and f)
+        return rates[len(rates) // 2] if rates else None
+
+    def owners(self, task_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """task_id -> (status, worker) for the given tasks, in one query."""
+        with self.session() as s:
+            rows = s.execute(select(Task.id, Task.status, Task.worker).where(Task.id.in_(task_ids)))
+            return {tid: (status, worker) for tid, status, worker in rows}
+
     def pending_ids(self, model: str | None = None, limit: int = 100) -> list[str]:
         with self.session() as s:
             q = select(Task.id).where(Task.status == "PENDING")
@@ -68,37 +86,69 @@ class TaskStore:
                 q = q.where(Task.model == model)
             return list(s.scalars(q.order_by(Task.created_at).limit(limit)))
 
+    def stale_tasks(self, models: list[str] | None = None, pending_for: float = 600.0,
+                    limit: int = 500) -> list[tuple[str, str]]:
+        """Tasks that may have lost their queue message: PENDING for a while, or PROCESSING with a lapsed lease."""
+        now = utcnow()
+        with self.session() as s:
+            q = select(Task.id, Task.model).where(or_(
+                and_(Task.status == "PENDING", Task.created_at < now - dt.timedelta(seconds=pending_for)),
+                and_(Task.status == "PROCESSING", Task.lease_until < now)))
+            if models:
+                q = q.where(Task.model.in_(models))
+            return [tuple(row) for row in s.execute(q.order_by(Task.created_at).limit(limit))]
+
     # -- writes ------------------------------------------------------------------------------------
     def create(self, task: Task) -> Task:
         with self.session() as s, s.begin():
             s.add(task)
         return task
 
-    def claim(self, task_id: str, worker: str) -> Task | None:
-        """PENDING → PROCESSING atomically; None if someone else claimed it or it was canceled."""
+    def claim(self, task_id: str, worker: str, lease_seconds: float = 30.0) -> Task | None:
+        """PENDING (or PROCESSING by a worker whose lease lapsed) → PROCESSING by ``worker``, atomically.
+
+        None if another live worker holds it or it is finished or canceled."""
+        now = utcnow()
         with self.session() as s, s.begin():
-            res = s.execute(update(Task).where(Task.id == task_id, Task.status == "PENDING").values(
-                status="PROCESSING", started_at=utcnow(), worker=worker, attempts=Task.attempts + 1, percent=0))
+            res = s.execute(update(Task).where(Task.id == task_id, or_(
+                Task.status == "PENDING", and_(Task.status == "PROCESSING", Task.lease_until < now))).values(
+                status="PROCESSING", started_at=now, worker=worker, attempts=Task.attempts + 1, percent=0,
+                lease_until=now + dt.timedelta(seconds=lease_seconds)))
             if res.rowcount != 1:
                 return None
             return s.get(Task, task_id)
 
-    def set_percent(self, task_id: str, percent: int) -> None:
+    def renew_leases(self, worker: str, lease_seconds: float) -> int:
+        """Extend the leases of every task this worker is processing (called periodically while alive)."""
         with self.session() as s, s.begin():
-            s.execute(update(Task).where(Task.id == task_id, Task.status == "PROCESSING").values(percent=percent))
+            return s.execute(update(Task).where(Task.worker == worker, Task.status == "PROCESSING").values(
+                lease_until=utcnow() + dt.timedelta(seconds=lease_seconds))).rowcount
+
+    def _owned(self, task_id: str, worker: str | None):
+        cond = [Task.id == task_id, Task.status == "PROCESSING"]
+        if worker is not None:
+            cond.append(Task.worker == worker)
+        return update(Task).where(*cond)
+
+    def set_percent(self, task_id: str, percent: int, worker: str | None = None) -> None:
+        with self.session() as s, s.begin():
+            s.execute(self._owned(task_id, worker).values(percent=percent))
 
     def complete(self, task_id: str, file_key: str, file_format: str, sample_rate: int, audio_seconds: float,
-                 seed: int | None) -> bool:
+                 seed: int | None, worker: str | None = None) -> bool:
+        """PROCESSING → COMPLETED, only for the worker that holds the task: a task completes once."""
         with self.session() as s, s.begin():
-            res = s.execute(update(Task).where(Task.id == task_id, Task.status == "PROCESSING").values(
+            res = s.execute(self._owned(task_id, worker).values(
                 status="COMPLETED", percent=100, file_key=file_key, file_format=file_format,
                 sample_rate=sample_rate, audio_seconds=audio_seconds, seed=seed, finished_at=utcnow()))
             return res.rowcount == 1
 
-    def fail(self, task_id: str, reason: str) -> bool:
+    def fail(self, task_id: str, reason: str, worker: str | None = None) -> bool:
+        """Any unfinished task → FAILED (with ``worker``: only while that worker holds it)."""
         with self.session() as s, s.begin():
-            res = s.execute(update(Task).where(Task.id == task_id, Task.status.not_in(FINAL_STATUSES)).values(
-                status="FAILED", error=reason[:2000], finished_at=utcnow()))
+            q = self._owned(task_id, worker) if worker is not None else update(Task).where(
+                Task.id == task_id, Task.status.not_in(FINAL_STATUSES))
+            res = s.execute(q.values(status="FAILED", error=reason[:2000], finished_at=utcnow()))
             return res.rowcount == 1
 
     def cancel(self, task_id: str) -> bool:
@@ -106,6 +156,10 @@ class TaskStore:
             res = s.execute(update(Task).where(Task.id == task_id, Task.status.not_in(FINAL_STATUSES)).values(
                 status="CANCELED", finished_at=utcnow()))
             return res.rowcount == 1
+
+    def set_webhook_state(self, task_id: str, state: str) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(Task).where(Task.id == task_id).values(webhook_state=state))
 
     def requeue_interrupted(self, worker: str | None = None) -> int:
         """PROCESSING tasks (of a worker, or all) back to PENDING — after a crash or restart."""

@@ -1,4 +1,4 @@
-"""Signed, expiring download links: /v1/files/{task_id}.{ext}?expires=...&sig=... (no auth header)."""
+"""HMAC signatures: download links /v1/files/{task_id}.{ext}?expires=...&sig=... (no auth header) and webhooks."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def verify(secret: str, task_id: str, ext: str, expires: int, sig: str) -> str |
     if not hmac.compare_digest(sign(secret, task_id, ext, expires), sig):
         return "invalid download signature"
     return None
+
+
+def webhook_secret(secret: str, user_id: int) -> str:
+    """Each user's webhook signing secret (derived; shown in the user's profile)."""
+    return "whsec_" + hmac.new(secret.encode(), f"webhook:{user_id}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def webhook_signature(user_secret: str, body: bytes, timestamp: int) -> str:
+    """Header ``X-Soundry-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``."""
+    mac = hmac.new(user_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"

@@ -1,0 +1,50 @@
+"""A task as its owner sees it: the FlexStack result shape plus our extras (shared by the API,
+its live events and webhooks)."""
+
+from __future__ import annotations
+
+from soundry.accounts import fmt_time
+from soundry.config import Settings
+from soundry.signing import signed_path
+from soundry.tasks.models import Task, utcnow
+from soundry.tasks.routing import route
+
+
+def public_config(task: Task) -> dict:
+    task_name, queue = route(task.model)
+    return {**task.config, "task_name": task_name, "task_type": "TEXT-TO-AUDIO", "queue_name": queue}
+
+
+def download_url(task: Task, settings: Settings, base_url: str) -> str | None:
+    if task.status != "COMPLETED" or not task.file_key:
+        return None
+    path = signed_path(settings.secret, task.id, task.file_format, settings.download_ttl)
+    return (settings.public_url or base_url).rstrip("/") + path
+
+
+def eta_seconds(task: Task, queue_position: int | None, seconds_per_audio_second: float | None,
+                max_batch: int) -> float | None:
+    """A rough estimate of the seconds until the task finishes (None when there is nothing to go on)."""
+    if task.status == "PROCESSING" and task.started_at and task.percent > 0:
+        elapsed = (utcnow() - task.started_at).total_seconds()
+        return round(elapsed * (100 - task.percent) / task.percent, 1)
+    if task.status == "PENDING" and queue_position and seconds_per_audio_second:
+        one = seconds_per_audio_second * float(task.config.get("duration", 5))
+        return round(one * (1 + (queue_position - 1) // max(1, max_batch)), 1)
+    return None
+
+
+def task_payload(task: Task, settings: Settings, base_url: str, queue_position: int | None = None,
+                 eta: float | None = None) -> dict:
+    inner = {
+        "task_id": task.id, "total_tasks": 1, "percent": task.percent, "status": task.status,
+        "url_download": download_url(task, settings, base_url),
+        "error_description": task.error if task.status == "FAILED" else "",
+        "prompt": task.prompt, "negative_prompt": task.negative_prompt, "config": public_config(task),
+        "queue_position": queue_position, "eta_seconds": eta, "created_at": fmt_time(task.created_at),
+        "started_at": fmt_time(task.started_at), "finished_at": fmt_time(task.finished_at),
+    }
+    if task.status == "COMPLETED":
+        inner.update(duration=round(task.audio_seconds, 4), sample_rate=task.sample_rate,
+                     output_format=task.file_format, seed=task.seed)
+    return {"is_success": task.status != "FAILED", "data": inner}
