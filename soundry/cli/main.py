@@ -14,11 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", help="where the database, secret and audio files live (default ./data)")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    sp = sub.add_parser("serve", help="run the API with an in-process worker (embedded defaults)")
+    sp = sub.add_parser("serve", help="run the API (with an in-process worker unless a broker is configured)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--public-url", help="base URL for download links (default: the request's)")
     sp.add_argument("--preload", help="comma-separated models to load at start")
+    wp = sub.add_parser("worker", help="run a Celery worker for the given models (distributed mode)")
+    wp.add_argument("--models", default="audiogen,musicgen", help="comma-separated models to load and serve")
+    wp.add_argument("--concurrency", type=int, default=32, help="task executions in flight (threads)")
+    wp.add_argument("--loglevel", default="INFO")
+    mp = sub.add_parser("migrate", help="bring the database schema to the newest revision and print it")
+    for p in (sp, wp, mp):
+        p.add_argument("--database", help="SQLite path/URL or postgresql://… (default DATA_DIR/soundry.db)")
+    for p in (sp, wp):
+        p.add_argument("--broker", help="redis://… or amqp://… for Celery workers (default: embedded worker)")
+        p.add_argument("--storage", help="a directory or s3://bucket/prefix (default DATA_DIR/files)")
 
     up = sub.add_parser("users", help="manage accounts")
     usub = up.add_subparsers(dest="users_command", required=True)
@@ -38,17 +48,34 @@ def main(argv: list[str] | None = None) -> int:
 
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "generate":
         from soundry.cli.generate import run
 
         return run(args)
     from soundry.config import Settings
 
-    settings = Settings.load(args.config, data_dir=args.data_dir,
-                             public_url=getattr(args, "public_url", None),
-                             preload=getattr(args, "preload", None))
+    database = getattr(args, "database", None)
+    if database and "://" not in database:
+        database = f"sqlite:///{database}"
+    settings = Settings.load(args.config, data_dir=args.data_dir, public_url=getattr(args, "public_url", None),
+                             preload=getattr(args, "preload", None), database_url=database,
+                             broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None))
     if args.command == "serve":
         return serve(settings, args.host, args.port)
+    if args.command == "worker":
+        from soundry.tasks.worker import run_worker
+
+        run_worker(settings, [m for m in args.models.split(",") if m], args.concurrency, args.loglevel)
+        return 0
+    if args.command == "migrate":
+        from soundry.tasks import migrate
+        from soundry.tasks.store import make_engine
+
+        engine = make_engine(settings.database_url)
+        migrate.upgrade(engine)
+        print(f"database at revision {migrate.current_revision(engine)} (head {migrate.head_revision()})")
+        return 0
     return users(settings, args)
 
 
