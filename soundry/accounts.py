@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError, VerifyMismatchError
 from sqlalchemy import select, update
 
-from soundry.tasks.models import ApiKey, User, utcnow
+from soundry.tasks.models import ApiKey, RefreshToken, User, utcnow
 from soundry.tasks.store import TaskStore
 
 _hasher = PasswordHasher()
@@ -104,17 +104,40 @@ class Accounts:
         now = int(time.time())
         access = jwt.encode({"sub": str(user.id), "typ": "access", "iat": now, "exp": now + self.access_ttl},
                             self.secret, algorithm="HS256")
+        jti = secrets.token_hex(16)
         refresh = jwt.encode({"sub": str(user.id), "typ": "refresh", "iat": now, "exp": now + self.refresh_ttl,
-                              "jti": secrets.token_hex(8)}, self.secret, algorithm="HS256")
+                              "jti": jti}, self.secret, algorithm="HS256")
+        with self.store.session() as s, s.begin():
+            s.add(RefreshToken(jti=jti, user_id=user.id,
+                               expires_at=utcnow() + dt.timedelta(seconds=self.refresh_ttl)))
         return {"access_token": access, "refresh_token": refresh, "expires_in": self.access_ttl}
 
-    def user_for_token(self, token: str, typ: str = "access") -> User:
+    def rotate_refresh_token(self, token: str) -> User:
+        """Spend a refresh token (once). A second use means it leaked: every refresh token of the user
+        is revoked, so whoever holds one must log in again."""
+        claims = self._claims(token, "refresh")
+        user = self.user_for_token(token, "refresh")
+        with self.store.session() as s, s.begin():
+            spent = s.execute(update(RefreshToken).where(
+                RefreshToken.jti == str(claims.get("jti", "")), RefreshToken.user_id == user.id,
+                RefreshToken.used_at.is_(None)).values(used_at=utcnow())).rowcount
+            if spent != 1:
+                s.execute(update(RefreshToken).where(RefreshToken.user_id == user.id,
+                                                     RefreshToken.used_at.is_(None)).values(used_at=utcnow()))
+        if spent != 1:
+            raise AuthError("refresh token already used or revoked; log in again")
+        return user
+
+    def _claims(self, token: str, typ: str) -> dict:
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+            return jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
         except jwt.ExpiredSignatureError:
             raise AuthError(f"{typ} token expired") from None
         except jwt.PyJWTError:
             raise AuthError(f"invalid {typ} token") from None
+
+    def user_for_token(self, token: str, typ: str = "access") -> User:
+        claims = self._claims(token, typ)
         if claims.get("typ") != typ:
             raise AuthError(f"invalid {typ} token")
         user = self.user_by_id(int(claims["sub"]))

@@ -33,6 +33,13 @@ class Settings:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 24 * 3600
     download_ttl: int = 24 * 3600
+    requests_per_minute: int = 600  # per user, every authenticated request (0 = unlimited)
+    max_active_tasks_per_user: int = 64  # PENDING + PROCESSING
+    max_queued_audio_seconds_per_user: float = 3600.0  # requested seconds of unfinished tasks
+    max_queue: int = 5000  # PENDING tasks in all; beyond it creates answer 503
+    login_failures_per_user: int = 5  # failed logins per username within login_window_seconds
+    login_failures_per_address: int = 20  # failed logins per client address within the window
+    login_window_seconds: float = 900.0
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
 

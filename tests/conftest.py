@@ -72,6 +72,6 @@ def live_server(tmp_path, tiny_models):
     """A real HTTP server with the tiny models and a user (``.username``/``.password``/``.api_key``)."""
     from tests.live_server import start_live_server
 
-    server = start_live_server(make_settings(tmp_path))  # SQLite: the API suite covers PostgreSQL
+    server = start_live_server(make_settings(tmp_path, webhook_backoff=0.2))  # SQLite (API suite covers PostgreSQL)
     yield server
     server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,13 @@ from soundry.accounts import Accounts
 from soundry.api import routes_tasks, routes_user
 from soundry.api.deps import Services
 from soundry.api.envelope import ApiError, error_response, ok
+from soundry.api.limits import Limits
+from soundry.api.metrics import install_metrics
 from soundry.config import Settings
 from soundry.storage import open_storage
 from soundry.tasks.store import TaskStore
 from soundry.tasks.webhooks import WebhookSender, attach_webhooks
+from soundry.web import mount_playground
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def build_services(settings: Settings, queue=None) -> Services:
     engines = None
     if queue is None:
         queue, engines = make_queue(settings, store, storage, webhooks)
-    return Services(settings, store, accounts, storage, queue, engines, webhooks)
+    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store))
 
 
 def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender):
@@ -54,6 +58,14 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
 
+def _preload(engines, names: list[str]) -> None:
+    for name in names:
+        try:
+            engines.get(name)
+        except Exception as exc:  # reported by /readyz and in failed tasks
+            log.warning("loading %s failed: %s", name, exc)
+
+
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
     svc = build_services(settings, queue)
@@ -63,12 +75,9 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     async def lifespan(app: FastAPI):
         if run_worker and hasattr(svc.queue, "start"):
             svc.queue.start()
-        for name in settings.preload:
-            if svc.engines is not None:
-                try:
-                    svc.engines.get(name)
-                except Exception as exc:  # reported by /readyz and in failed tasks
-                    log.warning("preloading %s failed: %s", name, exc)
+        if svc.engines is not None and run_worker:
+            names = list(dict.fromkeys([settings.default_model, *settings.preload]))
+            threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload", daemon=True).start()
         yield
         if hasattr(svc.queue, "stop"):
             svc.queue.stop()
@@ -110,6 +119,31 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     def healthz(request: Request):
         return ok(request, {"status": "ok", "version": __version__})
 
+    @app.get("/readyz", tags=["ops"], summary="Ready to serve: database reachable, default model settled",
+             description="503 until the database answers and, in embedded mode, the default model is loaded or "
+                         "known to be unavailable (then tasks for it fail with the reason given here).")
+    def readyz(request: Request):
+        checks: dict = {}
+        try:
+            svc.store.count()
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if svc.engines is not None:
+            name = svc.engines.key(settings.default_model)
+            failures = svc.engines.failures()
+            checks["default_model"] = ("loaded" if name in svc.engines.loaded() else
+                                       f"unavailable: {failures[name]}" if name in failures else "loading")
+        else:
+            checks["default_model"] = "served by workers"
+        ready = checks["database"] == "ok" and checks["default_model"] != "loading"
+        if not ready:
+            return error_response(request, 503, "not_ready", "; ".join(f"{k}: {v}" for k, v in checks.items()),
+                                  {"Retry-After": "5"}, data=checks)
+        return ok(request, {"status": "ready", **checks})
+
+    install_metrics(app, svc)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
+    mount_playground(app)
     return app

@@ -25,6 +25,7 @@ class Services:
     queue: object  # EmbeddedQueue | CeleryQueue: enqueue(task_id, model), cancel(task_id)
     engines: object | None = None  # EngineManager in embedded mode; None when Celery workers run the models
     webhooks: object | None = None  # WebhookSender
+    limits: object | None = None  # Limits
 
 
 def services(request: Request) -> Services:
@@ -37,10 +38,14 @@ def current_user(request: Request) -> User:
     if scheme.lower() != "bearer" or not credential.strip():
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <access token or API key>'",
                        {"WWW-Authenticate": "Bearer"})
+    svc = services(request)
     try:
-        return services(request).accounts.user_for_bearer(credential.strip())
+        user = svc.accounts.user_for_bearer(credential.strip())
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
+    if svc.limits is not None:
+        svc.limits.check_request(user.id)
+    return user
 
 
 def basic_credentials(request: Request) -> tuple[str, str]:

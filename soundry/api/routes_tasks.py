@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from soundry.api.deps import current_user, services
 from soundry.api.envelope import ApiError, ok
@@ -14,7 +17,7 @@ from soundry.api.schemas import CreateTask
 from soundry.api.tasks_view import public_config, task_result
 from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
 from soundry.signing import verify
-from soundry.tasks.models import Task, User
+from soundry.tasks.models import FINAL_STATUSES, Task, User
 
 router = APIRouter(prefix="/v1", tags=["audio generation"])
 MAX_BODY = 1 << 20
@@ -58,8 +61,9 @@ async def create_task(request: Request, user: User = Depends(current_user)):
                                                f"{svc.settings.max_prompt_chars}")
     if cfg.duration > svc.settings.max_duration:
         raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
+    svc.limits.check_new_task(user.id, cfg.duration)
     task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                                 config=cfg.model_dump(), model=cfg.model))
+                                 config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
     svc.queue.enqueue(task.id, task.model)
     return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
                         "config": public_config(task)}, status_code=201)
@@ -88,6 +92,38 @@ def get_task(request: Request, task_id: str, user: User = Depends(current_user))
     return ok(request, task_result(request, _own_task(request, task_id, user)))
 
 
+@router.get("/ai/audio_generation/{task_id}/events", response_class=StreamingResponse,
+            summary="Live progress as Server-Sent Events",
+            description="`event: status` with the task's result object (as in GET …/{task_id}, `data.data`) "
+                        "whenever status, percent or queue position change, then `event: done` with the final "
+                        "object, and the stream ends. A comment line every 15 s keeps proxies from closing it.",
+            responses={200: {"content": {"text/event-stream": {"example": 'event: status\ndata: {"task_id": '
+                                                                          '"…", "status": "PROCESSING", '
+                                                                          '"percent": 40, …}\n\n'}}}})
+async def task_events(request: Request, task_id: str, user: User = Depends(current_user)):
+    task = _own_task(request, task_id, user)
+    return StreamingResponse(_event_stream(request, task.id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(request: Request, task_id: str, interval: float = 0.5, keepalive: float = 15.0):
+    store, last, last_sent = services(request).store, None, time.monotonic()
+    while True:
+        task = await run_in_threadpool(store.get, task_id)
+        data = (await run_in_threadpool(task_result, request, task))["data"]
+        final = task.status in FINAL_STATUSES
+        state = (data["status"], data["percent"], data["queue_position"])
+        if state != last or final:
+            last, last_sent = state, time.monotonic()
+            yield f"event: {'done' if final else 'status'}\ndata: {json.dumps(data)}\n\n"
+        elif time.monotonic() - last_sent > keepalive:
+            last_sent = time.monotonic()
+            yield ": keep-alive\n\n"
+        if final or await request.is_disconnected():
+            return
+        await asyncio.sleep(interval)
+
+
 @router.post("/ai/audio_generation/{task_id}/cancel", summary="Cancel a task that has not finished")
 def cancel_task(request: Request, task_id: str, user: User = Depends(current_user)):
     svc = services(request)
@@ -95,6 +131,8 @@ def cancel_task(request: Request, task_id: str, user: User = Depends(current_use
     if not svc.store.cancel(task.id):
         raise ApiError(409, "already_finished", f"task {task.id} is already {task.status}")
     svc.queue.cancel(task.id)
+    if svc.webhooks is not None:
+        svc.webhooks.notify(task.id, "CANCELED")
     return ok(request, task_result(request, svc.store.get(task.id)))
 
 

@@ -8,6 +8,7 @@ from soundry.accounts import AuthError, profile
 from soundry.api.deps import basic_credentials, current_user, services
 from soundry.api.envelope import ApiError, ok
 from soundry.api.tasks_view import task_result
+from soundry.signing import webhook_secret
 from soundry.tasks.models import User
 
 router = APIRouter(prefix="/v1/user", tags=["user"])
@@ -20,17 +21,24 @@ def _tokens(request: Request, user: User):
 @router.post("/login", summary="Log in with HTTP Basic credentials; returns access and refresh tokens")
 def login(request: Request):
     username, password = basic_credentials(request)
+    svc = services(request)
+    address = request.client.host if request.client else "unknown"
+    svc.limits.check_login(username, address)
     try:
-        user = services(request).accounts.authenticate(username, password)
+        user = svc.accounts.authenticate(username, password)
     except AuthError as exc:
+        svc.limits.login_failed(username, address)
         raise ApiError(401, "unauthorized", str(exc)) from None
+    svc.limits.login_succeeded(username)
     return _tokens(request, user)
 
 
-@router.post("/refresh_token", summary="Exchange a refresh token (form field) for new tokens")
+@router.post("/refresh_token", summary="Exchange a refresh token (form field) for new tokens",
+             description="Refresh tokens rotate: each can be used once and the answer carries a new one. "
+                         "Reusing a spent token is refused and revokes every refresh token of that user.")
 def refresh_token(request: Request, refresh_token: str = Form(..., description="the refresh token from login")):
     try:
-        user = services(request).accounts.user_for_token(refresh_token, "refresh")
+        user = services(request).accounts.rotate_refresh_token(refresh_token)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
     return _tokens(request, user)
@@ -38,7 +46,8 @@ def refresh_token(request: Request, refresh_token: str = Form(..., description="
 
 @router.api_route("/me", methods=["GET", "POST"], summary="The caller's profile")
 def me(request: Request, user: User = Depends(current_user)):
-    return ok(request, profile(user))
+    secret = webhook_secret(services(request).settings.secret, user.id)
+    return ok(request, {**profile(user), "webhook_secret": secret})
 
 
 @router.get("/history", summary="The caller's tasks, newest first")

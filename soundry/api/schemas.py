@@ -42,6 +42,22 @@ class CreateTask(BaseModel):
     prompt: str = Field(..., min_length=1, description="what to generate")
     negative_prompt: str = Field("", description="what to steer away from (replaces the empty guidance condition)")
     configs: Configs = Field(default_factory=Configs)
+    webhook: str | None = Field(None, max_length=2000, description=(
+        "an http(s) URL: when the task completes, fails or is canceled, soundry POSTs its result there, "
+        "signed with your webhook secret (see /v1/user/me) in X-Soundry-Signature: t=<unix>,v1=<hex HMAC-SHA256 "
+        "of '<t>.<body>'>"), examples=["https://example.com/hooks/soundry"])
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        from urllib.parse import urlparse
+
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("webhook must be an absolute http:// or https:// URL")
+        return v
 
     @field_validator("prompt")
     @classmethod

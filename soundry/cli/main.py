@@ -1,4 +1,5 @@
-"""The ``soundry`` command: serve, users, generate."""
+"""The ``soundry`` command: serve, worker, migrate, users (on the server's machine); generate, tasks,
+models (through a server with --url, or locally)."""
 
 from __future__ import annotations
 
@@ -41,18 +42,42 @@ def main(argv: list[str] | None = None) -> int:
     ut.add_argument("name")
     usub.add_parser("list", help="list users")
 
-    gp = sub.add_parser("generate", help="generate one clip locally (or against a server with --url)")
+    gp = sub.add_parser("generate", help="generate one clip through a server (--url) or locally")
     from soundry.cli.generate import add_arguments
+    from soundry.cli.remote import add_connection_arguments
 
     add_arguments(gp)
+    tp = sub.add_parser("tasks", help="your tasks on a server: list, show, cancel")
+    tsub = tp.add_subparsers(dest="tasks_command", required=True)
+    tl = tsub.add_parser("list", help="newest first")
+    tl.add_argument("--limit", type=int, default=20)
+    tl.add_argument("--offset", type=int, default=0)
+    leaves = [gp, tl]
+    for name in ("show", "cancel"):
+        leaves.append(tsub.add_parser(name, help=f"{name} one task"))
+        leaves[-1].add_argument("task_id")
+    mdp = sub.add_parser("models", help="list models (a server's with --url), or pull weights")
+    msub = mdp.add_subparsers(dest="models_command", required=True)
+    leaves.append(msub.add_parser("list", help="model names, and where their weights are"))
+    msub.add_parser("pull", help="download a model's release weights into the Hugging Face cache "
+                                 "(the text encoder and codec follow on first load)").add_argument("name")
+    for p in leaves:
+        add_connection_arguments(p)
 
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.command in ("generate", "tasks", "models") else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    if args.command == "generate":
-        from soundry.cli.generate import run
+    if args.command in ("generate", "tasks", "models"):
+        from soundry.cli import generate, remote
 
-        return run(args)
+        if args.command == "generate":
+            return remote.generate(args) if args.url else generate.run(args)
+        if args.command == "tasks":
+            return remote.tasks(args)
+        if args.models_command == "list":
+            return remote.models_list(args)
+        return remote.models_pull(args)
     from soundry.config import Settings
 
     database = getattr(args, "database", None)

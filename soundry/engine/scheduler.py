@@ -37,6 +37,8 @@ class EngineStats:
         self.failed = 0
         self.canceled = 0
         self.audio_seconds = 0.0
+        self.generation_seconds = 0.0  # wall time from submit to audio, summed over completed requests
+        self.batch_sizes: dict[int, int] = {}  # requests in the batch -> steps taken at that size
 
     @property
     def mean_batch_size(self) -> float:
@@ -55,6 +57,7 @@ class Engine:
         self._waiting: deque[tuple[GenerationRequest, Future, Progress | None]] = deque()
         self._cancel: set[str] = set()
         self._futures: dict[str, Future] = {}
+        self._submitted: dict[str, float] = {}  # request id -> submit time (for generation seconds)
         self._thread: threading.Thread | None = None
         self._stop = False
         self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
@@ -83,6 +86,7 @@ class Engine:
         fut: Future = Future()
         with self._lock:
             self._futures[request.id] = fut
+            self._submitted[request.id] = time.perf_counter()
             self._waiting.append((request, fut, progress))
             self._lock.notify_all()
         self.start()
@@ -169,6 +173,7 @@ class Engine:
         st.rows_stepped += n
         st.last_batch_size = n
         st.max_batch_size = max(st.max_batch_size, n)
+        st.batch_sizes[n] = st.batch_sizes.get(n, 0) + 1
         for job in finished:
             self._codec.submit(self._decode, job, DecodeBatch.tokens_of(job))
 
@@ -185,14 +190,18 @@ class Engine:
             return
         with self._lock:
             fut = self._futures.pop(req.id, None)
+            started = self._submitted.pop(req.id, None)
         self.stats.completed += 1
         self.stats.audio_seconds += audio.shape[-1] / self.model.sample_rate
+        if started is not None:
+            self.stats.generation_seconds += time.perf_counter() - started
         if fut is not None and not fut.done():
             fut.set_result(result)
 
     def _fail(self, request_id: str, exc: BaseException) -> None:
         with self._lock:
             fut = self._futures.pop(request_id, None)
+            self._submitted.pop(request_id, None)
         self.stats.failed += 1
         if fut is not None and not fut.done():
             fut.set_exception(exc)
@@ -200,6 +209,7 @@ class Engine:
     def _finish_canceled(self, request_id: str, fut: Future | None) -> None:
         with self._lock:
             self._futures.pop(request_id, None)
+            self._submitted.pop(request_id, None)
         self.stats.canceled += 1
         if fut is not None and not fut.done():
             fut.set_exception(GenerationCanceled(request_id))

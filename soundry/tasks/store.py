@@ -55,6 +55,23 @@ class TaskStore:
                 q = q.where(Task.status == status)
             return int(s.scalar(q) or 0)
 
+    def status_counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return {st: int(n) for st, n in s.execute(select(Task.status, func.count(Task.id)).group_by(Task.status))}
+
+    def pending_by_model(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Task.model, func.count(Task.id)).where(Task.status == "PENDING")
+                             .group_by(Task.model))
+            return {model: int(n) for model, n in rows}
+
+    def active_load(self, user_id: int) -> tuple[int, float]:
+        """(unfinished tasks, their requested audio seconds) of a user — for per-user limits."""
+        with self.session() as s:
+            rows = s.execute(select(Task.config).where(Task.user_id == user_id,
+                                                       Task.status.in_(("PENDING", "PROCESSING")))).all()
+        return len(rows), sum(float(r[0].get("duration", 0)) for r in rows)
+
     def queue_position(self, task: Task) -> int | None:
         """1-based position among PENDING tasks of the same model (None unless PENDING)."""
         if task.status != "PENDING":
