@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import torch
@@ -24,13 +25,24 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                quantize: str | None = None) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
     On CUDA the LM runs in bfloat16 unless ``dtype`` says otherwise; on the CPU in float32.
     ``quantize="int8"`` applies dynamic int8 quantisation to the LM's linear layers (CPU only).
+    Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
+    state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     """
+    with _LOAD_LOCK:
+        return _load_model(name_or_path, device, dtype, quantize)
+
+
+def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
+                quantize: str | None) -> AudioModel:
     release_dir = resolve_model_dir(name_or_path)
     dev = pick_device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
