@@ -44,7 +44,8 @@ def refresh_token(request: Request, refresh_token: str = Form(..., description="
     return _tokens(request, user)
 
 
-@router.api_route("/me", methods=["GET", "POST"], summary="The caller's profile")
+@router.post("/me", summary="The caller's profile (POST, as FlexStack clients call it)", operation_id="me_post")
+@router.get("/me", summary="The caller's profile", operation_id="me_get")
 def me(request: Request, user: User = Depends(current_user)):
     secret = webhook_secret(services(request).settings.secret, user.id)
     return ok(request, {**profile(user), "webhook_secret": secret})
