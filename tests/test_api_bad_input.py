@@ -31,6 +31,10 @@ BAD = [
     ("prompt not a string", {**GOOD, "prompt": 42}, 422, "prompt"),
     ("configs not an object", {**GOOD, "configs": "fast"}, 422, "configs"),
     ("body not an object", ["dog"], 422, "body"),
+    ("absurd duration", with_configs(duration=1e308), 422, "configs.duration"),
+    ("seed float", with_configs(seed=1.5), 422, "configs.seed"),
+    ("seed string", with_configs(seed="42"), 422, "configs.seed"),
+    ("webhook not http", {**GOOD, "webhook": "file:///etc/passwd"}, 422, "webhook"),
 ]
 
 
@@ -61,7 +65,25 @@ def test_huge_prompt_and_body(client, user):
     r = client.post("/v1/ai/audio_generation", content=b"{" + b" " * (2 << 20) + b"}",
                     headers={**user["headers"], "Content-Type": "application/json"})
     assert r.status_code == 413
+    r = client.post("/v1/ai/audio_generation", content=b'{"prompt": "' + b"a" * (10 << 20) + b'"}',
+                    headers={**user["headers"], "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["errors"] == ["payload_too_large"]
     assert task_count(client) == 0
+
+
+def test_nan_and_infinite_durations(client, user):
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"prompt": "dog", "configs": {"duration": ' + literal + b"}}"
+        r = client.post("/v1/ai/audio_generation", content=body,
+                        headers={**user["headers"], "Content-Type": "application/json"})
+        assert r.status_code == 422 and "configs.duration" in r.json()["error_description"], r.text
+    assert task_count(client) == 0
+
+
+def test_unicode_prompts_are_welcome(client, user):
+    prompt = "пёс лает 🐕 — 犬の鳴き声, café"
+    r = client.post("/v1/ai/audio_generation", json={**GOOD, "prompt": prompt}, headers=user["headers"])
+    assert r.status_code == 201 and r.json()["data"]["prompt"] == prompt
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Token abc"},

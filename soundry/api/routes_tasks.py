@@ -44,9 +44,7 @@ def ai_models(request: Request):
                  "schema": CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def create_task(request: Request, user: User = Depends(current_user)):
     svc = services(request)
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
+    raw = await _read_body(request)
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -67,6 +65,21 @@ async def create_task(request: Request, user: User = Depends(current_user)):
     svc.queue.enqueue(task.id, task.model)
     return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
                         "config": public_config(task)}, status_code=201)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it passes MAX_BODY (declared or streamed)."""
+    too_big = ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes; a task needs a few hundred")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _validation_error(exc: ValidationError) -> ApiError:
