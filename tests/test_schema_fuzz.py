@@ -1,12 +1,13 @@
 """Schema fuzzing: schemathesis generates requests for every route of the OpenAPI schema
-(authenticated); no answer is a 5xx, and every JSON answer is in the envelope."""
+(authenticated); no answer is a 5xx, every status code and answer body is the one the schema
+documents, and every JSON answer is in the envelope."""
 
 from __future__ import annotations
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from soundry.api.app import create_app
 from tests.conftest import PASSWORD, make_settings
@@ -51,7 +52,8 @@ def test_fuzzed_requests_get_no_5xx_and_the_envelope(api_schema):
                 response = case.call(headers=headers)
                 assert response.status_code in (200, 503)
             else:
-                response = case.call_and_validate(headers=headers, checks=[not_a_server_error])
+                response = case.call_and_validate(headers=headers, checks=[
+                    not_a_server_error, response_schema_conformance, status_code_conformance])
             _in_envelope(response, case.formatted_path)
 
         fuzz()

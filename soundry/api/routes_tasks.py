@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from soundry.api.deps import current_user, services
+from soundry.api.docs_models import AiModels, ModelEntry, TaskCreated, TaskResult, answers
 from soundry.api.envelope import ApiError, ok
 from soundry.api.schemas import CreateTask
 from soundry.api.tasks_view import public_config, task_result
@@ -29,17 +30,18 @@ def _model_metadata(name: str) -> dict:
             "sample_rate": 16000 if spec.family == "audiogen" else 32000, "license": "CC-BY-NC-4.0"}
 
 
-@router.get("/models/audio_generation", summary="Models with their metadata")
+@router.get("/models/audio_generation", summary="Models with their metadata", responses=answers(list[ModelEntry]))
 def models(request: Request):
     return ok(request, [{"model": n, "metadata": _model_metadata(n)} for n in MODEL_NAMES])
 
 
-@router.get("/ai/models", summary="Model names and types")
+@router.get("/ai/models", summary="Model names and types", responses=answers(AiModels))
 def ai_models(request: Request):
     return ok(request, {"models": [{"model": n, "type": "audio-generation-model"} for n in MODEL_NAMES]})
 
 
 @router.post("/ai/audio_generation", status_code=201, summary="Create a text-to-audio task",
+             responses=answers(TaskCreated, 201, 400, 401, 413, 422, 429, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def create_task(request: Request, user: User = Depends(current_user)):
@@ -100,7 +102,8 @@ def _own_task(request: Request, task_id: str, user: User) -> Task:
     return task
 
 
-@router.get("/ai/audio_generation/{task_id}", summary="A task's state and result")
+@router.get("/ai/audio_generation/{task_id}", summary="A task's state and result",
+            responses=answers(TaskResult, 200, 401, 404, 429))
 def get_task(request: Request, task_id: str, user: User = Depends(current_user)):
     return ok(request, task_result(request, _own_task(request, task_id, user)))
 
@@ -110,9 +113,8 @@ def get_task(request: Request, task_id: str, user: User = Depends(current_user))
             description="`event: status` with the task's result object (as in GET …/{task_id}, `data.data`) "
                         "whenever status, percent or queue position change, then `event: done` with the final "
                         "object, and the stream ends. A comment line every 15 s keeps proxies from closing it.",
-            responses={200: {"content": {"text/event-stream": {"example": 'event: status\ndata: {"task_id": '
-                                                                          '"…", "status": "PROCESSING", '
-                                                                          '"percent": 40, …}\n\n'}}}})
+            responses={**answers(None, 200, 401, 404, 429), 200: {"content": {"text/event-stream": {
+                "example": 'event: status\ndata: {"task_id": "…", "status": "PROCESSING", "percent": 40, …}\n\n'}}}})
 async def task_events(request: Request, task_id: str, user: User = Depends(current_user)):
     task = _own_task(request, task_id, user)
     return StreamingResponse(_event_stream(request, task.id), media_type="text/event-stream",
@@ -137,7 +139,8 @@ async def _event_stream(request: Request, task_id: str, interval: float = 0.5, k
         await asyncio.sleep(interval)
 
 
-@router.post("/ai/audio_generation/{task_id}/cancel", summary="Cancel a task that has not finished")
+@router.post("/ai/audio_generation/{task_id}/cancel", summary="Cancel a task that has not finished",
+             responses=answers(TaskResult, 200, 401, 404, 409, 429))
 def cancel_task(request: Request, task_id: str, user: User = Depends(current_user)):
     svc = services(request)
     task = _own_task(request, task_id, user)
@@ -150,6 +153,8 @@ def cancel_task(request: Request, task_id: str, user: User = Depends(current_use
 
 
 @router.get("/files/{name}", summary="Download a finished task's audio (signed link, no auth header)",
+            responses={**answers(None, 200, 403, 404, 422), 200: {"content": {"audio/wav": {}, "audio/flac": {},
+                                                                            "audio/ogg": {}, "audio/mpeg": {}}}},
             response_class=FileResponse)
 def download(request: Request, name: str, expires: int = Query(...), sig: str = Query(..., max_length=128)):
     svc = services(request)

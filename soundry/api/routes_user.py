@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 
 from soundry.accounts import AuthError, profile
 from soundry.api.deps import basic_credentials, current_user, services
+from soundry.api.docs_models import History, Me, Tokens, answers
 from soundry.api.envelope import ApiError, ok
 from soundry.api.tasks_view import task_result
 from soundry.signing import webhook_secret
@@ -18,7 +19,8 @@ def _tokens(request: Request, user: User):
     return ok(request, {**profile(user), **services(request).accounts.issue_tokens(user)})
 
 
-@router.post("/login", summary="Log in with HTTP Basic credentials; returns access and refresh tokens")
+@router.post("/login", summary="Log in with HTTP Basic credentials; returns access and refresh tokens",
+             responses=answers(Tokens, 200, 401, 429))
 def login(request: Request):
     username, password = basic_credentials(request)
     svc = services(request)
@@ -34,6 +36,7 @@ def login(request: Request):
 
 
 @router.post("/refresh_token", summary="Exchange a refresh token (form field) for new tokens",
+             responses=answers(Tokens, 200, 401, 422),
              description="Refresh tokens rotate: each can be used once and the answer carries a new one. "
                          "Reusing a spent token is refused and revokes every refresh token of that user.")
 def refresh_token(request: Request, refresh_token: str = Form(..., description="the refresh token from login")):
@@ -44,14 +47,15 @@ def refresh_token(request: Request, refresh_token: str = Form(..., description="
     return _tokens(request, user)
 
 
-@router.post("/me", summary="The caller's profile (POST, as FlexStack clients call it)", operation_id="me_post")
-@router.get("/me", summary="The caller's profile", operation_id="me_get")
+@router.post("/me", summary="The caller's profile (POST, as FlexStack clients call it)", operation_id="me_post",
+             responses=answers(Me, 200, 401, 429))
+@router.get("/me", summary="The caller's profile", operation_id="me_get", responses=answers(Me, 200, 401, 429))
 def me(request: Request, user: User = Depends(current_user)):
     secret = webhook_secret(services(request).settings.secret, user.id)
     return ok(request, {**profile(user), "webhook_secret": secret})
 
 
-@router.get("/history", summary="The caller's tasks, newest first")
+@router.get("/history", summary="The caller's tasks, newest first", responses=answers(History, 200, 401, 422, 429))
 def history(request: Request, user: User = Depends(current_user), limit: int = Query(20, ge=1, le=200),
             offset: int = Query(0, ge=0)):
     svc = services(request)
