@@ -21,7 +21,7 @@ def verify(secret: str, task_id: str, ext: str, expires: int, sig: str) -> str |
     """None if valid, else the reason."""
     if expires < time.time():
         return "download link expired"
-    if not hmac.compare_digest(sign(secret, task_id, ext, expires), sig):
+    if not sig.isascii() or not hmac.compare_digest(sign(secret, task_id, ext, expires), sig):
         return "invalid download signature"
     return None
 

@@ -116,3 +116,11 @@ def test_unknown_route_and_task(client, user):
     assert r.status_code == 404 and r.json()["status"] == "error"
     r = client.get("/v1/ai/audio_generation/" + "0" * 32, headers=user["headers"])
     assert r.status_code == 404 and r.json()["errors"] == ["not_found"]
+
+
+def test_regressions_found_by_fuzzing(client, user):
+    # a huge offset overflowed SQLite's integer (500); a non-ASCII signature crashed the comparison (500)
+    r = client.get("/v1/user/history", params={"offset": 2**63}, headers=user["headers"])
+    assert r.status_code == 422 and "offset" in r.json()["error_description"]
+    r = client.get("/v1/files/0.wav", params={"expires": 9999999999, "sig": "é"})
+    assert r.status_code == 403

@@ -42,7 +42,7 @@ def test_fuzzed_requests_get_no_5xx_and_the_envelope(api_schema):
     assert len(operations) >= 12  # every route is in the schema
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case):
             headers = {**(case.headers or {})}
             if "authorization" not in {k.lower() for k in headers}:

@@ -57,7 +57,7 @@ def me(request: Request, user: User = Depends(current_user)):
 
 @router.get("/history", summary="The caller's tasks, newest first", responses=answers(History, 200, 401, 422, 429))
 def history(request: Request, user: User = Depends(current_user), limit: int = Query(20, ge=1, le=200),
-            offset: int = Query(0, ge=0)):
+            offset: int = Query(0, ge=0, le=1_000_000_000)):
     svc = services(request)
     tasks, total = svc.store.history(user.id, limit, offset)
     return ok(request, {"total": total, "limit": limit, "offset": offset,
