@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def start_server(max_batch: int) -> tuple[subprocess.Popen, str, str]:
                    capture_output=True)
     key = subprocess.run([*cli, "users", "token", "load"], env=env, check=True, capture_output=True,
                          text=True).stdout.strip()
-    port = 18000 + os.getpid() % 1000
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
