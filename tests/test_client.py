@@ -142,3 +142,30 @@ def test_cli_against_the_server(live_server, tmp_path, capsys):
     assert "musicgen-small" in capsys.readouterr().out
     assert main(["generate", "x", "-o", str(tmp_path / "x.wav"), "--duration", "-2", *conn]) == 1
     assert "duration" in capsys.readouterr().err
+
+
+def test_pending_webhooks_are_resumed_after_a_restart(tmp_path, tiny_models):
+    from fastapi.testclient import TestClient
+
+    from soundry.api.app import create_app
+    from soundry.tasks.models import Task
+    from tests.conftest import make_settings
+
+    server, got = _receiver([200])
+    try:
+        settings = make_settings(tmp_path)
+        app = create_app(settings, start_worker=False)
+        svc = app.state.services
+        user = svc.accounts.create_user("wes", "wes password")
+        task = svc.store.create(Task(user_id=user.id, prompt="p", config={"duration": 1}, model="audiogen",
+                                     status="FAILED", error="boom",
+                                     webhook=f"http://127.0.0.1:{server.server_port}/h", webhook_state="pending"))
+        with TestClient(create_app(settings)):  # the "restarted" process
+            for _ in range(100):
+                if svc.store.get(task.id).webhook_state == "delivered":
+                    break
+                threading.Event().wait(0.1)
+        assert svc.store.get(task.id).webhook_state == "delivered"
+        assert json.loads(got[0][1])["data"]["error_description"] == "boom"
+    finally:
+        server.shutdown()

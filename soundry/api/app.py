@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     async def lifespan(app: FastAPI):
         if run_worker and hasattr(svc.queue, "start"):
             svc.queue.start()
+        if run_worker and svc.webhooks.resume():
+            log.info("resumed pending webhook deliveries")
         if svc.engines is not None and run_worker:
             names = list(dict.fromkeys([settings.default_model, *settings.preload]))
             threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload", daemon=True).start()

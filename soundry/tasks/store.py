@@ -174,6 +174,11 @@ class TaskStore:
                 status="CANCELED", finished_at=utcnow()))
             return res.rowcount == 1
 
+    def pending_webhooks(self, limit: int = 1000) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Task.id).where(Task.webhook_state == "pending",
+                                                        Task.status.in_(FINAL_STATUSES)).limit(limit)))
+
     def set_webhook_state(self, task_id: str, state: str) -> None:
         with self.session() as s, s.begin():
             s.execute(update(Task).where(Task.id == task_id).values(webhook_state=state))

@@ -47,6 +47,14 @@ class WebhookSender:
         self.store.set_webhook_state(task_id, "pending")
         self._schedule(task_id, 1, 0.0)
 
+    def resume(self) -> int:
+        """Schedule deliveries left pending by a previous process (webhooks are at-least-once:
+        receivers should treat X-Soundry-Task + X-Soundry-Event as an idempotency key)."""
+        ids = self.store.pending_webhooks()
+        for task_id in ids:
+            self._schedule(task_id, 1, 0.0)
+        return len(ids)
+
     def _schedule(self, task_id: str, attempt: int, delay: float) -> None:
         with self._cv:
             heapq.heappush(self._due, (time.monotonic() + delay, attempt, task_id))
