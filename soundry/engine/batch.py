@@ -64,6 +64,7 @@ class DecodeBatch:
         self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
         self.jobs: list[Job] = []
         self._ar_k = torch.arange(self.K, device=self.device)
+        self.static = None  # a StaticSteps (bucketed, graph-capturable steps) when enabled
 
     # -- admission and retirement --------------------------------------------------------------
     @property
@@ -130,23 +131,33 @@ class DecodeBatch:
         n = len(self.jobs)
         if n == 0:
             return []
+        uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
+        if self.static is not None:
+            self.static.step(n, uniforms)
+        else:
+            key_len = max(j.step for j in self.jobs) + 1
+            all_k = all(j.request.top_k > 0 for j in self.jobs)
+            max_k = max(j.request.top_k for j in self.jobs) if all_k else None
+            self.decode(n, uniforms, key_len, self.cache.cross_len, max_k)
+        return self._advance_host()
+
+    def decode(self, n: int, uniforms: torch.Tensor, key_len: int, cross_len: int, max_k: int | None) -> None:
+        """The device work of a step for slots [0, n): forward, guidance, sampling, write the new
+        codes, advance the step counters. No host synchronisation; with fixed ``n``, ``key_len``,
+        ``cross_len`` and ``max_k`` every shape is static, so it can be captured in a CUDA graph.
+        Slots past the active jobs may be computed too (padding): they only touch their own rows."""
         slots = torch.arange(n, device=self.device)
         steps = self.steps[:n]
         tokens = self._input_tokens(slots, steps[:, None]).repeat_interleave(2, dim=0)
         rows = slice(0, 2 * n)
-        key_len = max(j.step for j in self.jobs) + 1
         hidden = self.lm.forward_cached(tokens, steps.repeat_interleave(2), self.cache, rows,
-                                        self.cache.cross_mask[rows], key_len=key_len)
+                                        self.cache.cross_mask[rows], key_len=key_len, cross_len=cross_len)
         logits = self.lm.logits(hidden)[:, :, -1].float().view(n, 2, self.K, self.card)
         params = self.params[:n]
         guided = apply_cfg(logits, params[:, 3])
-        uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
-        all_k = all(j.request.top_k > 0 for j in self.jobs)
-        max_k = max(j.request.top_k for j in self.jobs) if all_k else None
         new = sample(guided, params[:, 0], params[:, 1].long(), params[:, 2], uniforms, max_k=max_k)
         self._write(slots, steps, new)
         self.steps[:n] += 1
-        return self._advance_host()
 
     def _write(self, slots: torch.Tensor, steps: torch.Tensor, new: torch.Tensor) -> None:
         t = steps[:, None] - self.delays[None, :]  # frame each codebook's new token belongs to

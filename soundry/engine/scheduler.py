@@ -48,10 +48,12 @@ class EngineStats:
 class Engine:
     """Continuous-batching generation over one loaded ``AudioModel``."""
 
-    def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5):
+    def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None):
         self.model = model
         self.max_batch = max_batch
         self.idle_wait = idle_wait
+        # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
+        self.static_steps = static_steps
         self.stats = EngineStats()
         self._lock = threading.Condition()
         self._waiting: deque[tuple[GenerationRequest, Future, Progress | None]] = deque()
@@ -119,6 +121,11 @@ class Engine:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
+        device = self._batch.device
+        if self.static_steps or (self.static_steps is None and device.type == "cuda"):
+            from soundry.engine.static_steps import StaticSteps
+
+            self._batch.static = StaticSteps(self._batch)
         while True:
             with self._lock:
                 while not self._stop and not self._waiting and not self._batch.jobs:
@@ -128,6 +135,8 @@ class Engine:
                 cancels, self._cancel = self._cancel, set()
                 admit = [self._waiting.popleft() for _ in range(min(self._batch.free_slots, len(self._waiting)))]
             self._apply_cancels(cancels)
+            if admit and not self._batch.jobs and self._batch.static is not None:
+                self._prepare_static()
             if admit:
                 self._admit(admit)
             if self._batch.jobs:
@@ -135,6 +144,14 @@ class Engine:
         for job in list(self._batch.jobs):
             self._batch.remove(job)
             self._fail(job.request.id, RuntimeError("engine stopped"))
+
+    def _prepare_static(self) -> None:
+        """(Re)capture the step graphs while the batch is empty; on failure, keep serving eagerly."""
+        try:
+            self._batch.static.prepare()
+        except Exception:
+            log.exception("capturing CUDA graphs failed; decoding without them")
+            self._batch.static.use_graphs = False
 
     def _admit(self, items: list[tuple[GenerationRequest, Future, Progress | None]]) -> None:
         try:

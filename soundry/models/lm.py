@@ -121,13 +121,14 @@ class TransformerLM(nn.Module):
         return [layer.cross_attention.kv_only(cond) for layer in self.layers] if self.cfg.cross_attention else []
 
     def forward_cached(self, tokens: torch.Tensor, start: torch.Tensor, cache, rows: slice,
-                       cross_mask: torch.Tensor | None, key_len: int) -> torch.Tensor:
+                       cross_mask: torch.Tensor | None, key_len: int, cross_len: int | None = None) -> torch.Tensor:
         """Run S new steps for a contiguous block of cache rows.
 
         tokens [R, K, S]; start [R] the position of the first new step of each row; ``cache`` holds
         per-layer self K/V [Rmax, H, Tmax, Dh] and cross K/V [Rmax, H, Lmax, Dh]; ``rows`` selects
         the block; cross_mask [R, Lmax] marks the valid condition keys; ``key_len`` (a host int, so
-        no device sync) is max(start) + S. Returns hidden [R, S, D].
+        no device sync) is max(start) + S, or more (later keys are masked); ``cross_len`` the condition
+        keys to attend over (default the cache's longest condition). Returns hidden [R, S, D].
         """
         R, _, S = tokens.shape
         device = tokens.device
@@ -152,7 +153,7 @@ class TransformerLM(nn.Module):
             if layer.has_cross:
                 h = layer.norm_cross(x)
                 ck, cv = cache.cross_kv(i)
-                lc = cache.cross_len
+                lc = cache.cross_len if cross_len is None else cross_len
                 attn = F.scaled_dot_product_attention(layer.cross_attention.q_only(h), ck[rows, :, :lc],
                                                       cv[rows, :, :lc],
                                                       attn_mask=None if cmask is None else cmask[..., :lc])
