@@ -124,7 +124,7 @@ class Accounts:
         """Spend a refresh token (once). A second use means it leaked: every refresh token of the user
         is revoked, so whoever holds one must log in again."""
         claims = self._claims(token, "refresh")
-        user = self.user_for_token(token, "refresh")
+        user = self._user_of(claims, "refresh")
         with self.store.session() as s, s.begin():
             spent = s.execute(update(RefreshToken).where(
                 RefreshToken.jti == str(claims.get("jti", "")), RefreshToken.user_id == user.id,
@@ -145,7 +145,9 @@ class Accounts:
             raise AuthError(f"invalid {typ} token") from None
 
     def user_for_token(self, token: str, typ: str = "access") -> User:
-        claims = self._claims(token, typ)
+        return self._user_of(self._claims(token, typ), typ)
+
+    def _user_of(self, claims: dict, typ: str) -> User:
         if claims.get("typ") != typ:
             raise AuthError(f"invalid {typ} token")
         user = self.user_by_id(int(claims["sub"]))
