@@ -28,6 +28,7 @@ from bench.eager_baseline import EagerDecoder  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.quantize import quantize_lm  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
+from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
 from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
 from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
@@ -48,12 +49,16 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, device) -> float:
+def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, device,
+                       static: bool = False) -> float:
     dim = lm.cfg.dim
     dtype = next(p for p in lm.parameters()).dtype if not _is_quantized(lm) else torch.float32
 
     def run():
         b = DecodeBatch(lm, batch, steps + 8, device=device)
+        if static:  # bucketed static steps; CUDA graphs on a GPU (captured before timing)
+            b.static = StaticSteps(b)
+            b.static.prepare()
         for i in range(batch):
             req = GenerationRequest(prompt=f"p{i}", duration=steps / FRAME_RATE, top_k=250, top_p=0.0, seed=i)
             cond = torch.randn(2, COND_LEN, dim, device=device, dtype=dtype)
@@ -151,6 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--int8", action="store_true", help="also measure int8 dynamic quantisation (CPU)")
     ap.add_argument("--hf", action="store_true", help="also measure transformers' MusicGen generate")
     ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--static", choices=["auto", "on", "off"], default="auto",
+                    help="bucketed static steps (CUDA graphs on a GPU); auto = on for CUDA, as the engine does")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     if a.threads:
@@ -185,7 +192,9 @@ def main(argv=None) -> dict:
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
     lm_dev = lm.to(device, dtype)
     for b in batches:
-        add(f"soundry engine ({results['dtype']})", b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device))
+        static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")
+        label = f"soundry engine ({results['dtype']}{', static/graphs' if static else ''})"
+        add(label, b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device, static))
     if a.int8 and device.type == "cpu":
         qlm = quantize_lm(lm.float(), "int8")
         for b in batches:
