@@ -62,7 +62,7 @@ class Engine:
         self._submitted: dict[str, float] = {}  # request id -> submit time (for generation seconds)
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
+        self._codec: ThreadPoolExecutor | None = None  # codec decoding beside the loop; owned by the loop
         self._batch: DecodeBatch | None = None
 
     # -- public API --------------------------------------------------------------------------------
@@ -78,9 +78,8 @@ class Engine:
             self._stop = True
             self._lock.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout)  # the loop shuts the codec pool down when it exits
             self._thread = None
-        self._codec.shutdown(wait=False)
 
     def submit(self, request: GenerationRequest, progress: Progress | None = None) -> Future:
         if request.duration <= 0:
@@ -120,6 +119,7 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        codec = self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
         self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
         device = self._batch.device
         if self.static_steps or (self.static_steps is None and device.type == "cuda"):
@@ -144,6 +144,7 @@ class Engine:
         for job in list(self._batch.jobs):
             self._batch.remove(job)
             self._fail(job.request.id, RuntimeError("engine stopped"))
+        codec.shutdown(wait=False)
 
     def _prepare_static(self) -> None:
         """(Re)capture the step graphs while the batch is empty; on failure, keep serving eagerly."""
