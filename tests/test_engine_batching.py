@@ -147,3 +147,16 @@ def test_static_bucketed_steps_give_the_same_tokens(name):
             engine.stop()
     for dynamic, static in zip(results[False], results[True], strict=True):
         assert torch.equal(dynamic, static)
+
+
+def test_stopping_answers_every_request(model):
+    """A stopped engine fails what it was running and what was still waiting: nothing hangs."""
+    engine = Engine(model, max_batch=1).start()
+    running = engine.submit(req("a long hum", 21, duration=20))
+    waiting = engine.submit(req("never admitted", 22, duration=1))
+    engine.stop()
+    for fut in (running, waiting):
+        with pytest.raises(RuntimeError, match="engine stopped"):
+            fut.result(timeout=30)
+    assert engine.submit(req("after stop", 23, duration=0.2)).result(timeout=60).tokens.numel() > 0  # restarts
+    engine.stop()

@@ -86,6 +86,8 @@ class Engine:
             raise ValueError(f"duration must be > 0, got {request.duration}")
         fut: Future = Future()
         with self._lock:
+            if self._stop and self._thread is not None:
+                raise RuntimeError("the engine is stopping")
             self._futures[request.id] = fut
             self._submitted[request.id] = time.perf_counter()
             self._waiting.append((request, fut, progress))
@@ -120,18 +122,34 @@ class Engine:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         codec = self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
-        self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
-        device = self._batch.device
-        if self.static_steps or (self.static_steps is None and device.type == "cuda"):
-            from soundry.engine.static_steps import StaticSteps
+        try:
+            self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
+            device = self._batch.device
+            if self.static_steps or (self.static_steps is None and device.type == "cuda"):
+                from soundry.engine.static_steps import StaticSteps
 
-            self._batch.static = StaticSteps(self._batch)
+                self._batch.static = StaticSteps(self._batch)
+            self._loop()
+        except Exception:
+            log.exception("the engine loop crashed")
+        finally:  # every accepted request gets an answer: nothing waits forever on a stopped engine
+            with self._lock:
+                self._stop = True
+                waiting, self._waiting = list(self._waiting), deque()
+            for request, _future, _progress in waiting:
+                self._fail(request.id, RuntimeError("engine stopped"))
+            for job in list(self._batch.jobs) if self._batch is not None else []:
+                self._batch.remove(job)
+                self._fail(job.request.id, RuntimeError("engine stopped"))
+            codec.shutdown(wait=True)  # lets decodes in flight answer their requests
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 while not self._stop and not self._waiting and not self._batch.jobs:
                     self._lock.wait(self.idle_wait)
                 if self._stop:
-                    break
+                    return
                 cancels, self._cancel = self._cancel, set()
                 admit = [self._waiting.popleft() for _ in range(min(self._batch.free_slots, len(self._waiting)))]
             self._apply_cancels(cancels)
@@ -141,10 +159,6 @@ class Engine:
                 self._admit(admit)
             if self._batch.jobs:
                 self._step()
-        for job in list(self._batch.jobs):
-            self._batch.remove(job)
-            self._fail(job.request.id, RuntimeError("engine stopped"))
-        codec.shutdown(wait=False)
 
     def _prepare_static(self) -> None:
         """(Re)capture the step graphs while the batch is empty; on failure, keep serving eagerly."""
