@@ -52,10 +52,7 @@ class _StateCollector:
             gen.add_metric([name], st.generation_seconds)
             per.add_metric([name], st.generation_seconds / st.audio_seconds if st.audio_seconds else 0.0)
             sizes = dict(st.batch_sizes)
-            bounds, cum, buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256], 0, []
-            for b in bounds:
-                cum = sum(c for n, c in sizes.items() if n <= b)
-                buckets.append((str(b), cum))
+            buckets = [(str(b), sum(c for n, c in sizes.items() if n <= b)) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
             buckets.append(("+Inf", sum(sizes.values())))
             size.add_metric([name], buckets, sum_value=sum(n * c for n, c in sizes.items()))
         yield from (steps, step_s, rate, audio, gen, per, size)

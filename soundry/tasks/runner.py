@@ -146,9 +146,8 @@ class TaskRunner:
             return "FAILED"
         done = self.store.complete(task_id, key, encoded.extension, encoded.sample_rate,
                                    result.audio.shape[-1] / result.sample_rate, request.seed, me)
-        if not done:  # canceled while encoding (or taken over): this file is not served
+        if not done:  # canceled while encoding, or taken over: this attempt's file is never served
+            self.storage.delete(key)
             current = self.store.get(task_id)
-            if current is None or current.file_key != key:
-                self.storage.delete(key)
             return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
         return "COMPLETED"

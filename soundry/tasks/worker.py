@@ -50,8 +50,10 @@ class Reconciler:
 
     def run_once(self) -> int:
         now, sent = time.monotonic(), 0
+        quiet = max(self.pending_for, 3 * self.interval)  # re-send a task at most once in this window
+        self._sent = {t: when for t, when in self._sent.items() if now - when < quiet}
         for task_id, model in self.store.stale_tasks(self.models, self.pending_for):
-            if now - self._sent.get(task_id, -1e9) < max(self.pending_for, 3 * self.interval):
+            if task_id in self._sent:
                 continue
             self._sent[task_id] = now
             self.queue.enqueue(task_id, model)
