@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).parent / "data"
-TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny"}
+TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny",
+        "musicgen-stereo": DATA / "musicgen-stereo-tiny"}
 
 
 @cache
@@ -21,6 +22,11 @@ def tiny_model(kind: str):
 @cache
 def golden(kind: str) -> dict:
     return torch.load(TINY[kind] / "golden.pt", weights_only=True)
+
+
+@cache
+def continuation(kind: str) -> dict:
+    return torch.load(TINY[kind] / "continuation.pt", weights_only=True)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from soundry.engine import Engine, GenerationCanceled, GenerationRequest
-from tests.helpers_models import tiny_model
+from soundry.engine.generate import generate
+from tests.helpers_models import continuation, tiny_model
 
 
 def req(prompt, seed, duration=0.6, **kw):
@@ -89,7 +90,7 @@ def test_long_request_windows_inside_the_engine_match_generate(model):
     model.max_duration, model.extend_stride = 1.5, 0.5
     try:
         tokens = run_alone(model, r)
-        ref = model.generate([r.prompt], duration=3.0, top_k=1, seed=5).tokens[0]
+        ref = generate(model, [r.prompt], duration=3.0, top_k=1, seed=5).tokens[0]
     finally:
         model.max_duration, model.extend_stride = model_max, model_stride
     assert tokens.shape == (4, 150)
@@ -160,3 +161,24 @@ def test_stopping_answers_every_request(model):
             fut.result(timeout=30)
     assert engine.submit(req("after stop", 23, duration=0.2)).result(timeout=60).tokens.numel() > 0  # restarts
     engine.stop()
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen-stereo"])
+def test_continuation_and_text_only_requests_share_a_batch(kind):
+    """An audio-prompt continuation (prefilled on admission) and a text-only request decode in one
+    batch; each gives exactly what it gives alone, and the continuation starts with its prompt."""
+    model, c = tiny_model(kind), continuation(kind)
+    codes = model.prompt_codes(c["prompt_wav"][0], c["prompt_sample_rate"])
+    cont = req("dog barking", 11, duration=1.0, prompt_codes=codes, top_k=50)
+    text = req("rain on a roof", 12, duration=1.0, top_k=50)
+    alone = [run_alone(model, r) for r in (cont, text)]
+    engine = Engine(model, max_batch=4).start()
+    try:
+        futures = [engine.submit(r) for r in (text, cont)]
+        together = [f.result(timeout=120).tokens for f in futures]
+    finally:
+        engine.stop()
+    assert engine.stats.max_batch_size == 2
+    assert torch.equal(together[1], alone[0]) and torch.equal(together[0], alone[1])
+    assert torch.equal(together[1][:, : codes.shape[-1]], codes)
+    assert together[1].shape[-1] == together[0].shape[-1] == 50

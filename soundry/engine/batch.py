@@ -34,7 +34,8 @@ class Job:
     window: int = 0
     step: int = 0  # next input step of the delay pattern to feed
     steps_done: int = 0
-    pieces: list[torch.Tensor] = field(default_factory=list)  # new codes of finished windows [K, t]
+    pieces: list[torch.Tensor] = field(default_factory=list)  # audio prompt, then new codes of each window [K, t]
+    prompt_codes: torch.Tensor | None = None  # [K, P] audio-prompt codes that start the first window
 
     def total_steps(self, max_delay: int) -> int:
         return sum(w.length + max_delay - w.prompt for w in self.windows)
@@ -82,7 +83,7 @@ class DecodeBatch:
         self.cache.set_condition(slice(2 * s, 2 * s + 2), job.cond, job.cond_valid)
         r = job.request
         self.params[s] = torch.tensor([r.temperature, r.top_k, r.top_p, r.cfg_coef], device=self.device)
-        self._start_window(job, prompt_codes=None)
+        self._start_window(job, prompt_codes=job.prompt_codes)
 
     def remove(self, job: Job) -> None:
         """Take a job out (finished or canceled); the last slot moves into its place."""
@@ -107,7 +108,8 @@ class DecodeBatch:
         self.steps[s] = w.prompt
 
     def _prefill(self, job: Job) -> None:
-        """Feed input steps [0, prompt) of a continuation window into the job's cache rows."""
+        """Feed input steps [0, prompt) of a window that starts from known codes (an audio prompt or
+        the previous window's tail) into the job's cache rows."""
         s, P = job.slot, job.current.prompt
         steps = torch.arange(P, device=self.device)
         tokens = self._input_tokens(torch.tensor([s], device=self.device), steps[None, :])
@@ -190,5 +192,5 @@ class DecodeBatch:
 
     @staticmethod
     def tokens_of(job: Job) -> torch.Tensor:
-        """All new codes of a finished job, [K, T]."""
+        """All codes of a finished job, [K, T]: its audio prompt's, then the generated ones."""
         return torch.cat(job.pieces, dim=-1)

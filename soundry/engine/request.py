@@ -11,7 +11,8 @@ import torch
 @dataclass
 class GenerationRequest:
     """One clip to generate. Sampling semantics follow DESIGN.md: top_k and top_p both filter;
-    top_k=0 / top_p=0 disable their filter; top_k=1 is greedy."""
+    top_k=0 / top_p=0 disable their filter; top_k=1 is greedy. With ``prompt_codes`` the clip
+    continues an audio prompt and ``duration`` is the total, prompt included."""
 
     prompt: str
     duration: float = 5.0
@@ -21,12 +22,13 @@ class GenerationRequest:
     cfg_coef: float = 3.0
     seed: int | None = None
     negative_prompt: str | None = None
+    prompt_codes: torch.Tensor | None = None  # [K, P] codes of an audio prompt to continue (see AudioModel.prompt_codes)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
 class GenerationResult:
-    """tokens [K, T] int64, audio [C, N] float32 at sample_rate."""
+    """tokens [K, T] int64 (an audio prompt's codes first), audio [C, N] float32 at sample_rate."""
 
     tokens: torch.Tensor
     audio: torch.Tensor

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from soundry.engine.batch import DecodeBatch, Job
+from soundry.engine.generate import make_job
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Engine:
             return
         for (req, _fut, progress), cond in zip(items, conds, strict=True):
             try:
-                job = self.model.make_job(req, cond, _safe(progress))
+                job = make_job(self.model, req, cond, _safe(progress))
                 self._batch.admit(job)
             except Exception as exc:
                 self._fail(req.id, exc)

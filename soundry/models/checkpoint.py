@@ -76,6 +76,10 @@ class LMConfig:
         cross = bool(cfg.get("fuser", {}).get("cross")) or bool(lm.get("cross_attention", False))
         if cfg.get("fuser", {}).get("prepend") or cfg.get("fuser", {}).get("sum"):
             raise CheckpointError("conditioning fused by 'prepend'/'sum' is not supported (text via cross-attention)")
+        others = sorted(k for k, v in (cfg.get("conditioners") or {}).items()
+                        if k != "description" and isinstance(v, dict) and v.get("model"))
+        if others:  # e.g. MusicGen melody's chroma conditioner "self_wav"
+            raise CheckpointError(f"xp.cfg conditioners.{others[0]} is not supported (text conditioning only)")
         cond = cfg.get("conditioners", {}).get("description", {})
         if cond.get("model") != "t5":
             raise CheckpointError(f"text conditioner {cond.get('model')!r} is not supported (only t5)")

@@ -1,10 +1,11 @@
-"""Audio codecs (decode path only): audiocraft's EnCodec (SEANet decoder + residual VQ), as in
-AudioGen's ``compression_state_dict.bin``, and transformers' ``EncodecModel`` for the
-``{"pretrained": "facebook/encodec_32khz"}`` packages of MusicGen."""
+"""Audio codecs: audiocraft's EnCodec (SEANet autoencoder + residual VQ), as in AudioGen's
+``compression_state_dict.bin``; transformers' ``EncodecModel`` for the ``{"pretrained":
+"facebook/encodec_32khz"}`` packages of MusicGen; and the stereo wrapper of the stereo MusicGen
+releases (audiocraft's ``InterleaveStereoCompressionModel``: the mono codec on each channel, codebooks
+interleaved L1, R1, L2, R2, ...)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundry.models.checkpoint import CheckpointError, load_package, parse_cfg
+from soundry.models.seanet import seanet_decoder, seanet_encoder
 
 
 class Codec(nn.Module):
-    """Common interface: ``decode(codes [B, K, T]) -> audio [B, C, N]``."""
+    """Common interface: ``encode(audio [B, C, N]) -> codes [B, K, T]`` and
+    ``decode(codes [B, K, T]) -> audio [B, C, N]``; ``latent`` is the encoder's output before
+    quantisation, per channel [B, C, D, T]."""
 
     sample_rate: int
     frame_rate: float
@@ -25,154 +29,91 @@ class Codec(nn.Module):
     n_q: int
     cardinality: int
 
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def latent(self, audio: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def set_num_codebooks(self, n: int) -> None:
+        """Use the first ``n`` codebooks (xp.cfg's ``compression_model_n_q``)."""
+        if not 1 <= n <= self.total_codebooks:
+            raise CheckpointError(f"xp.cfg compression_model_n_q={n}: the codec has {self.total_codebooks} codebooks")
+        self.n_q = n
+
+    @property
+    def total_codebooks(self) -> int:
+        return self.n_q
+
 
 # -- audiocraft EnCodec ------------------------------------------------------------------------------
-class _Conv(nn.Module):
-    """audiocraft's StreamableConv1d (non-causal or causal), weight norm folded into the weight."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
-                 causal: bool = False, pad_mode: str = "reflect"):
-        super().__init__()
-        self.conv = nn.Conv1d(cin, cout, kernel, stride, dilation=dilation)
-        self.causal, self.pad_mode = causal, pad_mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = (self.conv.kernel_size[0] - 1) * self.conv.dilation[0] + 1
-        stride = self.conv.stride[0]
-        pad_total = k - stride
-        n_frames = (x.shape[-1] - k + pad_total) / stride + 1
-        extra = (math.ceil(n_frames) - 1) * stride + (k - pad_total) - x.shape[-1]
-        if self.causal:
-            left, right = pad_total, extra
-        else:
-            right = pad_total // 2
-            left, right = pad_total - right, right + extra
-        return self.conv(_pad1d(x, left, right, self.pad_mode))
-
-
-def _pad1d(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
-    if mode != "reflect":
-        return F.pad(x, (left, right), mode, 0.0)
-    extra = max(0, max(left, right) - x.shape[-1] + 1)
-    padded = F.pad(F.pad(x, (0, extra)), (left, right), "reflect")
-    return padded[..., : padded.shape[-1] - extra]
-
-
-class _ConvTr(nn.Module):
-    """audiocraft's StreamableConvTranspose1d: transposed conv, then trim the padding."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, causal: bool, trim_right_ratio: float):
-        super().__init__()
-        self.convtr = nn.ConvTranspose1d(cin, cout, kernel, stride)
-        self.causal, self.trim_right_ratio = causal, trim_right_ratio
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_total = self.convtr.kernel_size[0] - self.convtr.stride[0]
-        y = self.convtr(x)
-        right = math.ceil(pad_total * self.trim_right_ratio) if self.causal else pad_total // 2
-        left = pad_total - right
-        return y[..., left: y.shape[-1] - right]
-
-
-class _Residual(nn.Module):
-    def __init__(self, dim: int, kernel: int, dilation: int, act: Callable[[], nn.Module], compress: int,
-                 causal: bool, pad_mode: str, true_skip: bool):
-        super().__init__()
-        hidden = dim // compress
-        self.block = nn.Sequential(act(), _Conv(dim, hidden, kernel, dilation=dilation, causal=causal,
-                                                pad_mode=pad_mode),
-                                   act(), _Conv(hidden, dim, 1, causal=causal, pad_mode=pad_mode))
-        self.shortcut = nn.Identity() if true_skip else _Conv(dim, dim, 1, causal=causal, pad_mode=pad_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.block(x)
-
-
-class _LSTM(nn.Module):
-    def __init__(self, dim: int, layers: int):
-        super().__init__()
-        self.lstm = nn.LSTM(dim, dim, layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(2, 0, 1)
-        y, _ = self.lstm(x)
-        return (y + x).permute(1, 2, 0)
-
-
 class AudiocraftEncodec(Codec):
-    """SEANet decoder + RVQ codebooks, module names matching audiocraft's state dict."""
+    """SEANet encoder/decoder + RVQ codebooks, module names matching audiocraft's state dict."""
 
     def __init__(self, cfg: dict):
         super().__init__()
         s, rvq, enc = cfg["seanet"], cfg["rvq"], cfg["encodec"]
         if s.get("disable_norm_outer_blocks", 0):
-            raise CheckpointError("seanet.disable_norm_outer_blocks != 0 is not supported")
+            raise CheckpointError("compression xp.cfg seanet.disable_norm_outer_blocks != 0 is not supported")
         if enc.get("renormalize"):
-            raise CheckpointError("encodec.renormalize is not supported for decoding without scales")
-        dec = {**s, **(s.get("decoder") or {})}
-        alpha = (s.get("activation_params") or {}).get("alpha", 1.0)
-        act_cls = getattr(nn, s.get("activation", "ELU"))
-        act = lambda: act_cls(alpha=alpha) if act_cls is nn.ELU else act_cls()  # noqa: E731
-        causal, pad_mode = bool(s.get("causal", False)), s.get("pad_mode", "reflect")
-        ratios, nf = list(s["ratios"]), int(s["n_filters"])
-        mult = 2 ** len(ratios)
-        layers: list[nn.Module] = [_Conv(s["dimension"], mult * nf, s["kernel_size"], causal=causal, pad_mode=pad_mode)]
-        if s.get("lstm"):
-            layers.append(_LSTM(mult * nf, int(s["lstm"])))
-        for ratio in ratios:
-            layers += [act(), _ConvTr(mult * nf, mult * nf // 2, 2 * ratio, ratio, causal,
-                                      float(dec.get("trim_right_ratio", 1.0)))]
-            for j in range(int(s["n_residual_layers"])):
-                layers.append(_Residual(mult * nf // 2, s["residual_kernel_size"], s["dilation_base"] ** j, act,
-                                        s.get("compress", 2), causal, pad_mode, s.get("true_skip", True)))
-            mult //= 2
-        layers += [act(), _Conv(nf, s["channels"], s["last_kernel_size"], causal=causal, pad_mode=pad_mode)]
-        if dec.get("final_activation"):
-            layers.append(getattr(nn, dec["final_activation"])(**(dec.get("final_activation_params") or {})))
-        self.decoder = nn.Sequential(*layers)
+            raise CheckpointError("compression xp.cfg encodec.renormalize is not supported")
+        common = {k: v for k, v in s.items() if k not in ("encoder", "decoder")}
+        self.encoder = seanet_encoder({**common, **(s.get("encoder") or {})})
+        self.decoder = seanet_decoder({**common, **(s.get("decoder") or {})})
         self.codebooks = nn.Parameter(torch.zeros(rvq["n_q"], rvq["bins"], s["dimension"]), requires_grad=False)
         self.sample_rate = int(enc.get("sample_rate", cfg.get("sample_rate")))
         self.channels = int(s["channels"])
-        self.frame_rate = self.sample_rate / float(np.prod(ratios))
+        self.frame_rate = self.sample_rate / float(np.prod(s["ratios"]))
         self.n_q, self.cardinality = int(rvq["n_q"]), int(rvq["bins"])
+
+    @property
+    def total_codebooks(self) -> int:
+        return self.codebooks.shape[0]
 
     def load_release_state(self, state: dict[str, torch.Tensor]) -> None:
         mapped: dict[str, torch.Tensor] = {}
         for key, value in state.items():
-            if not key.startswith("decoder.model."):
+            if not key.startswith(("encoder.model.", "decoder.model.")) or key.endswith("weight_g"):
                 continue
-            key = key.replace("decoder.model.", "decoder.", 1).replace(".conv.conv.", ".conv.")
-            key = key.replace(".convtr.convtr.", ".convtr.")
-            if key.endswith("weight_v"):
-                g = state[_release_key(key, "weight_g", state)]
-                dims = tuple(range(1, value.dim()))
-                mapped[key[: -len("weight_v")] + "weight"] = g * value / value.norm(dim=dims, keepdim=True)
-            elif not key.endswith("weight_g"):
-                mapped[key] = value
+            name = key.replace(".model.", ".", 1).replace(".conv.conv.", ".conv.").replace(".convtr.convtr.", ".convtr.")
+            if key.endswith("weight_v"):  # weight norm: w = g * v / |v| over all dims but the first
+                g = state[key[: -len("weight_v")] + "weight_g"]
+                mapped[name[: -len("weight_v")] + "weight"] = g * value / value.norm(dim=tuple(range(1, value.dim())),
+                                                                                   keepdim=True)
+            else:
+                mapped[name] = value
         mapped["codebooks"] = torch.stack([state[f"quantizer.vq.layers.{i}._codebook.embed"]
-                                           for i in range(self.n_q)])
+                                           for i in range(self.total_codebooks)])
         missing, unexpected = self.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"EnCodec weights do not match its xp.cfg (missing {missing[:4]}, "
                                   f"unexpected {unexpected[:4]})")
 
     @torch.no_grad()
+    def latent(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.encoder(audio)[:, None]
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Residual VQ as audiocraft's EuclideanCodebook: nearest code by the same distance formula."""
+        residual = self.encoder(audio).transpose(1, 2)  # [B, T, D]
+        codes = []
+        for k in range(self.n_q):
+            embed = self.codebooks[k]
+            flat = residual.reshape(-1, residual.shape[-1])
+            dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1, keepdim=True).t())
+            idx = dist.max(dim=-1).indices.view(residual.shape[:2])
+            codes.append(idx)
+            residual = residual - F.embedding(idx, embed)
+        return torch.stack(codes, dim=1)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         latent = sum(F.embedding(codes[:, k], self.codebooks[k]) for k in range(codes.shape[1]))  # [B, T, D]
         return self.decoder(latent.transpose(1, 2))
-
-
-def _release_key(mapped_key: str, suffix: str, state: dict) -> str:
-    """The original state-dict key for a mapped weight_v key's sibling (weight_g)."""
-    for key in state:
-        if key.endswith(suffix):
-            m = key.replace("decoder.model.", "decoder.", 1).replace(".conv.conv.", ".conv.")
-            if m.replace(".convtr.convtr.", ".convtr.")[: -len(suffix)] == mapped_key[: -len("weight_v")]:
-                return key
-    raise CheckpointError(f"no {suffix} for {mapped_key}")
 
 
 # -- transformers EncodecModel (MusicGen) ------------------------------------------------------------
@@ -186,8 +127,32 @@ class HFEncodec(Codec):
         self.sample_rate, self.channels = int(c.sampling_rate), int(c.audio_channels)
         self.frame_rate = self.sample_rate / float(np.prod(c.upsampling_ratios))
         self.cardinality = int(c.codebook_size)
-        self.n_q = int(self.model.quantizer.num_quantizers if hasattr(self.model.quantizer, "num_quantizers")
-                       else len(self.model.quantizer.layers))
+        self.n_q = self.total_codebooks
+
+    @property
+    def total_codebooks(self) -> int:
+        q = self.model.quantizer
+        return int(q.num_quantizers if hasattr(q, "num_quantizers") else len(q.layers))
+
+    def _bandwidth(self) -> float:
+        """The target bandwidth that uses ``n_q`` codebooks (as audiocraft's HFEncodecCompressionModel)."""
+        for bw in self.model.config.target_bandwidths:
+            if self.model.quantizer.get_num_quantizers_for_bandwidth(bw) == self.n_q:
+                return bw
+        raise CheckpointError(f"the codec has no bandwidth with {self.n_q} codebooks "
+                              f"(target_bandwidths {self.model.config.target_bandwidths})")
+
+    @torch.no_grad()
+    def latent(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder(audio)[:, None]
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        out = self.model.encode(audio, None, self._bandwidth())
+        codes = out.audio_codes if hasattr(out, "audio_codes") else out[0]
+        if codes.shape[0] != 1:
+            raise RuntimeError("chunked EnCodec (chunk_length_s) is not supported")
+        return codes[0]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -195,8 +160,48 @@ class HFEncodec(Codec):
         return out.audio_values if hasattr(out, "audio_values") else out[0]
 
 
+# -- stereo -----------------------------------------------------------------------------------------
+class InterleavedStereo(Codec):
+    """A mono codec applied to the left and the right channel; codebooks interleaved [L1, R1, L2, R2, ...]."""
+
+    def __init__(self, mono: Codec):
+        super().__init__()
+        if mono.channels != 1:
+            raise CheckpointError(f"interleave_stereo_codebooks needs a mono codec, this one has {mono.channels} channels")
+        self.mono = mono
+        self.sample_rate, self.frame_rate, self.cardinality = mono.sample_rate, mono.frame_rate, mono.cardinality
+        self.channels = 2
+
+    @property
+    def n_q(self) -> int:  # type: ignore[override]
+        return 2 * self.mono.n_q
+
+    def set_num_codebooks(self, n: int) -> None:
+        self.mono.set_num_codebooks(n)  # audiocraft: compression_model_n_q counts codebooks per channel
+
+    def _channels(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if audio.shape[1] != 2:
+            raise ValueError(f"stereo codec needs 2-channel audio, got {audio.shape[1]}")
+        return audio[:, :1], audio[:, 1:]
+
+    @torch.no_grad()
+    def latent(self, audio: torch.Tensor) -> torch.Tensor:
+        left, right = self._channels(audio)
+        return torch.cat([self.mono.latent(left), self.mono.latent(right)], dim=1)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        left, right = self._channels(audio)
+        codes = torch.stack([self.mono.encode(left), self.mono.encode(right)], dim=2)  # [B, K, 2, T]
+        return codes.flatten(1, 2)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mono.decode(codes[:, 0::2]), self.mono.decode(codes[:, 1::2])], dim=1)
+
+
 def load_codec(release_dir: Path, resolve_pretrained: Callable[[str], Path]) -> Codec:
-    """The codec of a release directory (``compression_state_dict.bin``)."""
+    """The (mono) codec of a release directory (``compression_state_dict.bin``)."""
     path = Path(release_dir) / "compression_state_dict.bin"
     pkg = load_package(path)
     if "pretrained" in pkg:
@@ -208,3 +213,23 @@ def load_codec(release_dir: Path, resolve_pretrained: Callable[[str], Path]) -> 
     codec = AudiocraftEncodec(cfg)
     codec.load_release_state(pkg["best_state"])
     return codec.eval()
+
+
+def wrap_codec(codec: Codec, lm_cfg: dict) -> Codec:
+    """Apply the LM's xp.cfg to its codec as audiocraft's ``get_wrapped_compression_model`` does
+    (stereo interleaving, ``compression_model_n_q``); refuse layouts this code cannot serve, naming the key."""
+    channels = int(lm_cfg.get("channels", 1))
+    inter = lm_cfg.get("interleave_stereo_codebooks") or {}
+    if channels not in (1, 2):
+        raise CheckpointError(f"xp.cfg channels={channels} is not supported (1 or 2)")
+    if channels == 2:
+        if not inter.get("use", False):
+            raise CheckpointError("xp.cfg channels=2 without interleave_stereo_codebooks.use is not supported")
+        if inter.get("per_timestep", False):
+            raise CheckpointError("xp.cfg interleave_stereo_codebooks.per_timestep=true is not supported")
+        codec = InterleavedStereo(codec)
+    elif inter.get("use", False):
+        raise CheckpointError("xp.cfg interleave_stereo_codebooks.use=true with channels=1 is not supported")
+    if lm_cfg.get("compression_model_n_q") is not None:
+        codec.set_num_codebooks(int(lm_cfg["compression_model_n_q"]))
+    return codec

@@ -74,9 +74,13 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
         "weight": proj_w.float(), "bias": state[_CONDITIONER_PREFIX + "output_proj.bias"].float()})
     conditioner = conditioner.eval().to(dev)
 
-    from soundry.models.codec import load_codec
+    from soundry.models.codec import load_codec, wrap_codec
 
     codec = load_codec(release_dir, lambda hub_name: Path(resolve_component(release_dir, "encodec", hub_name)))
+    codec = wrap_codec(codec, cfg_dict)
+    if codec.n_q != cfg.n_q:
+        raise CheckpointError(f"{lm_path}: xp.cfg transformer_lm.n_q={cfg.n_q} does not match the codec's "
+                              f"{codec.n_q} codebooks (channels={codec.channels})")
     codec = codec.eval().to(dev)
     name = _display_name(name_or_path)
     log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, dtype)

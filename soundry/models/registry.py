@@ -26,6 +26,12 @@ _SPECS = [
     ModelSpec("musicgen-small", "facebook/musicgen-small", "musicgen", "MusicGen 300M: music, 32 kHz"),
     ModelSpec("musicgen-medium", "facebook/musicgen-medium", "musicgen", "MusicGen 1.5B: music, 32 kHz"),
     ModelSpec("musicgen-large", "facebook/musicgen-large", "musicgen", "MusicGen 3.3B: music, 32 kHz"),
+    ModelSpec("musicgen-stereo-small", "facebook/musicgen-stereo-small", "musicgen",
+              "MusicGen 300M stereo: music, 32 kHz, 2 channels"),
+    ModelSpec("musicgen-stereo-medium", "facebook/musicgen-stereo-medium", "musicgen",
+              "MusicGen 1.5B stereo: music, 32 kHz, 2 channels"),
+    ModelSpec("musicgen-stereo-large", "facebook/musicgen-stereo-large", "musicgen",
+              "MusicGen 3.3B stereo: music, 32 kHz, 2 channels"),
 ]
 ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small"}
 SPECS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}

@@ -1,0 +1,129 @@
+"""Turning requests into decode jobs, and the reference ``generate`` loop over one ``DecodeBatch``.
+
+``generate`` is what audiocraft's ``generate`` / ``generate_continuation`` compute (joint
+conditioning of a batch, windows beyond the context), run on the engine's decode core; the
+service uses ``make_job`` with the continuous-batching ``Engine`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from soundry.engine.batch import DecodeBatch, Job
+from soundry.engine.kv_cache import KVCache
+from soundry.engine.request import GenerationRequest
+from soundry.engine.windows import plan_windows
+
+
+@dataclass
+class GenerationOutput:
+    tokens: torch.Tensor  # [B, K, T] int64 (an audio prompt's codes first)
+    audio: torch.Tensor  # [B, C, N] float32
+    sample_rate: int
+
+
+def make_job(model, request: GenerationRequest, cond: tuple[torch.Tensor, torch.Tensor],
+             progress: Callable[[int, int], None] | None = None,
+             max_duration: float | None = None, extend_stride: float | None = None) -> Job:
+    """A request's decode job: its windows (the audio prompt's codes fill the first window's start),
+    its condition and its random generator (seeded; an unseeded request gets a recorded seed)."""
+    # Whole frames covering the duration (audiocraft floors; equal when duration is a frame multiple).
+    frames = math.ceil(request.duration * model.frame_rate - 1e-6)
+    prompt = request.prompt_codes
+    prompt_len = 0 if prompt is None else int(prompt.shape[-1])
+    if prompt is not None and prompt.shape[0] != model.cfg.n_q:
+        raise ValueError(f"prompt codes have {prompt.shape[0]} codebooks, the model {model.cfg.n_q}")
+    md = max_duration or model.max_duration
+    windows = plan_windows(frames / model.frame_rate, model.frame_rate, md, extend_stride or model.extend_stride,
+                           prompt_frames=prompt_len)
+    if windows[0].length <= 0:
+        raise ValueError(f"duration {request.duration}s is shorter than one frame at {model.frame_rate} Hz")
+    if prompt_len >= windows[0].length:
+        raise ValueError(f"the audio prompt ({prompt_len / model.frame_rate:.2f} s) must be shorter than the "
+                         f"requested duration ({request.duration:g} s) and the model's context ({md:g} s)")
+    if request.seed is None:  # pick one and record it, so any result can be reproduced
+        request.seed = int(torch.randint(0, 2**62, ()).item())
+    gen = torch.Generator(device=model.device)
+    gen.manual_seed(request.seed)
+    job = Job(request, windows, cond[0], cond[1], gen, progress)
+    if prompt is not None:
+        job.prompt_codes = prompt.to(model.device)
+        job.pieces.append(job.prompt_codes)
+    return job
+
+
+@torch.no_grad()
+def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int = 250, top_p: float = 0.0,
+             temperature: float = 1.0, cfg_coef: float | None = None, seed: int | None = None,
+             negative_prompts: list[str] | None = None, max_duration: float | None = None,
+             extend_stride: float | None = None, progress: Callable[[int, int], None] | None = None,
+             prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None) -> GenerationOutput:
+    """Generate a batch of clips as audiocraft's ``generate`` does (joint conditioning).
+
+    With ``seed``, prompt i uses seed + i. ``progress(done, total)`` counts decode steps.
+    ``prompt_audio`` ([C, N] for all prompts, or [B, C, N]) at ``prompt_sample_rate`` (default: the
+    model's) makes it ``generate_continuation``: the clip is converted to the model's rate and
+    channels, encoded, and continued; ``duration`` is the total, and the output starts with the
+    prompt's codes (its audio decodes all of them)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    negs = negative_prompts or [None] * len(prompts)
+    codes = [None] * len(prompts)
+    if prompt_audio is not None:
+        audio = prompt_audio if prompt_audio.dim() == 3 else prompt_audio[None].expand(len(prompts), -1, -1)
+        if audio.shape[0] != len(prompts):
+            raise ValueError(f"{audio.shape[0]} prompt clips for {len(prompts)} prompts")
+        codes = list(model.prompt_codes(audio, prompt_sample_rate or model.sample_rate))
+    requests = [GenerationRequest(p, duration, top_k, top_p, temperature,
+                                  model.cfg.cfg_coef if cfg_coef is None else cfg_coef,
+                                  None if seed is None else seed + i, neg, prompt_codes=c)
+                for i, (p, neg, c) in enumerate(zip(prompts, negs, codes, strict=True))]
+    md = max_duration or model.max_duration
+    batch = DecodeBatch(model.lm, len(requests), model.max_frames(md), device=model.device)
+    state = {"done": 0, "total": 0}
+
+    def report(_d: int, _t: int) -> None:
+        state["done"] += 1
+        if progress is not None:
+            progress(state["done"] // len(requests), state["total"])
+
+    jobs = []
+    for req, cond in zip(requests, model.conditions(requests, joint=True), strict=True):
+        job = make_job(model, req, cond, report if progress else None, md, extend_stride)
+        jobs.append(job)
+        batch.admit(job)
+    state["total"] = jobs[0].total_steps(batch.max_delay)
+    while batch.jobs:
+        batch.step()
+    tokens = torch.stack([DecodeBatch.tokens_of(j) for j in jobs])
+    return GenerationOutput(tokens, model.decode(tokens), model.sample_rate)
+
+
+@torch.no_grad()
+def teacher_logits(model, codes: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditional-branch logits for given codes [B, K, T], as audiocraft's compute_predictions:
+    returns (logits [B, K, T, card] with NaN where the pattern gives no prediction, mask [B, K, T])."""
+    B, K, T = codes.shape
+    device, lm, delays = model.device, model.lm, torch.tensor(model.cfg.delays, device=model.device)
+    emb, _ = model.conditioner(prompts)
+    emb = emb.to(device, next(lm.parameters()).dtype)
+    cache = KVCache(lm, B, T + 1, max_cond_len=emb.shape[1])
+    cache.set_condition(slice(0, B), emb, torch.ones(emb.shape[:2], dtype=torch.bool, device=device))
+    steps = torch.arange(T + 1, device=device)
+    t = steps[None, None, :] - 1 - delays[None, :, None]
+    valid = (t >= 0) & (t < T)
+    tok = codes.to(device).gather(2, t.clamp(0, T - 1).expand(B, K, -1))
+    tok = torch.where(valid, tok, torch.full_like(tok, lm.special_token))
+    hidden = lm.forward_cached(tok, torch.zeros(B, dtype=torch.long, device=device), cache, slice(0, B),
+                               cache.cross_mask[:B], key_len=T + 1)
+    seq_logits = lm.logits(hidden).float()  # [B, K, T+1, card]
+    frames = torch.arange(T, device=device)
+    src = frames[None, :] + delays[:, None]  # step predicting (q, t)
+    mask = src < T
+    idx = src.clamp(max=T - 1)[None, :, :, None].expand(B, K, T, seq_logits.shape[-1])
+    logits = seq_logits.gather(2, idx)
+    logits = torch.where(mask[None, :, :, None], logits, torch.full_like(logits, float("nan")))
+    return logits, mask[None].expand(B, K, T)
