@@ -22,7 +22,7 @@ class GenerationRequest:
     cfg_coef: float = 3.0
     seed: int | None = None
     negative_prompt: str | None = None
-    prompt_codes: torch.Tensor | None = None  # [K, P] codes of an audio prompt to continue (see AudioModel.prompt_codes)
+    prompt_codes: torch.Tensor | None = None  # [K, P] audio-prompt codes to continue (AudioModel.prompt_codes)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

@@ -78,7 +78,8 @@ class AudiocraftEncodec(Codec):
         for key, value in state.items():
             if not key.startswith(("encoder.model.", "decoder.model.")) or key.endswith("weight_g"):
                 continue
-            name = key.replace(".model.", ".", 1).replace(".conv.conv.", ".conv.").replace(".convtr.convtr.", ".convtr.")
+            name = key.replace(".model.", ".", 1).replace(".conv.conv.", ".conv.")
+            name = name.replace(".convtr.convtr.", ".convtr.")
             if key.endswith("weight_v"):  # weight norm: w = g * v / |v| over all dims but the first
                 g = state[key[: -len("weight_v")] + "weight_g"]
                 mapped[name[: -len("weight_v")] + "weight"] = g * value / value.norm(dim=tuple(range(1, value.dim())),
@@ -167,7 +168,7 @@ class InterleavedStereo(Codec):
     def __init__(self, mono: Codec):
         super().__init__()
         if mono.channels != 1:
-            raise CheckpointError(f"interleave_stereo_codebooks needs a mono codec, this one has {mono.channels} channels")
+            raise CheckpointError(f"xp.cfg interleave_stereo_codebooks needs a mono codec, not {mono.channels} channels")
         self.mono = mono
         self.sample_rate, self.frame_rate, self.cardinality = mono.sample_rate, mono.frame_rate, mono.cardinality
         self.channels = 2
