@@ -168,7 +168,7 @@ class InterleavedStereo(Codec):
     def __init__(self, mono: Codec):
         super().__init__()
         if mono.channels != 1:
-            raise CheckpointError(f"xp.cfg interleave_stereo_codebooks needs a mono codec, not {mono.channels} channels")
+            raise CheckpointError(f"xp.cfg interleave_stereo_codebooks needs a mono codec ({mono.channels} channels)")
         self.mono = mono
         self.sample_rate, self.frame_rate, self.cardinality = mono.sample_rate, mono.frame_rate, mono.cardinality
         self.channels = 2
