@@ -40,6 +40,11 @@ class Settings:
     login_failures_per_user: int = 5  # failed logins per username within login_window_seconds
     login_failures_per_address: int = 20  # failed logins per client address within the window
     login_window_seconds: float = 900.0
+    max_upload_bytes: int = 20 * 1024 * 1024  # one uploaded clip, as sent
+    max_upload_seconds: float = 120.0  # one uploaded clip, decoded
+    max_uploads_per_user: int = 50  # kept at once
+    upload_retention_hours: float = 24.0  # uploads are deleted this long after they arrive
+    upload_purge_interval: float = 300.0  # seconds between sweeps for expired uploads
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
 

@@ -17,7 +17,8 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def tiny_models(monkeypatch):
-    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
+                                              f"musicgen-stereo={TINY['musicgen-stereo']}")
 
 
 def make_settings(tmp_path, **kw) -> Settings:

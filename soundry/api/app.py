@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soundry import __version__
 from soundry.accounts import Accounts
-from soundry.api import routes_tasks, routes_user
+from soundry.api import routes_tasks, routes_uploads, routes_user
 from soundry.api.deps import Services
 from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
@@ -21,6 +21,7 @@ from soundry.api.metrics import install_metrics
 from soundry.config import Settings
 from soundry.storage import open_storage
 from soundry.tasks.store import TaskStore
+from soundry.tasks.uploads import UploadStore
 from soundry.tasks.webhooks import WebhookSender, attach_webhooks
 from soundry.web import mount_playground
 
@@ -39,7 +40,8 @@ def build_services(settings: Settings, queue=None) -> Services:
     engines = None
     if queue is None:
         queue, engines = make_queue(settings, store, storage, webhooks)
-    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store))
+    uploads = UploadStore(store, storage, settings.upload_retention_hours * 3600)
+    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), uploads)
 
 
 def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender):
@@ -66,6 +68,16 @@ def _preload(engines, names: list[str]) -> None:
             log.warning("loading %s failed: %s", name, exc)
 
 
+def _purge_uploads(uploads: UploadStore, interval: float, stop: threading.Event) -> None:
+    """Delete expired uploads every ``interval`` seconds until ``stop`` is set."""
+    while not stop.wait(interval):
+        try:
+            if n := uploads.purge_expired():
+                log.info("deleted %d expired uploads", n)
+        except Exception:
+            log.exception("deleting expired uploads failed")
+
+
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
     svc = build_services(settings, queue)
@@ -80,7 +92,11 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
         if svc.engines is not None and run_worker:
             names = list(dict.fromkeys([settings.default_model, *settings.preload]))
             threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload", daemon=True).start()
+        purge_stop = threading.Event()
+        threading.Thread(target=_purge_uploads, args=(svc.uploads, settings.upload_purge_interval, purge_stop),
+                         name="soundry-upload-retention", daemon=True).start()
         yield
+        purge_stop.set()
         if hasattr(svc.queue, "stop"):
             svc.queue.stop()
         if svc.engines is not None:
@@ -147,5 +163,6 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     install_metrics(app, svc)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
+    app.include_router(routes_uploads.router)
     mount_playground(app)
     return app

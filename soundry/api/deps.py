@@ -26,6 +26,7 @@ class Services:
     engines: object | None = None  # EngineManager in embedded mode; None when Celery workers run the models
     webhooks: object | None = None  # WebhookSender
     limits: object | None = None  # Limits
+    uploads: object | None = None  # UploadStore
 
 
 def services(request: Request) -> Services:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import AiModels, ModelEntry, TaskCreated, TaskResult, answers
 from soundry.api.envelope import ApiError, ok
+from soundry.api.routes_uploads import check_input_audio
 from soundry.api.schemas import CreateTask
 from soundry.api.tasks_view import public_config, task_result
 from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
@@ -27,7 +28,8 @@ MAX_BODY = 1 << 20
 def _model_metadata(name: str) -> dict:
     spec = SPECS[ALIASES.get(name, name)]
     return {"name": spec.name, "hub_repo": spec.hub_repo, "family": spec.family, "description": spec.description,
-            "sample_rate": 16000 if spec.family == "audiogen" else 32000, "license": "CC-BY-NC-4.0"}
+            "sample_rate": 16000 if spec.family == "audiogen" else 32000, "channels": spec.channels,
+            "license": "CC-BY-NC-4.0"}
 
 
 @router.get("/models/audio_generation", summary="Models with their metadata", responses=answers(list[ModelEntry]))
@@ -61,6 +63,7 @@ async def create_task(request: Request, user: User = Depends(current_user)):
                                                f"{svc.settings.max_prompt_chars}")
     if cfg.duration > svc.settings.max_duration:
         raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
+    check_input_audio(svc, user, cfg)
     svc.limits.check_new_task(user.id, cfg.duration)
     task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
                                  config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))

@@ -25,6 +25,13 @@ class Configs(BaseModel):
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
     normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
     target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
+    input_audio: str | None = Field(None, pattern="^[0-9a-f]{32}$", description=(
+        "id of an upload (POST /v1/uploads) to continue: the result is that clip followed by its continuation, "
+        "and `duration` is the total"))
+    continuation_start: float = Field(0.0, ge=0.0, le=3600.0, description="seconds into input_audio where the prompt "
+                                                                          "starts")
+    continuation_end: float | None = Field(None, gt=0.0, le=3600.0, description="seconds into input_audio where the "
+                                                                                "prompt ends (default: its end)")
 
     @field_validator("model")
     @classmethod

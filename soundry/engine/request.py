@@ -23,6 +23,8 @@ class GenerationRequest:
     seed: int | None = None
     negative_prompt: str | None = None
     prompt_codes: torch.Tensor | None = None  # [K, P] audio-prompt codes to continue (AudioModel.prompt_codes)
+    prompt_audio: torch.Tensor | None = None  # [C, N] an audio prompt; the engine encodes it into prompt_codes
+    prompt_sample_rate: int | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

@@ -85,6 +85,11 @@ class Engine:
     def submit(self, request: GenerationRequest, progress: Progress | None = None) -> Future:
         if request.duration <= 0:
             raise ValueError(f"duration must be > 0, got {request.duration}")
+        if request.prompt_audio is not None and request.prompt_codes is None:
+            # encoded here, on the caller's thread, so the decode loop never waits for the codec's encoder
+            request.prompt_codes = self.model.prompt_codes(request.prompt_audio,
+                                                           request.prompt_sample_rate or self.model.sample_rate)
+            request.prompt_audio = None
         fut: Future = Future()
         with self._lock:
             if self._stop and self._thread is not None:

@@ -19,6 +19,7 @@ class ModelSpec:
     hub_repo: str
     family: str  # "audiogen" | "musicgen"
     description: str
+    channels: int = 1
 
 
 _SPECS = [
@@ -27,13 +28,14 @@ _SPECS = [
     ModelSpec("musicgen-medium", "facebook/musicgen-medium", "musicgen", "MusicGen 1.5B: music, 32 kHz"),
     ModelSpec("musicgen-large", "facebook/musicgen-large", "musicgen", "MusicGen 3.3B: music, 32 kHz"),
     ModelSpec("musicgen-stereo-small", "facebook/musicgen-stereo-small", "musicgen",
-              "MusicGen 300M stereo: music, 32 kHz, 2 channels"),
+              "MusicGen 300M stereo: music, 32 kHz, 2 channels", 2),
     ModelSpec("musicgen-stereo-medium", "facebook/musicgen-stereo-medium", "musicgen",
-              "MusicGen 1.5B stereo: music, 32 kHz, 2 channels"),
+              "MusicGen 1.5B stereo: music, 32 kHz, 2 channels", 2),
     ModelSpec("musicgen-stereo-large", "facebook/musicgen-stereo-large", "musicgen",
-              "MusicGen 3.3B stereo: music, 32 kHz, 2 channels"),
+              "MusicGen 3.3B stereo: music, 32 kHz, 2 channels", 2),
 ]
-ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small"}
+ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small",
+           "musicgen-stereo": "musicgen-stereo-small"}
 SPECS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 MODEL_NAMES: list[str] = list(ALIASES) + list(SPECS)
 

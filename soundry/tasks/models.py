@@ -81,4 +81,21 @@ class RefreshToken(Base):
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class Upload(Base):
+    """An audio clip a user uploaded to continue from (``configs.input_audio``); decoded and stored as
+    FLAC, deleted when ``expires_at`` passes or its owner deletes it."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(256), default="")
+    file_key: Mapped[str] = mapped_column(String(256))
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    duration: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(Integer)  # bytes as uploaded
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
 FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELED")

@@ -16,11 +16,14 @@ import socket
 import threading
 import time
 
+import torch
+
 from soundry.audio import encode, normalize
 from soundry.engine import GenerationCanceled, GenerationRequest
 from soundry.storage import Storage
 from soundry.tasks.engines import EngineManager, ModelUnavailable
 from soundry.tasks.store import TaskStore
+from soundry.tasks.uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class TaskRunner:
     def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str | None = None,
                  progress_interval: float = 0.5, lease_seconds: float = 30.0):
         self.store, self.storage, self.engines = store, storage, engines
+        self.uploads = UploadStore(store, storage)
         self.worker_id, self.progress_interval = worker_id or new_worker_id(), progress_interval
         self.lease_seconds = lease_seconds
         self.hooks: list = []  # callables(task_id, status) after a task ends (webhooks)
@@ -121,6 +125,16 @@ class TaskRunner:
             prompt=task.prompt, duration=float(cfg["duration"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
+        if cfg.get("input_audio"):
+            try:
+                start, end = float(cfg.get("continuation_start") or 0.0), cfg.get("continuation_end")
+                audio, rate = self.uploads.read(cfg["input_audio"], task.user_id, start, end)
+            except Exception as exc:
+                log.exception("task %s: reading its input audio failed", task_id)
+                self.store.fail(task_id, str(exc) if isinstance(exc, LookupError) else
+                                "its input audio could not be read", me)
+                return "FAILED"
+            request.prompt_audio, request.prompt_sample_rate = torch.from_numpy(audio), rate
         with self._lock:
             self._active[task_id] = [engine, None]
         try:
