@@ -34,3 +34,18 @@ def test_generate_reports_missing_weights(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SOUNDRY_MODEL_PATHS", raising=False)
     assert main(["generate", "x", "-o", str(tmp_path / "x.wav"), "--model-path", str(tmp_path / "nowhere")]) == 1
     assert "neither a model directory nor a known model" in capsys.readouterr().err
+
+
+def test_generate_locally_continues_an_input_audio(tmp_path, capsys):
+    import numpy as np
+
+    clip = tmp_path / "loop.wav"
+    sf.write(clip, (0.3 * np.sin(np.arange(24000) / 48000 * 2 * np.pi * 330)).astype("float32"), 48000)
+    out = tmp_path / "more.wav"
+    assert main(["generate", "rain", "-o", str(out), "--model-path", str(TINY["musicgen-stereo"]),
+                 "--duration", "1", "--input-audio", str(clip), "--continuation-end", "0.3"]) == 0
+    audio, sr = sf.read(out)
+    assert sr == 32000 and audio.shape == (32000, 2)
+    assert main(["generate", "rain", "-o", str(out), "--model-path", str(TINY["audiogen"]),
+                 "--duration", "0.4", "--input-audio", str(clip)]) == 2
+    assert "audio prompt" in capsys.readouterr().err

@@ -144,6 +144,29 @@ def test_cli_against_the_server(live_server, tmp_path, capsys):
     assert "duration" in capsys.readouterr().err
 
 
+def test_input_audio_from_the_client_and_the_cli(live_server, tmp_path, capsys):
+    import numpy as np
+
+    clip = tmp_path / "loop.flac"
+    sf.write(clip, (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 330)).astype("float32"), 16000)
+    with Client(live_server.url, api_key=live_server.api_key) as client:
+        audio = client.generate("more of this", model="audiogen", duration=1.0, input_audio=clip)
+        samples, rate = audio.to_numpy()
+        assert len(samples) == 16000 and rate == 16000
+        assert client.task(audio.task_id).status == "COMPLETED"  # polling reads the result object
+        up = client.upload(clip)
+        assert up["duration"] == 0.5
+        assert client.delete_upload(up["id"])["id"] == up["id"]
+        with pytest.raises(NotFoundError):
+            client.submit("x", input_audio=up["id"], duration=2)
+    out = tmp_path / "more.wav"
+    conn = ["--url", live_server.url, "--api-key", live_server.api_key]
+    assert main(["generate", "more", "-o", str(out), "--duration", "1", "--input-audio", str(clip),
+                 "--continuation-start", "0.1", *conn]) == 0
+    audio, sr = sf.read(out)
+    assert sr == 16000 and len(audio) == 16000
+
+
 def test_pending_webhooks_are_resumed_after_a_restart(tmp_path, tiny_models):
     from fastapi.testclient import TestClient
 

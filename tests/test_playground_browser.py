@@ -99,3 +99,40 @@ def test_playground_generates_plays_and_lists_history(live_server):
             assert not console_errors, console_errors
         finally:
             browser.close()
+
+
+def test_playground_continues_an_uploaded_clip(live_server, tmp_path):
+    """The file picker uploads a clip and the task continues it (the result is prompt + continuation)."""
+    import numpy as np
+    import soundfile as sf
+
+    from soundry import Client
+
+    sync_playwright = _sync_playwright()
+    clip = tmp_path / "loop.wav"
+    sf.write(clip, (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 330)).astype("float32"), 16000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(live_server.url + "/")
+            page.fill("#api-key", live_server.api_key)
+            page.click("[data-testid=apikey-submit]")
+            page.wait_for_selector("[data-testid=app-view]", state="visible")
+            page.wait_for_selector("#model option[value=audiogen]", state="attached")
+            page.fill("#prompt", "more of this")
+            page.select_option("#model", "audiogen")
+            page.fill("#duration", "1")
+            page.set_input_files("[data-testid=input-audio]", str(clip))
+            page.click("[data-testid=generate-submit]")
+            page.wait_for_function("document.querySelector('#task-status').dataset.status === 'COMPLETED'",
+                                   timeout=60_000)
+            task_id = page.locator("#task-id").text_content().strip().lstrip("#")
+        finally:
+            browser.close()
+    with Client(live_server.url, api_key=live_server.api_key) as client:
+        task = next(t for t in client.history() if t.id == task_id)
+        assert task.info["config"]["input_audio"]
+        samples, rate = client.task(task_id).audio().to_numpy()
+        assert rate == 16000 and len(samples) == 16000

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-coef", type=float, default=3.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
+    p.add_argument("--input-audio", help="an audio file (wav, flac, ogg, mp3) to continue; --duration is the total")
+    p.add_argument("--continuation-start", type=float, default=0.0, help="seconds into --input-audio to start from")
+    p.add_argument("--continuation-end", type=float, help="seconds into --input-audio to end at (default: its end)")
     p.add_argument("--normalization", default="loudness", choices=["loudness", "peak", "rms", "none"])
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
@@ -55,8 +58,19 @@ def run(args: argparse.Namespace) -> int:
 
     request = GenerationRequest(args.prompt, args.duration, args.top_k, args.top_p, args.temperature,
                                 args.cfg_coef, args.seed, args.negative_prompt)
+    if args.input_audio:
+        try:
+            request.prompt_audio, request.prompt_sample_rate = read_prompt(args)
+        except (OSError, ValueError) as exc:
+            engine.stop()
+            bar.close()
+            print(f"error: --input-audio: {exc}", file=sys.stderr)
+            return 2
     try:
         result = engine.submit(request, progress).result()
+    except ValueError as exc:  # e.g. an audio prompt as long as the clip
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         engine.stop()
         bar.close()
@@ -65,3 +79,17 @@ def run(args: argparse.Namespace) -> int:
     out.write_bytes(encoded.data)
     print(f"wrote {out} ({result.audio.shape[-1] / result.sample_rate:.2f} s, {encoded.sample_rate} Hz)")
     return 0
+
+
+def read_prompt(args: argparse.Namespace):
+    """The --input-audio clip between --continuation-start and --continuation-end: ([C, N] tensor, rate)."""
+    import torch
+
+    from soundry.audio.decode import decode_audio
+
+    audio, rate = decode_audio(Path(args.input_audio).read_bytes(), max_seconds=3600.0)
+    first = int(round(args.continuation_start * rate))
+    last = audio.shape[1] if args.continuation_end is None else int(round(args.continuation_end * rate))
+    if not 0 <= first < min(last, audio.shape[1]):
+        raise ValueError(f"the start/end select nothing of a {audio.shape[1] / rate:.2f} s clip")
+    return torch.from_numpy(audio[:, first:last].copy()), rate

@@ -51,9 +51,13 @@ def generate(args: argparse.Namespace) -> int:
                "output_format": out.suffix.lstrip(".").lower() or "wav"}
     if args.seed is not None:
         configs["seed"] = args.seed
+    if args.continuation_start or args.continuation_end is not None:
+        configs.update(continuation_start=args.continuation_start, continuation_end=args.continuation_end)
     bar, update = progress_bar(f"{args.model}: {args.prompt}")
     try:
         with connect(args) as client:
+            if args.input_audio:
+                configs["input_audio"] = client.upload(args.input_audio)["id"]
             task = client.submit(args.prompt, args.negative_prompt or "", **configs)
             audio = task.wait(progress=update).audio()
     except SoundryError as exc:

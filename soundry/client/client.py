@@ -64,11 +64,11 @@ class Task:
     done = property(lambda self: self.status in FINAL)
 
     def refresh(self) -> Task:
-        self.info = self.client._request("GET", f"/ai/audio_generation/{self.id}")["data"]
+        self.info = self.client._request("GET", f"/ai/audio_generation/{self.id}")["data"]["data"]
         return self
 
     def cancel(self) -> Task:
-        self.info = self.client._request("POST", f"/ai/audio_generation/{self.id}/cancel")["data"]
+        self.info = self.client._request("POST", f"/ai/audio_generation/{self.id}/cancel")["data"]["data"]
         return self
 
     def wait(self, timeout: float | None = None, progress: Callable[[Task], None] | None = None,
@@ -127,13 +127,25 @@ class Client:
 
     # -- the API ---------------------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str = "", progress: Callable[[Task], None] | None = None,
-                 timeout: float | None = None, **configs) -> Audio:
-        """Submit, wait (``progress(task)`` on every update) and download the clip."""
+                 timeout: float | None = None, input_audio: str | Path | None = None, **configs) -> Audio:
+        """Submit, wait (``progress(task)`` on every update) and download the clip. ``input_audio``, a
+        local file, is uploaded and continued (or pass ``configs["input_audio"]``, an upload id)."""
+        if input_audio is not None:
+            configs["input_audio"] = self.upload(input_audio)["id"]
         return self.submit(prompt, negative_prompt, **configs).wait(timeout, progress).audio()
+
+    def upload(self, path: str | Path) -> dict:
+        """Upload an audio file (wav, flac, ogg, mp3) to continue from; returns its id, duration, ..."""
+        path = Path(path)
+        with path.open("rb") as f:
+            return self._request("POST", "/uploads", files={"file": (path.name, f.read())})["data"]
+
+    def delete_upload(self, upload_id: str) -> dict:
+        return self._request("DELETE", f"/uploads/{upload_id}")["data"]
 
     def submit(self, prompt: str, negative_prompt: str = "", webhook: str | None = None, **configs) -> Task:
         """Create a task; ``configs``: model, duration, top_k, top_p, temperature, cfg_coef, seed,
-        output_format, normalization, target_lufs."""
+        output_format, normalization, target_lufs, input_audio (an upload id), continuation_start/end."""
         body: dict = {"prompt": prompt, "configs": configs}
         if negative_prompt:
             body["negative_prompt"] = negative_prompt

@@ -167,7 +167,10 @@ async function submitGeneration(event) {
   setError($("form-error"), "");
   $("generate-btn").disabled = true;
   try {
-    const created = await api("POST", "/v1/ai/audio_generation", { body: readForm() });
+    const body = readForm();
+    const file = $("input-audio").files[0];
+    if (file) body.configs.input_audio = (await uploadClip(file)).id;
+    const created = await api("POST", "/v1/ai/audio_generation", { body });
     render({ task_id: created.task_id, status: "PENDING", percent: 0, prompt: created.prompt });
     follow(created.task_id);
     loadHistory();
@@ -176,6 +179,20 @@ async function submitGeneration(event) {
   } finally {
     $("generate-btn").disabled = false;
   }
+}
+
+/** Uploads a clip to continue from (multipart, field "file"); returns the upload's facts. */
+async function uploadClip(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const res = await fetch("/v1/uploads", { method: "POST", headers: { ...authHeader() }, body: form });
+  let env = null;
+  try { env = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok || !env || env.status === "error") {
+    throw new ApiError(`input clip: ${(env && env.error_description) || `upload failed (HTTP ${res.status})`}`,
+                       res.status);
+  }
+  return env.data;
 }
 
 /* ---------- following a task: SSE stream, polling as the fallback ---------- */
