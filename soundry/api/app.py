@@ -33,7 +33,8 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 def build_services(settings: Settings, queue=None) -> Services:
     store = TaskStore(settings.database_url)
-    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl)
+    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl,
+                        hash_concurrency=settings.password_hash_concurrency)
     storage = open_storage(settings.storage_url, settings)
     webhooks = WebhookSender(store, settings)
     engines = None
