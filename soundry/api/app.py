@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
             names = list(dict.fromkeys([settings.default_model, *settings.preload]))
             threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload", daemon=True).start()
         yield
+        svc.webhooks.stop()
         if hasattr(svc.queue, "stop"):
             svc.queue.stop()
         if svc.engines is not None:
