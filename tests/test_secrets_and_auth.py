@@ -64,6 +64,43 @@ def test_processes_starting_together_agree_on_one_secret(tmp_path):
         assert [f for f in os.listdir(data_dir) if f.startswith(".secret-")] == []  # no temporary left behind
 
 
+def _watch_secret_creation(data_dir: str, out) -> None:
+    """In a child process with umask 0 (the worst case): at every audited operation (open, chmod, link,
+    remove, …) while the settings load, record the secret file's mode and length if it exists."""
+    import sys
+
+    os.umask(0)
+    path, seen, inside = os.path.join(data_dir, "secret"), [], [False]
+
+    def hook(event, args):
+        if inside[0]:
+            return
+        inside[0] = True
+        try:
+            with open(path) as f:
+                seen.append((stat.S_IMODE(os.fstat(f.fileno()).st_mode), len(f.read())))
+        except FileNotFoundError:
+            pass
+        finally:
+            inside[0] = False
+
+    sys.addaudithook(hook)
+    Settings.load(config_file=os.devnull, data_dir=data_dir)
+    out.put(seen)
+
+
+def test_the_secret_is_never_visible_open_or_half_written(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_watch_secret_creation, args=(str(tmp_path / "data"), out))
+    child.start()
+    seen = out.get(timeout=60)
+    child.join(30)
+    assert seen, "the secret file was never observed"
+    assert all(mode & 0o077 == 0 for mode, _ in seen), seen  # never readable by group or others
+    assert all(length == 64 for _, length in seen), seen  # never empty or partial
+
+
 def test_data_dir_and_database_are_private(tmp_path):
     old = os.umask(0o022)  # an ordinary umask: files would be 0644, directories 0755
     try:
