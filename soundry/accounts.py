@@ -1,4 +1,11 @@
-"""Users, passwords, API keys and JWT access/refresh tokens."""
+"""Users, passwords, API keys and JWT access/refresh tokens.
+
+Passwords are argon2 hashes; at most ``hash_concurrency`` hashes run at once (each takes 64 MiB), the
+rest wait up to ``HASH_WAIT`` seconds and are then refused as busy. API keys are high-entropy, so they
+are stored as HMAC-SHA256 digests keyed with a key derived from the server secret and compared in
+constant time: no argon2 per request. A key stored by an older version as an argon2 hash is verified
+with argon2 once, at its next use, and its row rewritten to the HMAC digest.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 
 import jwt
@@ -13,22 +21,47 @@ from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError, VerifyMismatchError
 from sqlalchemy import select, update
 
+from soundry.signing import derive_key
 from soundry.tasks.models import ApiKey, RefreshToken, User, utcnow
 from soundry.tasks.store import TaskStore
 
 _hasher = PasswordHasher()
 KEY_PREFIX = "sk-"
+HMAC_SCHEME = "hmac-sha256$"
+HASH_WAIT = 10.0  # seconds a login waits for a free argon2 slot before it is refused as busy
 
 
 class AuthError(Exception):
     """Credentials or token rejected; the message says why (without leaking which part)."""
 
 
+class AuthBusy(Exception):
+    """Every argon2 slot stayed busy: the caller should answer 503 and ask the client to retry."""
+
+
 class Accounts:
-    def __init__(self, store: TaskStore, secret: str, access_ttl: int = 3600, refresh_ttl: int = 30 * 86400):
-        self.store, self.secret = store, secret
+    def __init__(self, store: TaskStore, secret: str, access_ttl: int = 3600, refresh_ttl: int = 30 * 86400,
+                 hash_concurrency: int = 2):
+        self.store = store
+        self._jwt_key = derive_key(secret, "jwt")
+        self._api_key_mac = derive_key(secret, "api-key")
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
-        self._verified: dict[str, bytes] = {}  # argon2 hash of an API key -> SHA-256 of the key that matched it
+        self._hash_slots = threading.BoundedSemaphore(max(1, hash_concurrency))
+
+    def _argon2(self, fn, *args):
+        """Run one argon2 hash or verification inside the bounded pool of slots."""
+        if not self._hash_slots.acquire(timeout=HASH_WAIT):
+            raise AuthBusy("the server is busy checking passwords; try again in a few seconds")
+        try:
+            return fn(*args)
+        finally:
+            self._hash_slots.release()
+
+    def _password_matches(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._argon2(_hasher.verify, password_hash, password)
+        except (VerifyMismatchError, VerificationError):
+            return False
 
     # -- users ---------------------------------------------------------------------------------------
     def create_user(self, username: str, password: str, email: str = "", name: str = "", type: str = "user") -> User:
@@ -39,7 +72,7 @@ class Accounts:
         with self.store.session() as s, s.begin():
             if s.scalar(select(User).where(User.username == username)):
                 raise ValueError(f"user {username!r} already exists")
-            user = User(username=username, password_hash=_hasher.hash(password), email=email,
+            user = User(username=username, password_hash=self._argon2(_hasher.hash, password), email=email,
                         name=name or username, type=type)
             s.add(user)
         return user
@@ -62,23 +95,24 @@ class Accounts:
     def authenticate(self, username: str, password: str) -> User:
         user = self.get_user(username)
         if user is None or not user.active:
-            _hasher.hash(password)  # same work either way
+            self._argon2(_hasher.hash, password)  # same work either way
             raise AuthError("wrong username or password")
-        try:
-            _hasher.verify(user.password_hash, password)
-        except (VerifyMismatchError, VerificationError):
-            raise AuthError("wrong username or password") from None
+        if not self._password_matches(user.password_hash, password):
+            raise AuthError("wrong username or password")
         with self.store.session() as s, s.begin():
             s.execute(update(User).where(User.id == user.id).values(last_login_at=utcnow()))
         return self.user_by_id(user.id)
 
     # -- API keys ------------------------------------------------------------------------------------
+    def _key_digest(self, key: str) -> str:
+        return HMAC_SCHEME + hmac.new(self._api_key_mac, key.encode(), hashlib.sha256).hexdigest()
+
     def create_api_key(self, user: User, name: str = "") -> str:
-        """Returns the key (shown once); only its hash is stored."""
+        """Returns the key (shown once); only its keyed digest is stored."""
         prefix = secrets.token_hex(6)
         key = f"{KEY_PREFIX}{prefix}.{secrets.token_urlsafe(24)}"
         with self.store.session() as s, s.begin():
-            s.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=_hasher.hash(key), name=name))
+            s.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=self._key_digest(key), name=name))
         return key
 
     def revoke_api_key(self, key_or_prefix: str) -> bool:
@@ -88,33 +122,42 @@ class Accounts:
                              .values(revoked_at=utcnow())).rowcount == 1
 
     def user_for_api_key(self, key: str) -> User:
-        """The key's user. The row is read on every call, so revocation works at once; the argon2
-        check (tens of ms) runs once per key and process, then a SHA-256 of the key is remembered."""
+        """The key's user. The row is read on every call, so revocation works at once."""
+        invalid = AuthError("invalid or revoked API key")
+        if len(key) > 200:
+            raise invalid
         prefix = key.removeprefix(KEY_PREFIX).split(".")[0]
-        digest = hashlib.sha256(key.encode()).digest()
+        digest = self._key_digest(key)
         with self.store.session() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
             if row is None or row.revoked_at is not None:
-                raise AuthError("invalid or revoked API key")
-            if not hmac.compare_digest(self._verified.get(row.key_hash, b""), digest):
-                try:
-                    _hasher.verify(row.key_hash, key)
-                except (VerifyMismatchError, VerificationError):
-                    raise AuthError("invalid or revoked API key") from None
-                self._verified[row.key_hash] = digest
+                raise invalid
+            if row.key_hash.startswith(HMAC_SCHEME):
+                if not hmac.compare_digest(row.key_hash.encode(), digest.encode()):
+                    raise invalid
+            elif self._password_matches(row.key_hash, key):  # an argon2 hash from an older version
+                s.execute(update(ApiKey).where(ApiKey.id == row.id).values(key_hash=digest))
+                s.commit()
+            else:
+                raise invalid
             user = s.get(User, row.user_id)
         if user is None or not user.active:
-            raise AuthError("invalid or revoked API key")
+            raise invalid
         return user
+
+    def set_active(self, username: str, active: bool) -> bool:
+        """Disable or enable a user (a disabled user's tokens and API keys are refused at once)."""
+        with self.store.session() as s, s.begin():
+            return s.execute(update(User).where(User.username == username).values(active=active)).rowcount == 1
 
     # -- JWTs ----------------------------------------------------------------------------------------
     def issue_tokens(self, user: User) -> dict:
         now = int(time.time())
         access = jwt.encode({"sub": str(user.id), "typ": "access", "iat": now, "exp": now + self.access_ttl},
-                            self.secret, algorithm="HS256")
+                            self._jwt_key, algorithm="HS256")
         jti = secrets.token_hex(16)
         refresh = jwt.encode({"sub": str(user.id), "typ": "refresh", "iat": now, "exp": now + self.refresh_ttl,
-                              "jti": jti}, self.secret, algorithm="HS256")
+                              "jti": jti}, self._jwt_key, algorithm="HS256")
         with self.store.session() as s, s.begin():
             s.add(RefreshToken(jti=jti, user_id=user.id,
                                expires_at=utcnow() + dt.timedelta(seconds=self.refresh_ttl)))
@@ -138,7 +181,7 @@ class Accounts:
 
     def _claims(self, token: str, typ: str) -> dict:
         try:
-            return jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+            return jwt.decode(token, self._jwt_key, algorithms=["HS256"], options={"require": ["exp", "sub"]})
         except jwt.ExpiredSignatureError:
             raise AuthError(f"{typ} token expired") from None
         except jwt.PyJWTError:

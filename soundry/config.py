@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import secrets
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+MIN_SECRET_BYTES = 32
 
 
 @dataclass
@@ -23,9 +29,13 @@ class Settings:
     reconcile_interval: float = 30.0  # how often a worker re-sends stale tasks
     webhook_attempts: int = 5  # deliveries tried per webhook (backoff doubles from webhook_backoff seconds)
     webhook_backoff: float = 2.0
+    webhook_timeout: float = 10.0  # overall deadline of one delivery attempt: resolve, connect, send, status line
+    webhook_concurrency: int = 16  # deliveries in flight in one process
+    webhook_concurrency_per_user: int = 2  # of those, at most this many for one user
+    webhook_allow_cidrs: list[str] = field(default_factory=list)  # non-public networks webhooks may reach
     stale_pending_seconds: float = 600.0  # a task PENDING this long is re-sent (its message may be lost)
     public_url: str = ""  # base for download links; default: the request's own base URL
-    secret: str = ""  # signs tokens and download links; default: generated into DATA_DIR/secret
+    secret: str = ""  # at least 32 bytes; per-purpose keys derive from it; default: generated into DATA_DIR/secret
     default_model: str = "audiogen"
     max_duration: float = 300.0
     max_prompt_chars: int = 2000
@@ -38,18 +48,21 @@ class Settings:
     max_queued_audio_seconds_per_user: float = 3600.0  # requested seconds of unfinished tasks
     max_queue: int = 5000  # PENDING tasks in all; beyond it creates answer 503
     login_failures_per_user: int = 5  # failed logins per username within login_window_seconds
-    login_failures_per_address: int = 20  # failed logins per client address within the window
+    login_attempts_per_address: int = 30  # login attempts (failed or not) per client address within the window
     login_window_seconds: float = 900.0
     max_upload_bytes: int = 20 * 1024 * 1024  # one uploaded clip, as sent
     max_upload_seconds: float = 120.0  # one uploaded clip, decoded
     max_uploads_per_user: int = 50  # kept at once
     upload_retention_hours: float = 24.0  # uploads are deleted this long after they arrive
     upload_purge_interval: float = 300.0  # seconds between sweeps for expired uploads
+    bearer_failures_per_address: int = 60  # refused tokens/API keys per client address within the window
+    password_hash_concurrency: int = 2  # argon2 hashes at once (each takes 64 MiB); more wait, then 503
+    rate_limit_storage: str = ""  # memory:// or redis://…; "" = the broker when it is Redis, else memory://
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
-               "public_url"}
+               "public_url", "login_failures_per_address": "login_attempts_per_address"}
 
     @classmethod
     def load(cls, config_file: str | None = None, **overrides) -> Settings:
@@ -65,7 +78,7 @@ class Settings:
             env = os.environ.get(f"SOUNDRY_{f.name.upper()}")
             if env is not None:
                 values[f.name] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update({cls.ALIASES.get(k, k): v for k, v in overrides.items() if v is not None})
         s = cls()
         for f in fields(cls):
             if f.name in values:
@@ -74,18 +87,70 @@ class Settings:
 
     def finalize(self) -> Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'soundry.db'}"
         if not self.storage_url:
             self.storage_url = str(self.data_dir / "files")
-        if not self.secret:
-            secret_file = self.data_dir / "secret"
-            if not secret_file.exists():
-                secret_file.write_text(secrets.token_hex(32))
-                secret_file.chmod(0o600)
-            self.secret = secret_file.read_text().strip()
+        if self.secret:
+            check_secret(self.secret, "the secret setting (SOUNDRY_SECRET / soundry.toml)")
+        else:
+            self.secret = load_or_create_secret(self.data_dir / "secret")
+        self.webhook_networks()  # a bad CIDR fails at start, not at the first webhook
         return self
+
+    def webhook_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``webhook_allow_cidrs`` parsed: the non-public networks an operator lets webhooks reach."""
+        nets = []
+        for cidr in self.webhook_allow_cidrs:
+            try:
+                nets.append(ipaddress.ip_network(cidr.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"setting webhook_allow_cidrs: {cidr!r} is not a network such as 10.0.0.0/8") from None
+        return nets
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the data directory readable by its owner only, and take group/other access away from an
+    existing one and from the files directly in it (database, WAL, secret) that older versions left open."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for entry in (path, *path.iterdir()):
+        try:
+            mode = entry.lstat().st_mode
+            if not entry.is_symlink() and mode & 0o077:
+                entry.chmod(mode & 0o7700)
+        except OSError as exc:  # not ours (e.g. a mounted volume): say so, do not stop
+            log.warning("cannot restrict the permissions of %s: %s", entry, exc.strerror)
+
+
+def check_secret(secret: str, where: str) -> None:
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"{where} holds {len(secret.encode())} bytes; a secret needs at least {MIN_SECRET_BYTES} "
+                         "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The secret in ``path``, created on first use: written in full to a private temporary file (mode 0600
+    from birth, O_CREAT|O_EXCL), then hard-linked to its name, which never replaces an existing file, so two
+    processes starting together agree on one secret and nobody can read a half-written or open file."""
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process won the race: its secret is the one
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    secret = path.read_text().strip()
+    check_secret(secret, f"the secret file {path}")
+    return secret
 
 
 def _coerce(name: str, value, default):

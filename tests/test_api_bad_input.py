@@ -97,7 +97,9 @@ def test_bad_token(client, user, headers):
 def test_expired_and_tampered_tokens(client, user):
     import jwt
 
-    secret = client.app_services.settings.secret
+    from soundry.signing import derive_key
+
+    secret = derive_key(client.app_services.settings.secret, "jwt")  # tokens are signed with the JWT key
     expired = jwt.encode({"sub": "1", "typ": "access", "exp": 1}, secret, algorithm="HS256")
     r = client.get("/v1/user/me", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401 and "expired" in r.json()["error_description"]

@@ -96,7 +96,20 @@ def _receiver(statuses: list[int]):
     return server, got
 
 
-def test_webhook_is_signed_and_retried(live_server):
+@pytest.fixture
+def local_hooks_server(tmp_path, tiny_models):
+    """A live server whose operator allows webhooks to this machine (127.0.0.0/8): the receivers here
+    listen on 127.0.0.1, which soundry refuses by default."""
+    from tests.conftest import make_settings
+    from tests.live_server import start_live_server
+
+    server = start_live_server(make_settings(tmp_path, webhook_backoff=0.2, webhook_allow_cidrs="127.0.0.0/8"))
+    yield server
+    server.stop()
+
+
+def test_webhook_is_signed_and_retried(local_hooks_server):
+    live_server = local_hooks_server
     server, got = _receiver([500, 200])  # the first delivery fails, the retry succeeds
     url = f"http://127.0.0.1:{server.server_port}/hook"
     try:
@@ -176,7 +189,7 @@ def test_pending_webhooks_are_resumed_after_a_restart(tmp_path, tiny_models):
 
     server, got = _receiver([200])
     try:
-        settings = make_settings(tmp_path)
+        settings = make_settings(tmp_path, webhook_allow_cidrs="127.0.0.0/8")  # the receiver is on this machine
         app = create_app(settings, start_worker=False)
         svc = app.state.services
         user = svc.accounts.create_user("wes", "wes password")

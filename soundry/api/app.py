@@ -34,7 +34,8 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 def build_services(settings: Settings, queue=None) -> Services:
     store = TaskStore(settings.database_url)
-    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl)
+    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl,
+                        hash_concurrency=settings.password_hash_concurrency)
     storage = open_storage(settings.storage_url, settings)
     webhooks = WebhookSender(store, settings)
     engines = None
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                          name="soundry-upload-retention", daemon=True).start()
         yield
         purge_stop.set()
+        svc.webhooks.stop()
         if hasattr(svc.queue, "stop"):
             svc.queue.stop()
         if svc.engines is not None:

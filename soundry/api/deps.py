@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from soundry.accounts import Accounts, AuthError
+from soundry.accounts import Accounts, AuthBusy, AuthError
 from soundry.api.envelope import ApiError
 from soundry.config import Settings
 from soundry.storage import Storage
@@ -33,16 +33,33 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def busy(exc: AuthBusy) -> ApiError:
+    return ApiError(503, "unavailable", str(exc), {"Retry-After": "5"})
+
+
 def current_user(request: Request) -> User:
+    """The caller, from a bearer access token or API key. Refused credentials count against the client
+    address; an address over its budget gets 429 before anything is verified."""
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <access token or API key>'",
                        {"WWW-Authenticate": "Bearer"})
     svc = services(request)
+    address = client_address(request)
+    if svc.limits is not None:
+        svc.limits.check_bearer(address)
     try:
         user = svc.accounts.user_for_bearer(credential.strip())
+    except AuthBusy as exc:
+        raise busy(exc) from None
     except AuthError as exc:
+        if svc.limits is not None:
+            svc.limits.bearer_failed(address)
         raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
     if svc.limits is not None:
         svc.limits.check_request(user.id)

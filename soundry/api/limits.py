@@ -1,91 +1,117 @@
-"""Request limits: login throttling, requests per minute, per-user task and audio caps, a global
-queue cap. Counters of the sliding windows live in this process's memory (each API replica counts
-on its own); task and queue counts come from the database, so they hold across replicas."""
+"""Request limits: login and bearer-auth throttling, requests per minute, per-user task and audio caps,
+a global queue cap.
+
+The sliding windows are counted by the ``limits`` library in a shared storage: Redis when
+``rate_limit_storage`` (or, failing that, a Redis broker) names one, so every API replica counts
+together; this process's memory otherwise. Keys expire with their window, so nothing grows with the
+number of names ever tried. Task and queue counts come from the database.
+
+Logins reserve their slot *before* the password is checked: concurrent guesses cannot all slip in
+between a check and its count. The per-user counter is cleared by a successful login; the
+per-address counter counts every attempt.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
-import threading
 import time
-from collections import defaultdict, deque
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 from soundry.api.envelope import ApiError
 from soundry.config import Settings
 from soundry.tasks.store import TaskStore
 
+log = logging.getLogger(__name__)
+NAMESPACE = "soundry"
 
-class SlidingWindow:
-    """At most ``limit`` events per key in any ``window`` seconds (``limit`` 0 = unlimited)."""
 
-    def __init__(self, limit: int, window: float):
-        self.limit, self.window = limit, window
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+def storage_uri(settings: Settings) -> str:
+    """Where the windows are counted: the setting, else a Redis broker, else this process's memory."""
+    if settings.rate_limit_storage:
+        return settings.rate_limit_storage
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return "memory://"
 
-    def retry_after(self, key: str) -> float | None:
-        """Seconds until the key may act again, or None if it may act now."""
-        if self.limit <= 0:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            q = self._events[key]
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if len(q) < self.limit:
-                return None
-            return q[0] + self.window - now
 
-    def add(self, key: str) -> None:
-        if self.limit > 0:
-            with self._lock:
-                self._events[key].append(time.monotonic())
-
-    def hit(self, key: str) -> float | None:
-        """Record an event unless over the limit; returns the wait when over it."""
-        wait = self.retry_after(key)
-        if wait is None:
-            self.add(key)
-        return wait
-
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._events.pop(key, None)
+def _item(limit: int, seconds: float) -> RateLimitItem | None:
+    return RateLimitItemPerSecond(limit, max(1, math.ceil(seconds))) if limit > 0 else None
 
 
 def _retry(seconds: float) -> dict:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def _user_key(username: str) -> str:
+    """Fixed-size key for any username (long or odd names cost the same)."""
+    return hashlib.sha256(username.lower().encode(errors="replace")).hexdigest()[:32]
+
+
 class Limits:
     def __init__(self, settings: Settings, store: TaskStore):
         self.settings, self.store = settings, store
+        self.storage = storage_from_string(storage_uri(settings), wrap_exceptions=True)
+        self.limiter = MovingWindowRateLimiter(self.storage)
         window = settings.login_window_seconds
-        self.login_user = SlidingWindow(settings.login_failures_per_user, window)
-        self.login_address = SlidingWindow(settings.login_failures_per_address, window)
-        self.requests = SlidingWindow(settings.requests_per_minute, 60.0)
+        self.login_user = _item(settings.login_failures_per_user, window)
+        self.login_address = _item(settings.login_attempts_per_address, window)
+        self.bearer_address = _item(settings.bearer_failures_per_address, window)
+        self.requests = _item(settings.requests_per_minute, 60)
+
+    # -- the shared counters --------------------------------------------------------------------------
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except StorageError as exc:
+            log.error("rate-limit storage %s failed: %s", self.storage.__class__.__name__, exc)
+            raise ApiError(503, "unavailable", "the rate-limit storage is unreachable; try again shortly",
+                           _retry(5)) from None
+
+    def _wait(self, item: RateLimitItem, *key: str) -> float:
+        stats = self._call(self.limiter.get_window_stats, item, NAMESPACE, *key)
+        return max(1.0, stats.reset_time - time.time())
+
+    def _refuse(self, item: RateLimitItem, key: tuple[str, ...], message: str) -> ApiError:
+        wait = self._wait(item, *key)
+        return ApiError(429, "rate_limited", f"{message}; try again in {math.ceil(wait)} s", _retry(wait))
 
     # -- login --------------------------------------------------------------------------------------
-    def check_login(self, username: str, address: str) -> None:
-        for counter, key, who in ((self.login_user, username.lower(), "this account"),
-                                  (self.login_address, address, "your address")):
-            wait = counter.retry_after(key)
-            if wait is not None:
-                raise ApiError(429, "rate_limited", f"too many failed logins for {who}; try again in "
-                                                    f"{math.ceil(wait)} s", _retry(wait))
-
-    def login_failed(self, username: str, address: str) -> None:
-        self.login_user.add(username.lower())
-        self.login_address.add(address)
+    def reserve_login(self, username: str, address: str) -> None:
+        """Count this attempt before the password is checked; 429 when the user or address is over."""
+        user_key, address_key = ("login-user", _user_key(username)), ("login-address", address)
+        if self.login_user and not self._call(self.limiter.test, self.login_user, NAMESPACE, *user_key):
+            raise self._refuse(self.login_user, user_key, "too many failed logins for this account")
+        if self.login_address and not self._call(self.limiter.hit, self.login_address, NAMESPACE, *address_key):
+            raise self._refuse(self.login_address, address_key, "too many login attempts from your address")
+        if self.login_user and not self._call(self.limiter.hit, self.login_user, NAMESPACE, *user_key):
+            raise self._refuse(self.login_user, user_key, "too many failed logins for this account")
 
     def login_succeeded(self, username: str) -> None:
-        self.login_user.reset(username.lower())
+        if self.login_user:
+            self._call(self.limiter.clear, self.login_user, NAMESPACE, "login-user", _user_key(username))
+
+    # -- bearer credentials ---------------------------------------------------------------------------
+    def check_bearer(self, address: str) -> None:
+        """429 while the address is over its refused-credential budget (nothing is verified then)."""
+        key = ("bearer-address", address)
+        if self.bearer_address and not self._call(self.limiter.test, self.bearer_address, NAMESPACE, *key):
+            raise self._refuse(self.bearer_address, key, "too many refused credentials from your address")
+
+    def bearer_failed(self, address: str) -> None:
+        if self.bearer_address:
+            self._call(self.limiter.hit, self.bearer_address, NAMESPACE, "bearer-address", address)
 
     # -- requests and tasks -------------------------------------------------------------------------
     def check_request(self, user_id: int) -> None:
-        wait = self.requests.hit(str(user_id))
-        if wait is not None:
-            raise ApiError(429, "rate_limited", f"over {self.settings.requests_per_minute} requests per minute; "
-                                                f"try again in {math.ceil(wait)} s", _retry(wait))
+        key = ("requests", str(user_id))
+        if self.requests and not self._call(self.limiter.hit, self.requests, NAMESPACE, *key):
+            raise self._refuse(self.requests, key, f"over {self.settings.requests_per_minute} requests per minute")
 
     def check_new_task(self, user_id: int, duration: float) -> None:
         s = self.settings

@@ -20,9 +20,11 @@ from soundry.api.tasks_view import public_config, task_result
 from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
 from soundry.signing import verify
 from soundry.tasks.models import FINAL_STATUSES, Task, User
+from soundry.tasks.webhook_target import WebhookRefused, resolve_target
 
 router = APIRouter(prefix="/v1", tags=["audio generation"])
 MAX_BODY = 1 << 20
+RESOLVE_WAIT = 5.0  # seconds a webhook's host may take to resolve when a task is created
 
 
 def _model_metadata(name: str) -> dict:
@@ -64,6 +66,8 @@ async def create_task(request: Request, user: User = Depends(current_user)):
     if cfg.duration > svc.settings.max_duration:
         raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
     check_input_audio(svc, user, cfg)
+    if req.webhook:
+        await _check_webhook(req.webhook, svc.settings.webhook_networks())
     svc.limits.check_new_task(user.id, cfg.duration)
     task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
                                  config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
@@ -85,6 +89,16 @@ async def _read_body(request: Request) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _check_webhook(url: str, allowed: list) -> None:
+    """422 unless the webhook's host resolves to addresses it may reach (public, or operator-allowed)."""
+    try:
+        await asyncio.wait_for(run_in_threadpool(resolve_target, url, allowed), RESOLVE_WAIT)
+    except WebhookRefused as exc:
+        raise ApiError(422, "invalid_request", f"webhook: {exc}") from None
+    except TimeoutError:
+        raise ApiError(422, "invalid_request", f"webhook: its host did not resolve within {RESOLVE_WAIT:g} s") from None
 
 
 def _validation_error(exc: ValidationError) -> ApiError:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 
-from soundry.accounts import AuthError, profile
-from soundry.api.deps import basic_credentials, current_user, services
+from soundry.accounts import AuthBusy, AuthError, profile
+from soundry.api.deps import basic_credentials, busy, client_address, current_user, services
 from soundry.api.docs_models import History, Me, Tokens, answers
 from soundry.api.envelope import ApiError, ok
 from soundry.api.tasks_view import task_result
@@ -20,16 +20,16 @@ def _tokens(request: Request, user: User):
 
 
 @router.post("/login", summary="Log in with HTTP Basic credentials; returns access and refresh tokens",
-             responses=answers(Tokens, 200, 401, 429))
+             responses=answers(Tokens, 200, 401, 429, 503))
 def login(request: Request):
     username, password = basic_credentials(request)
     svc = services(request)
-    address = request.client.host if request.client else "unknown"
-    svc.limits.check_login(username, address)
+    svc.limits.reserve_login(username, client_address(request))  # counted before the password is checked
     try:
         user = svc.accounts.authenticate(username, password)
+    except AuthBusy as exc:
+        raise busy(exc) from None
     except AuthError as exc:
-        svc.limits.login_failed(username, address)
         raise ApiError(401, "unauthorized", str(exc)) from None
     svc.limits.login_succeeded(username)
     return _tokens(request, user)

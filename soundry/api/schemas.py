@@ -52,7 +52,8 @@ class CreateTask(BaseModel):
     webhook: str | None = Field(None, max_length=2000, description=(
         "an http(s) URL: when the task completes, fails or is canceled, soundry POSTs its result there, "
         "signed with your webhook secret (see /v1/user/me) in X-Soundry-Signature: t=<unix>,v1=<hex HMAC-SHA256 "
-        "of '<t>.<body>'>"), examples=["https://example.com/hooks/soundry"])
+        "of '<t>.<body>'>. Its host must resolve to public addresses only (loopback, private and link-local "
+        "ones are refused unless the operator allows them)"), examples=["https://example.com/hooks/soundry"])
 
     @field_validator("webhook")
     @classmethod

@@ -4,62 +4,81 @@ models (through a server with --url, or locally)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import os
 import secrets
 import sys
 
 
+def _global_options(default) -> argparse.ArgumentParser:
+    """--config and --data-dir, accepted before the subcommand and after it (``soundry serve --data-dir X``).
+    On subcommands their default is SUPPRESS, so a value given before the subcommand is kept."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", default=default, help="path of soundry.toml (default ./soundry.toml)")
+    p.add_argument("--data-dir", default=default,
+                   help="where the database, secret and audio files live (default ./data)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="soundry", description="Self-hosted text-to-audio service")
-    ap.add_argument("--config", help="path of soundry.toml (default ./soundry.toml)")
-    ap.add_argument("--data-dir", help="where the database, secret and audio files live (default ./data)")
+    ap = argparse.ArgumentParser(prog="soundry", description="Self-hosted text-to-audio service",
+                                 parents=[_global_options(None)])
+    common = _global_options(argparse.SUPPRESS)
+
+    def command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kw)
+
     sub = ap.add_subparsers(dest="command", required=True)
 
-    sp = sub.add_parser("serve", help="run the API (with an in-process worker unless a broker is configured)")
+    sp = command(sub, "serve", help="run the API (with an in-process worker unless a broker is configured)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--public-url", help="base URL for download links (default: the request's)")
     sp.add_argument("--preload", help="comma-separated models to load at start")
-    wp = sub.add_parser("worker", help="run a Celery worker for the given models (distributed mode)")
+    wp = command(sub, "worker", help="run a Celery worker for the given models (distributed mode)")
     wp.add_argument("--models", default="audiogen,musicgen", help="comma-separated models to load and serve")
     wp.add_argument("--concurrency", type=int, default=32, help="task executions in flight (threads)")
     wp.add_argument("--loglevel", default="INFO")
-    mp = sub.add_parser("migrate", help="bring the database schema to the newest revision and print it")
+    mp = command(sub, "migrate", help="bring the database schema to the newest revision and print it")
     for p in (sp, wp, mp):
         p.add_argument("--database", help="SQLite path/URL or postgresql://… (default DATA_DIR/soundry.db)")
     for p in (sp, wp):
         p.add_argument("--broker", help="redis://… or amqp://… for Celery workers (default: embedded worker)")
         p.add_argument("--storage", help="a directory or s3://bucket/prefix (default DATA_DIR/files)")
 
-    up = sub.add_parser("users", help="manage accounts")
+    up = command(sub, "users", help="manage accounts")
     usub = up.add_subparsers(dest="users_command", required=True)
-    uc = usub.add_parser("create", help="create a user")
+    uc = command(usub, "create", help="create a user (asks for the password unless --password is given)")
     uc.add_argument("name")
-    uc.add_argument("--password", required=True)
+    uc.add_argument("--password", help="the password (omit it to be asked, so it stays out of the shell history)")
     uc.add_argument("--email", default="")
     uc.add_argument("--admin", action="store_true")
-    ut = usub.add_parser("token", help="create an API key for a user (printed once)")
-    ut.add_argument("name")
-    usub.add_parser("list", help="list users")
+    command(usub, "token", help="create an API key for a user (printed once)").add_argument("name")
+    command(usub, "revoke-key", help="revoke an API key (the key, or its prefix: sk-PREFIX)").add_argument("key")
+    command(usub, "disable", help="disable a user: their tokens and API keys stop working at once").add_argument(
+        "name")
+    command(usub, "enable", help="enable a disabled user again").add_argument("name")
+    command(usub, "list", help="list users")
 
-    gp = sub.add_parser("generate", help="generate one clip through a server (--url) or locally")
+    gp = command(sub, "generate", help="generate one clip through a server (--url) or locally")
     from soundry.cli.generate import add_arguments
     from soundry.cli.remote import add_connection_arguments
 
     add_arguments(gp)
-    tp = sub.add_parser("tasks", help="your tasks on a server: list, show, cancel")
+    tp = command(sub, "tasks", help="your tasks on a server: list, show, cancel")
     tsub = tp.add_subparsers(dest="tasks_command", required=True)
-    tl = tsub.add_parser("list", help="newest first")
+    tl = command(tsub, "list", help="newest first")
     tl.add_argument("--limit", type=int, default=20)
     tl.add_argument("--offset", type=int, default=0)
     leaves = [gp, tl]
     for name in ("show", "cancel"):
-        leaves.append(tsub.add_parser(name, help=f"{name} one task"))
+        leaves.append(command(tsub, name, help=f"{name} one task"))
         leaves[-1].add_argument("task_id")
-    mdp = sub.add_parser("models", help="list models (a server's with --url), or pull weights")
+    mdp = command(sub, "models", help="list models (a server's with --url), or pull weights")
     msub = mdp.add_subparsers(dest="models_command", required=True)
-    leaves.append(msub.add_parser("list", help="model names, and where their weights are"))
-    msub.add_parser("pull", help="download a model's release weights into the Hugging Face cache "
+    leaves.append(command(msub, "list", help="model names, and where their weights are"))
+    command(msub, "pull", help="download a model's release weights into the Hugging Face cache "
                                  "(the text encoder and codec follow on first load)").add_argument("name")
     for p in leaves:
         add_connection_arguments(p)
@@ -78,14 +97,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.models_command == "list":
             return remote.models_list(args)
         return remote.models_pull(args)
+    old_umask = os.umask(0o077)  # what the server side creates (database, files, secret) is the owner's only
+    try:
+        return server_side(args)
+    finally:
+        os.umask(old_umask)
+
+
+def server_side(args) -> int:
+    """serve, worker, migrate, users: commands that work on the data directory and database."""
     from soundry.config import Settings
 
     database = getattr(args, "database", None)
     if database and "://" not in database:
         database = f"sqlite:///{database}"
-    settings = Settings.load(args.config, data_dir=args.data_dir, public_url=getattr(args, "public_url", None),
-                             preload=getattr(args, "preload", None), database_url=database,
-                             broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None))
+    try:
+        settings = Settings.load(args.config, data_dir=args.data_dir, public_url=getattr(args, "public_url", None),
+                                 preload=getattr(args, "preload", None), database_url=database,
+                                 broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return serve(settings, args.host, args.port)
     if args.command == "worker":
@@ -111,22 +143,37 @@ def _accounts(settings):
     return Accounts(TaskStore(settings.database_url), settings.secret)
 
 
+def _ask_password() -> str:
+    password = getpass.getpass("password: ")
+    if password != getpass.getpass("again: "):
+        raise ValueError("the two passwords differ")
+    return password
+
+
 def users(settings, args) -> int:
     accounts = _accounts(settings)
     try:
         if args.users_command == "create":
-            user = accounts.create_user(args.name, args.password, email=args.email,
-                                        type="admin" if args.admin else "user")
+            password = args.password if args.password is not None else _ask_password()
+            user = accounts.create_user(args.name, password, email=args.email, type="admin" if args.admin else "user")
             print(f"created user {user.username}")
         elif args.users_command == "token":
             user = accounts.get_user(args.name)
             if user is None:
-                print(f"error: no user {args.name!r}", file=sys.stderr)
-                return 1
+                raise ValueError(f"no user {args.name!r}")
             print(accounts.create_api_key(user))
+        elif args.users_command == "revoke-key":
+            if not accounts.revoke_api_key(args.key):
+                raise ValueError("no such API key, or it is already revoked")
+            print("revoked")
+        elif args.users_command in ("disable", "enable"):
+            if not accounts.set_active(args.name, args.users_command == "enable"):
+                raise ValueError(f"no user {args.name!r}")
+            print(f"{args.users_command}d user {args.name}")
         else:
             for u in accounts.list_users():
-                print(f"{u.username}\t{u.type}\t{u.email}\t{u.created_at:%Y-%m-%d}")
+                state = "active" if u.active else "disabled"
+                print(f"{u.username}\t{u.type}\t{state}\t{u.email}\t{u.created_at:%Y-%m-%d}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

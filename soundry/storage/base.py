@@ -10,7 +10,14 @@ _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
 class StorageError(RuntimeError):
-    """A write or read failed (disk full, unwritable directory, unreachable bucket...)."""
+    """A write or read failed (disk full, unwritable directory, unreachable bucket...).
+
+    ``str(exc)`` is for the operator's log (it may name paths and buckets); ``reason`` is a short cause
+    that names no internals and may be shown to users."""
+
+    def __init__(self, detail: str, reason: str = "storage error"):
+        super().__init__(detail)
+        self.reason = reason
 
 
 def validate_key(key: str) -> str:

@@ -9,13 +9,19 @@ from pathlib import Path
 from soundry.storage.base import Storage, StorageError, validate_key
 
 
+def _reason(exc: OSError) -> str:
+    """The OS's words for the cause ("No space left on device"), which name no path."""
+    return exc.strerror or "storage error"
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create storage directory {self.root}: {exc.strerror}") from exc
+            raise StorageError(f"cannot create storage directory {self.root}: {exc.strerror}",
+                               _reason(exc)) from exc
 
     def _path(self, key: str) -> Path:
         path = (self.root / validate_key(key)).resolve()
@@ -36,7 +42,7 @@ class LocalStorage(Storage):
             os.replace(tmp, path)
             tmp = None
         except OSError as exc:
-            raise StorageError(f"cannot write {key} to {self.root}: {exc.strerror or exc}") from exc
+            raise StorageError(f"cannot write {key} to {self.root}: {exc.strerror or exc}", _reason(exc)) from exc
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
@@ -45,7 +51,7 @@ class LocalStorage(Storage):
         try:
             return self._path(key).read_bytes()
         except OSError as exc:
-            raise StorageError(f"cannot read {key}: {exc.strerror}") from exc
+            raise StorageError(f"cannot read {key}: {exc.strerror}", _reason(exc)) from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

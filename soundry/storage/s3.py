@@ -33,7 +33,9 @@ class S3Storage(Storage):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, what: str, key: str, exc: Exception) -> StorageError:
-        return StorageError(f"S3 {what} of s3://{self.bucket}/{self._key(key)} failed: {exc}")
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        reason = f"object storage {what} failed" + (f" ({code})" if code.isalnum() else "")
+        return StorageError(f"S3 {what} of s3://{self.bucket}/{self._key(key)} failed: {exc}", reason)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:

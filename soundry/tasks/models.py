@@ -32,7 +32,8 @@ class User(Base):
 
 
 class ApiKey(Base):
-    """An API key is shown once; stored as an argon2 hash, found by its non-secret prefix."""
+    """An API key is shown once; stored as a keyed HMAC-SHA256 digest ("hmac-sha256$<hex>"; older rows: an
+    argon2 hash, rewritten at first use), found by its non-secret prefix."""
 
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

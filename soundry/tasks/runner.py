@@ -20,7 +20,7 @@ import torch
 
 from soundry.audio import encode, normalize
 from soundry.engine import GenerationCanceled, GenerationRequest
-from soundry.storage import Storage
+from soundry.storage import Storage, StorageError
 from soundry.tasks.engines import EngineManager, ModelUnavailable
 from soundry.tasks.store import TaskStore
 from soundry.tasks.uploads import UploadStore
@@ -143,7 +143,7 @@ class TaskRunner:
             return "CANCELED"  # the store already says so (or another worker took the task over)
         except Exception as exc:
             log.exception("task %s failed", task_id)
-            self.store.fail(task_id, f"generation failed: {exc}", me)
+            self.store.fail(task_id, f"generation failed ({type(exc).__name__}; the server log has details)", me)
             return "FAILED"
         finally:
             with self._lock:
@@ -154,9 +154,10 @@ class TaskRunner:
             encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"))
             key = f"{task.user_id}/{task_id}-{task.attempts}.{encoded.extension}"
             self.storage.put(key, encoded.data, encoded.content_type)
-        except Exception as exc:
+        except Exception as exc:  # the log has the details (paths, buckets); the user gets the cause only
             log.exception("task %s: saving audio failed", task_id)
-            self.store.fail(task_id, f"saving the audio failed: {exc}", me)
+            reason = exc.reason if isinstance(exc, StorageError) else "internal error"
+            self.store.fail(task_id, f"saving the audio failed: {reason}", me)
             return "FAILED"
         done = self.store.complete(task_id, key, encoded.extension, encoded.sample_rate,
                                    result.audio.shape[-1] / result.sample_rate, request.seed, me)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
-from sqlalchemy import and_, create_engine, func, or_, select, update
+from sqlalchemy import and_, create_engine, func, make_url, or_, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import sessionmaker
 
@@ -12,9 +13,22 @@ from soundry.tasks import migrate
 from soundry.tasks.models import FINAL_STATUSES, Task, utcnow
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file readable by its owner only (SQLite gives its -wal and -shm files the same
+    mode), and take group/other access away from existing ones."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        if os.path.exists(name) and os.stat(name).st_mode & 0o077:
+            os.chmod(name, 0o600)
+
+
 def make_engine(url: str) -> SAEngine:
     kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):

@@ -73,7 +73,7 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
         log.info("loading %s", name)
         engines.get(name)
     runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds).start()
-    attach_webhooks(runner, WebhookSender(store, settings))
+    webhooks = attach_webhooks(runner, WebhookSender(store, settings))
     distributed.set_runner(runner)
     queue = distributed.CeleryQueue(settings.broker_url)
     names = sorted({n for model in models for n in store_models_of(model)})
@@ -85,6 +85,7 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
                                "--queues", ",".join(queues), "--hostname", f"soundry-{os.getpid()}@%h",
                                "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
     finally:
+        webhooks.stop()
         runner.stop()
         engines.stop()
 
