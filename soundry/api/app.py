@@ -10,14 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from soundry import __version__
 from soundry.accounts import Accounts
 from soundry.api import routes_tasks, routes_user
 from soundry.api.deps import Services
+from soundry.api.docs_models import ErrorEnvelope
 from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
 from soundry.api.metrics import install_metrics
+from soundry.api.openapi import install_openapi
+from soundry.api.server import ConcurrencyCap
+from soundry.api.streams import EventStreams
 from soundry.config import Settings
 from soundry.storage import open_storage
 from soundry.tasks.store import TaskStore
@@ -66,6 +71,16 @@ def _preload(engines, names: list[str]) -> None:
             log.warning("loading %s failed: %s", name, exc)
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
+
+
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
     svc = build_services(settings, queue)
@@ -89,6 +104,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app = FastAPI(title="soundry", version=__version__, lifespan=lifespan,
                   description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")
     app.state.services = svc
+    app.state.event_streams = EventStreams(settings)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):
@@ -108,9 +124,13 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "error")
         desc = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and desc == "Not Found":
             desc = f"no route {request.method} {request.url.path}"
-        return error_response(request, exc.status_code, code, desc, getattr(exc, "headers", None))
+        if exc.status_code == 405:  # one path may be served by several routes (GET and POST /v1/user/me)
+            allowed = _allowed_methods(app, request)
+            headers, desc = {**(headers or {}), "Allow": ", ".join(allowed)}, f"use {' or '.join(allowed)} here"
+        return error_response(request, exc.status_code, code, desc, headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -122,6 +142,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
         return ok(request, {"status": "ok", "version": __version__})
 
     @app.get("/readyz", tags=["ops"], summary="Ready to serve: database reachable, default model settled",
+             responses={503: {"model": ErrorEnvelope, "description": "not ready (`data` says which check failed); "
+                                                                      "retry after `Retry-After`"}},
              description="503 until the database answers and, in embedded mode, the default model is loaded or "
                          "known to be unavailable (then tasks for it fail with the reason given here).")
     def readyz(request: Request):
@@ -144,7 +166,9 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                                   {"Retry-After": "5"}, data=checks)
         return ok(request, {"status": "ready", **checks})
 
+    install_openapi(app, settings)
     install_metrics(app, svc)
+    app.add_middleware(ConcurrencyCap, limit=settings.max_concurrent_requests)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
     mount_playground(app)

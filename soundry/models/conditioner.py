@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 DEFAULT_MAX_TOKENS = 256  # T5 was trained on 512; a 2,000-character prompt is about 500 tokens
 
 
