@@ -169,3 +169,21 @@ def test_compose_trusts_exactly_its_proxy():
     assert "ports" not in services["api"]  # only the proxy reaches the API
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     assert "X-Forwarded-For $remote_addr" in nginx  # the proxy overwrites what clients send
+
+
+@pytest.mark.server_settings(event_stream_seconds=0.5)
+def test_the_python_client_reopens_an_expired_stream(server):
+    from soundry.client import Client
+
+    task_id = _create(server)
+    timer = threading.Timer(2.5, lambda: httpx.post(f"{server.url}/v1/ai/audio_generation/{task_id}/cancel",
+                                                    headers=server.headers, timeout=30))
+    timer.start()
+    try:
+        with Client(server.url, api_key=server.api_key) as client:
+            events = list(client.events(task_id, timeout=60))
+    finally:
+        timer.cancel()
+    assert [name for name, _ in events].count("status") >= 2  # one per (re)opened stream, across expiries
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "CANCELED"
+    assert all(name in ("status", "done") for name, _ in events)
