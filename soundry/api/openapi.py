@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from soundry.api.schemas import CreateTask
+from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
 from soundry.config import Settings
 
 CREATE = ("/v1/ai/audio_generation", "post")
@@ -39,8 +40,6 @@ def create_task_schemas(settings: Settings) -> dict[str, dict]:
 def _document_common_answers(doc: dict) -> None:
     """Answers any route can give, in the envelope: 400 for a malformed body, 422 (FastAPI documents
     its own HTTPValidationError shape, which this API never sends), and 503 when overloaded."""
-    from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
-
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
     for path, item in doc["paths"].items():
         for op in item.values():

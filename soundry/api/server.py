@@ -26,7 +26,9 @@ UNCOUNTED_SUFFIXES = ("/events", "/stream")
 
 class ConcurrencyCap:
     """ASGI middleware: at most ``limit`` HTTP requests in progress (0 = no cap); over it, 503 with
-    ``Retry-After`` in the envelope. Runs on the event loop only, so a plain counter is safe."""
+    ``Retry-After`` in the envelope. Runs on the event loop only, so a plain counter is safe.
+    (uvicorn's own ``limit_concurrency`` answers a bare-text 503 without ``Retry-After``, and counts
+    long-lived streams, so it is not used.)"""
 
     def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1):
         self.app, self.limit, self.retry_after, self.active = app, limit, retry_after, 0
