@@ -187,3 +187,14 @@ def test_the_python_client_reopens_an_expired_stream(server):
     assert [name for name, _ in events].count("status") >= 2  # one per (re)opened stream, across expiries
     assert events[-1][0] == "done" and events[-1][1]["status"] == "CANCELED"
     assert all(name in ("status", "done") for name, _ in events)
+
+
+@pytest.mark.server_settings(max_event_streams=1)
+def test_progress_streams_are_capped_in_all(server):
+    task_id = _create(server)
+    with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
+        cm, _, _ = _open_stream(server, task_id, a)
+        refused = b.get(f"{server.url}/v1/ai/audio_generation/{task_id}/events", headers=server.headers)
+        assert refused.status_code == 503 and refused.headers["Retry-After"].isdigit()
+        assert refused.json()["errors"] == ["too_many_streams"]
+        cm.__exit__(None, None, None)
