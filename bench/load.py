@@ -3,8 +3,10 @@
     .venv/bin/python bench/load.py                    # starts a server with the tiny test models
     .venv/bin/python bench/load.py --url http://host:8000 --api-key sk-…   # or load a running one
 
-Reports: tasks lost or duplicated (must be 0), 5xx answers (must be 0), p50/p99 latency of the
-create and poll requests, wall time to drain the queue, and the engine's batch sizes read from
+Reports: tasks lost or duplicated (must be 0), 5xx answers (must be 0), connections dropped
+without an answer (must be 0), answers that asked the client to come back later (429/503 with
+Retry-After, which the client honours and retries), p50/p99 latency of the create and poll
+requests, wall time to drain the queue, and the engine's batch sizes read from
 /metrics (embedded mode), which show whether concurrent tasks were batched. Prints a table and a
 JSON line.
 """
@@ -66,14 +68,34 @@ def start_server(max_batch: int) -> tuple[subprocess.Popen, str, str]:
 async def run_load(url: str, key: str, n: int, duration: float, model: str) -> dict:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    create_lat, poll_lat, statuses_5xx = [], [], 0
+    create_lat, poll_lat, statuses_5xx, dropped, retried = [], [], 0, 0, 0
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
+        async def send(method: str, path: str, **kwargs) -> httpx.Response | None:
+            """One request, repeated while the server says come back later (429/503 + Retry-After);
+            None when the connection was dropped without an answer (counted, never retried: a create
+            may have been stored)."""
+            nonlocal dropped, retried
+            for _ in range(100):
+                try:
+                    r = await client.request(method, path, **kwargs)
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+                    dropped += 1
+                    return None
+                if r.status_code in (429, 503) and "retry-after" in r.headers:
+                    retried += 1
+                    await asyncio.sleep(float(r.headers["retry-after"]))
+                    continue
+                return r
+            return r
+
         async def create(i: int) -> str | None:
             nonlocal statuses_5xx
             t0 = time.perf_counter()
-            r = await client.post("/v1/ai/audio_generation", json={
+            r = await send("POST", "/v1/ai/audio_generation", json={
                 "prompt": f"load test clip {i}", "configs": {"model": model, "duration": duration, "seed": i}})
             create_lat.append(time.perf_counter() - t0)
+            if r is None:
+                return None
             statuses_5xx += r.status_code >= 500
             return r.json()["data"]["task_id"] if r.status_code == 201 else None
 
@@ -86,8 +108,11 @@ async def run_load(url: str, key: str, n: int, duration: float, model: str) -> d
             nonlocal statuses_5xx
             while True:
                 t0 = time.perf_counter()
-                r = await client.get(f"/v1/ai/audio_generation/{task_id}")
+                r = await send("GET", f"/v1/ai/audio_generation/{task_id}")
                 poll_lat.append(time.perf_counter() - t0)
+                if r is None:
+                    await asyncio.sleep(0.5)
+                    continue
                 statuses_5xx += r.status_code >= 500
                 if r.status_code == 200 and (s := r.json()["data"]["data"]["status"]) in (
                         "COMPLETED", "FAILED", "CANCELED"):
@@ -107,7 +132,8 @@ async def run_load(url: str, key: str, n: int, duration: float, model: str) -> d
     return {
         "requests": n, "created": len(created), "unique_ids": len(set(created)), "history_total": history,
         "completed": sum(s == "COMPLETED" for s in final.values()), "lost": len(created) - len(final),
-        "duplicated": len(created) - len(set(created)), "http_5xx": statuses_5xx,
+        "duplicated": len(created) - len(set(created)), "http_5xx": statuses_5xx, "dropped": dropped,
+        "retried_after": retried,
         "create_p50_ms": 1000 * percentile(create_lat, 50), "create_p99_ms": 1000 * percentile(create_lat, 99),
         "poll_p50_ms": 1000 * percentile(poll_lat, 50), "poll_p99_ms": 1000 * percentile(poll_lat, 99),
         "polls": len(poll_lat), "drain_seconds": drain, "engine_steps": steps,
@@ -140,7 +166,8 @@ def main() -> int:
     for k, v in res.items():
         print(f"{k:>22}: {v:.1f}" if isinstance(v, float) else f"{k:>22}: {v}")
     print(json.dumps({"bench": "load", **{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}}))
-    ok = res["lost"] == 0 and res["duplicated"] == 0 and res["http_5xx"] == 0 and res["history_total"] == res["created"]
+    ok = (res["lost"] == 0 and res["duplicated"] == 0 and res["http_5xx"] == 0 and res["dropped"] == 0
+          and res["history_total"] == res["created"])
     return 0 if ok else 1
 
 

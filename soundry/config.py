@@ -60,6 +60,14 @@ class Settings:
     rate_limit_storage: str = ""  # memory:// or redis://…; "" = the broker when it is Redis, else memory://
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
+    # -- bounded work per request and per connection (docs/reliability.md) --
+    max_text_tokens: int = 256  # tokens of a prompt the text encoder sees; longer prompts are truncated
+    max_event_streams_per_user: int = 4  # open progress streams (…/events) per user, per API process
+    max_event_streams: int = 512  # open progress streams in all, per API process (beyond: 503)
+    event_stream_seconds: float = 1800.0  # a progress stream ends after this (the client reconnects)
+    max_concurrent_requests: int = 1024  # requests in progress per API process; beyond: 503 + Retry-After
+    keep_alive_seconds: float = 75.0  # idle keep-alive; longer than clients' and proxies' own (httpx 5 s, nginx 60 s)
+    forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
                "public_url", "login_failures_per_address": "login_attempts_per_address"}

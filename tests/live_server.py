@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from soundry.api.app import create_app
+from soundry.api.server import uvicorn_config
 from soundry.config import Settings
 
 
@@ -22,6 +23,7 @@ class LiveServer:
     services: object
     server: uvicorn.Server
     thread: threading.Thread
+    app: object = None
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -37,7 +39,7 @@ def free_port() -> int:
 def start_live_server(settings: Settings, username: str = "carol", password: str = "carol's password") -> LiveServer:
     app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -48,4 +50,4 @@ def start_live_server(settings: Settings, username: str = "carol", password: str
     svc = app.state.services
     user = svc.accounts.create_user(username, password, email=f"{username}@example.com")
     key = svc.accounts.create_api_key(user, "tests")
-    return LiveServer(f"http://127.0.0.1:{port}", username, password, key, svc, server, thread)
+    return LiveServer(f"http://127.0.0.1:{port}", username, password, key, svc, server, thread, app)

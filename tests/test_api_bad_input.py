@@ -35,6 +35,9 @@ BAD = [
     ("seed float", with_configs(seed=1.5), 422, "configs.seed"),
     ("seed string", with_configs(seed="42"), 422, "configs.seed"),
     ("webhook not http", {**GOOD, "webhook": "file:///etc/passwd"}, 422, "webhook"),
+    ("negative prompt control characters", {**GOOD, "negative_prompt": "hum\x1bbuzz"}, 422, "negative_prompt"),
+    ("negative prompt not a string", {**GOOD, "negative_prompt": ["hum"]}, 422, "negative_prompt"),
+    ("negative prompt over the limit", {**GOOD, "negative_prompt": "a" * 500_000}, 413, "negative_prompt"),
 ]
 
 
@@ -56,6 +59,34 @@ def test_malformed_json(client, user):
     r = client.post("/v1/ai/audio_generation", content=b'{"prompt": "dog', headers={
         **user["headers"], "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["errors"] == ["invalid_json"]
+    assert task_count(client) == 0
+
+
+MALFORMED = [
+    ("deeply nested arrays", b"[" * 100_000),
+    ("deeply nested objects", b'{"a":' * 100_000),
+    ("an integer of 5,000 digits", b'{"prompt": "dog", "configs": {"seed": ' + b"1" * 5000 + b"}}"),
+    ("not UTF-8", b'{"prompt": "\xff"}'),
+    ("truncated", b'{"prompt": "dog'),
+    ("trailing garbage", b'{"prompt": "dog"} x'),
+]
+
+
+@pytest.mark.parametrize("name,body", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_every_malformed_body_is_a_400(client, user, name, body):
+    r = client.post("/v1/ai/audio_generation", content=body, headers={
+        **user["headers"], "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"] == ["invalid_json"] and "malformed JSON" in r.json()["error_description"]
+    assert task_count(client) == 0
+
+
+def test_text_that_is_not_unicode_is_refused(client, user):
+    for field in ("prompt", "negative_prompt"):  # JSON can escape an unpaired surrogate; storage cannot hold it
+        body = b'{"prompt": "dog", "' + field.encode() + b'": "dog \\ud800 bark"}'
+        r = client.post("/v1/ai/audio_generation", content=body, headers={
+            **user["headers"], "Content-Type": "application/json"})
+        assert r.status_code == 422 and field in r.json()["error_description"], r.text
     assert task_count(client) == 0
 
 

@@ -122,6 +122,34 @@ def test_long_prompt_grows_the_condition_cache(model):
         engine.stop()
 
 
+def test_condition_cache_shrinks_when_the_long_prompt_leaves(model):
+    """A long prompt widens every step's cross-attention only while its request is in the batch;
+    when it leaves, the width (and the grown memory) go back to what the remaining requests need,
+    and they decode exactly what they would alone."""
+    from soundry.engine.batch import DecodeBatch
+
+    long_prompt = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
+    long, short = req(long_prompt, 9, duration=0.6), req("rain", 8, duration=0.3)
+    expected = run_alone(model, req("rain", 8, duration=0.3))
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
+    base_capacity = batch.cache.max_cond_len
+    jobs = [model.make_job(r, c) for r, c in zip([long, short], model.conditions([long, short]), strict=True)]
+    for job in jobs:
+        batch.admit(job)
+    long_len, short_len = (j.cond.shape[1] for j in jobs)
+    assert batch.cache.cross_len == long_len > base_capacity > short_len
+    for _ in range(3):
+        batch.step()
+    batch.remove(jobs[0])  # canceled mid-run; the short one moves into its slot
+    assert jobs[1].slot == 0
+    assert batch.cache.cross_len == short_len
+    assert batch.cache.max_cond_len == base_capacity
+    finished = []
+    while not finished:
+        finished = batch.step()
+    assert finished == [jobs[1]] and torch.equal(DecodeBatch.tokens_of(jobs[1]), expected)
+
+
 def test_unseeded_request_records_its_seed(model):
     r = req("wind", None, duration=0.2)
     tokens = run_alone(model, r)

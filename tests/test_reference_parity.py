@@ -53,3 +53,24 @@ def test_codec_decode(kind):
     g, m = golden(kind), tiny_model(kind)
     assert m.frame_rate == g["frame_rate"] and m.sample_rate == g["sample_rate"]
     assert_close_rel(m.decode(g["decode_codes"]), g["decode_wav"])
+
+
+def test_the_text_encoder_sees_at_most_max_tokens():
+    """A prompt longer than the configured maximum is truncated by the tokenizer (its beginning and
+    the end-of-sequence token are kept); shorter prompts are tokenized exactly as before."""
+    from soundry.models import load_model
+    from tests.helpers_models import TINY
+
+    m = load_model(str(TINY["audiogen"]), device="cpu", max_text_tokens=16)
+    long_prompt = "a dog barks while rain falls on a tin roof and cars pass by " * 20
+    tok = m.conditioner.tokenize([long_prompt, "rain"])
+    assert tok["input_ids"].shape[1] == 16
+    eos = m.conditioner.tokenizer.eos_token_id
+    assert tok["input_ids"][0, -1] == eos and int(tok["attention_mask"][0].sum()) == 16
+    untruncated = tiny_model("audiogen").conditioner
+    full = untruncated.tokenize([long_prompt])["input_ids"]
+    assert full.shape[1] > 16 and torch.equal(tok["input_ids"][0, :15], full[0, :15])
+    short = untruncated.tokenize(["rain"])["input_ids"][0]
+    assert torch.equal(tok["input_ids"][1, : len(short)], short)
+    emb, mask = m.conditioner([long_prompt])
+    assert emb.shape[1] == mask.shape[1] == 16

@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
+from schemathesis.generation.stateful import run_state_machine_as_test
 
 from soundry.api.app import create_app
 from tests.conftest import PASSWORD, make_settings
@@ -22,8 +23,9 @@ RANDOM = os.environ.get("SOUNDRY_FUZZ_RANDOM") == "1"
 
 @pytest.fixture
 def api_schema(tmp_path, tiny_models):
+    # no worker: tasks stay PENDING, so progress streams end by their (short) lifetime
     app = create_app(make_settings(tmp_path, requests_per_minute=0, login_failures_per_user=0,
-                                   login_failures_per_address=0), start_worker=False)
+                                   login_failures_per_address=0, event_stream_seconds=0.2), start_worker=False)
     svc = app.state.services
     user = svc.accounts.create_user("fuzz", PASSWORD)
     app.state.fuzz_headers = {"Authorization": f"Bearer {svc.accounts.create_api_key(user)}"}
@@ -63,3 +65,90 @@ def test_fuzzed_requests_get_no_5xx_and_the_envelope(api_schema):
             _in_envelope(response, case.formatted_path)
 
         fuzz()
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_the_document_is_complete_and_true(api_schema):
+    """Every $ref resolves; the create body is described (with the settings' limits); every answer
+    is documented; links lead from a created task to its result, cancel and events."""
+    doc = api_schema.app.openapi()
+    refs = set(_refs(doc))
+    assert "#/components/schemas/CreateTask" in refs and "#/components/schemas/Configs" in refs
+    for ref in refs:
+        node = doc
+        for part in ref.removeprefix("#/").split("/"):
+            assert isinstance(node, dict) and part in node, f"{ref} does not resolve"
+            node = node[part]
+    settings_ = api_schema.app.state.services.settings
+    create = doc["paths"]["/v1/ai/audio_generation"]["post"]
+    body = doc["components"]["schemas"]["CreateTask"]["properties"]
+    assert body["prompt"]["maxLength"] == body["negative_prompt"]["maxLength"] == settings_.max_prompt_chars
+    assert doc["components"]["schemas"]["Configs"]["properties"]["duration"]["maximum"] == settings_.max_duration
+    links = create["responses"]["201"]["links"]
+    operation_ids = {op["operationId"]: path for path, item in doc["paths"].items() for op in item.values()}
+    assert {operation_ids[link["operationId"]] for link in links.values()} == {
+        "/v1/ai/audio_generation/{task_id}", "/v1/ai/audio_generation/{task_id}/cancel",
+        "/v1/ai/audio_generation/{task_id}/events"}
+    assert "503" in doc["paths"]["/readyz"]["get"]["responses"]
+    form = doc["paths"]["/v1/user/refresh_token"]["post"]["requestBody"]["content"]
+    schema = next(iter(form.values()))["schema"]
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert schema["properties"]["refresh_token"]["minLength"] == 1
+
+
+def test_method_not_allowed_names_every_method_of_the_path(api_schema):
+    from fastapi.testclient import TestClient
+
+    with TestClient(api_schema.app) as client:
+        r = client.options("/v1/user/me")
+        assert r.status_code == 405 and r.json()["errors"] == ["method_not_allowed"]
+        assert {"GET", "POST"} <= {m.strip() for m in r.headers["Allow"].split(",")}
+        r = client.post("/v1/user/refresh_token", data={"refresh_token": ""})
+        assert r.status_code == 422 and "refresh_token" in r.json()["error_description"]
+
+
+def test_stateful_sequences_follow_the_links(api_schema):
+    """Schemathesis' stateful phase: create a task, then follow the links to its result, cancel and
+    events with the id the create answered; every answer is documented and in the envelope."""
+    app = api_schema.app
+    machine = api_schema.as_state_machine()
+    created, followed = set(), set()
+
+    class Stateful(machine):
+        def after_call(self, response, case):
+            super().after_call(response, case)
+            if case.formatted_path == "/v1/ai/audio_generation" and response.status_code == 201:
+                created.add(response.json()["data"]["task_id"])
+            task_id = (case.path_parameters or {}).get("task_id")
+            if task_id in created:
+                followed.add(case.path.rsplit("}", 1)[1] or "result")
+
+        def get_call_kwargs(self, case):
+            headers = {**(case.headers or {})}
+            if "authorization" not in {k.lower() for k in headers}:
+                headers.update(app.state.fuzz_headers)
+            return {"headers": headers}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            if case.formatted_path == "/readyz":  # 503 by design here (no worker), documented
+                assert response.status_code in (200, 503)
+            else:
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance,
+                                                          status_code_conformance], transport_kwargs=kwargs)
+            _in_envelope(response, case.formatted_path)
+
+    run_state_machine_as_test(Stateful, settings=settings(
+        max_examples=max(10, EXAMPLES // 3), stateful_step_count=6, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck), derandomize=not RANDOM))
+    assert created and followed >= {"result", "/cancel", "/events"}, (len(created), followed)

@@ -10,14 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from soundry import __version__
 from soundry.accounts import Accounts
 from soundry.api import routes_tasks, routes_uploads, routes_user
 from soundry.api.deps import Services
+from soundry.api.docs_models import ErrorEnvelope
 from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
 from soundry.api.metrics import install_metrics
+from soundry.api.openapi import install_openapi
+from soundry.api.server import ConcurrencyCap
+from soundry.api.streams import EventStreams
 from soundry.config import Settings
 from soundry.storage import open_storage
 from soundry.tasks.store import TaskStore
@@ -55,7 +60,7 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     from soundry.tasks.engines import EngineManager
     from soundry.tasks.runner import TaskRunner
 
-    engines = EngineManager(max_batch=settings.max_batch)
+    engines = EngineManager(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens)
     runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds)
     attach_webhooks(runner, webhooks)
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
@@ -77,6 +82,12 @@ def _purge_uploads(uploads: UploadStore, interval: float, stop: threading.Event)
                 log.info("deleted %d expired uploads", n)
         except Exception:
             log.exception("deleting expired uploads failed")
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette names only the first route's)."""
+    return [method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
 
 
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
@@ -107,6 +118,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app = FastAPI(title="soundry", version=__version__, lifespan=lifespan,
                   description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")
     app.state.services = svc
+    app.state.event_streams = EventStreams(settings)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):
@@ -126,9 +138,13 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "error")
         desc = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and desc == "Not Found":
             desc = f"no route {request.method} {request.url.path}"
-        return error_response(request, exc.status_code, code, desc, getattr(exc, "headers", None))
+        if exc.status_code == 405:  # one path may be served by several routes (GET and POST /v1/user/me)
+            allowed = _allowed_methods(app, request)
+            headers, desc = {**(headers or {}), "Allow": ", ".join(allowed)}, f"use {' or '.join(allowed)} here"
+        return error_response(request, exc.status_code, code, desc, headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -140,6 +156,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
         return ok(request, {"status": "ok", "version": __version__})
 
     @app.get("/readyz", tags=["ops"], summary="Ready to serve: database reachable, default model settled",
+             responses={503: {"model": ErrorEnvelope, "description": "not ready (`data` says which check failed); "
+                                                                      "retry after `Retry-After`"}},
              description="503 until the database answers and, in embedded mode, the default model is loaded or "
                          "known to be unavailable (then tasks for it fail with the reason given here).")
     def readyz(request: Request):
@@ -162,7 +180,9 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                                   {"Retry-After": "5"}, data=checks)
         return ok(request, {"status": "ready", **checks})
 
+    install_openapi(app, settings)
     install_metrics(app, svc)
+    app.add_middleware(ConcurrencyCap, limit=settings.max_concurrent_requests)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_uploads.router)

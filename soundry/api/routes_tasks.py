@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -16,10 +15,11 @@ from soundry.api.docs_models import AiModels, ModelEntry, TaskCreated, TaskResul
 from soundry.api.envelope import ApiError, ok
 from soundry.api.routes_uploads import check_input_audio
 from soundry.api.schemas import CreateTask
+from soundry.api.streams import EventStreams
 from soundry.api.tasks_view import public_config, task_result
 from soundry.models.registry import ALIASES, MODEL_NAMES, SPECS
 from soundry.signing import verify
-from soundry.tasks.models import FINAL_STATUSES, Task, User
+from soundry.tasks.models import Task, User
 from soundry.tasks.webhook_target import WebhookRefused, resolve_target
 
 router = APIRouter(prefix="/v1", tags=["audio generation"])
@@ -45,35 +45,48 @@ def ai_models(request: Request):
 
 
 @router.post("/ai/audio_generation", status_code=201, summary="Create a text-to-audio task",
-             responses=answers(TaskCreated, 201, 400, 401, 413, 422, 429, 503),
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+             responses=answers(TaskCreated, 201, 400, 401, 413, 422, 429, 503))  # body: see soundry.api.openapi
 async def create_task(request: Request, user: User = Depends(current_user)):
     svc = services(request)
-    raw = await _read_body(request)
+    req = _parse_create(await _read_body(request), svc.settings.max_prompt_chars)
+    if req.configs.duration > svc.settings.max_duration:
+        raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
+    if req.webhook:
+        await _check_webhook(req.webhook, svc.settings.webhook_networks())
+    # The database and the broker block: they run on the thread pool, never on the event loop.
+    task = await run_in_threadpool(_store_and_enqueue, svc, user, req)
+    return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
+                        "config": public_config(task)}, status_code=201)
+
+
+def _parse_create(raw: bytes, max_chars: int) -> CreateTask:
+    """The body as a CreateTask: 400 for anything that is not JSON (deep nesting included), 422 for
+    JSON that is not a valid task, 413 for a prompt over the character limit."""
     try:
         body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # syntax, encoding, or an integer of more than 4,300 digits
         raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
+    except RecursionError:  # e.g. 100,000 '[': the parser gives up on the nesting
+        raise ApiError(400, "invalid_json", "malformed JSON body: nested too deeply") from None
     try:
         req = CreateTask.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(req, name)
+        if len(text) > max_chars:
+            raise ApiError(413, f"{name}_too_long", f"{name} has {len(text)} characters; the limit is {max_chars}")
+    return req
+
+
+def _store_and_enqueue(svc, user: User, req: CreateTask) -> Task:
     cfg = req.configs
-    if len(req.prompt) > svc.settings.max_prompt_chars:
-        raise ApiError(413, "prompt_too_long", f"prompt has {len(req.prompt)} characters; the limit is "
-                                               f"{svc.settings.max_prompt_chars}")
-    if cfg.duration > svc.settings.max_duration:
-        raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
     check_input_audio(svc, user, cfg)
-    if req.webhook:
-        await _check_webhook(req.webhook, svc.settings.webhook_networks())
     svc.limits.check_new_task(user.id, cfg.duration)
     task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
                                  config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
     svc.queue.enqueue(task.id, task.model)
-    return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
-                        "config": public_config(task)}, status_code=201)
+    return task
 
 
 async def _read_body(request: Request) -> bytes:
@@ -129,31 +142,17 @@ def get_task(request: Request, task_id: str, user: User = Depends(current_user))
             summary="Live progress as Server-Sent Events",
             description="`event: status` with the task's result object (as in GET …/{task_id}, `data.data`) "
                         "whenever status, percent or queue position change, then `event: done` with the final "
-                        "object, and the stream ends. A comment line every 15 s keeps proxies from closing it.",
-            responses={**answers(None, 200, 401, 404, 429), 200: {"content": {"text/event-stream": {
+                        "object, and the stream ends. A comment line every 15 s keeps proxies from closing it. "
+                        "A stream lives at most `event_stream_seconds` (default 30 min), then ends with "
+                        "`event: expired`: reconnect. Open streams are capped per user (429) and in all (503).",
+            responses={**answers(None, 200, 401, 404, 429, 503), 200: {"content": {"text/event-stream": {
                 "example": 'event: status\ndata: {"task_id": "…", "status": "PROCESSING", "percent": 40, …}\n\n'}}}})
 async def task_events(request: Request, task_id: str, user: User = Depends(current_user)):
-    task = _own_task(request, task_id, user)
-    return StreamingResponse(_event_stream(request, task.id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _event_stream(request: Request, task_id: str, interval: float = 0.5, keepalive: float = 15.0):
-    store, last, last_sent = services(request).store, None, time.monotonic()
-    while True:
-        task = await run_in_threadpool(store.get, task_id)
-        data = (await run_in_threadpool(task_result, request, task))["data"]
-        final = task.status in FINAL_STATUSES
-        state = (data["status"], data["percent"], data["queue_position"])
-        if state != last or final:
-            last, last_sent = state, time.monotonic()
-            yield f"event: {'done' if final else 'status'}\ndata: {json.dumps(data)}\n\n"
-        elif time.monotonic() - last_sent > keepalive:
-            last_sent = time.monotonic()
-            yield ": keep-alive\n\n"
-        if final or await request.is_disconnected():
-            return
-        await asyncio.sleep(interval)
+    task = await run_in_threadpool(_own_task, request, task_id, user)
+    streams: EventStreams = request.app.state.event_streams
+    store = services(request).store
+    streams.reserve(user.id)
+    return streams.response(request, user.id, lambda: task_result(request, store.get(task.id))["data"])
 
 
 @router.post("/ai/audio_generation/{task_id}/cancel", summary="Cancel a task that has not finished",

@@ -39,7 +39,8 @@ def login(request: Request):
              responses=answers(Tokens, 200, 401, 422),
              description="Refresh tokens rotate: each can be used once and the answer carries a new one. "
                          "Reusing a spent token is refused and revokes every refresh token of that user.")
-def refresh_token(request: Request, refresh_token: str = Form(..., description="the refresh token from login")):
+def refresh_token(request: Request, refresh_token: str = Form(..., min_length=1, max_length=4096,
+                                                                description="the refresh token from login")):
     try:
         user = services(request).accounts.rotate_refresh_token(refresh_token)
     except AuthError as exc:

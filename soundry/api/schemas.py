@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
@@ -47,7 +47,8 @@ class CreateTask(BaseModel):
                                                            "top_p": 0.9}}]})
 
     prompt: str = Field(..., min_length=1, description="what to generate")
-    negative_prompt: str = Field("", description="what to steer away from (replaces the empty guidance condition)")
+    negative_prompt: str = Field("", description="what to steer away from (replaces the empty guidance condition); "
+                                                 "the same limits as prompt")
     configs: Configs = Field(default_factory=Configs)
     webhook: str | None = Field(None, max_length=2000, description=(
         "an http(s) URL: when the task completes, fails or is canceled, soundry POSTs its result there, "
@@ -67,11 +68,13 @@ class CreateTask(BaseModel):
             raise ValueError("webhook must be an absolute http:// or https:// URL")
         return v
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
+    def _plain_text(cls, v: str, info: ValidationInfo) -> str:
+        if info.field_name == "prompt" and not v.strip():
             raise ValueError("prompt must not be blank")
         if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
-            raise ValueError("prompt contains control characters")
+            raise ValueError(f"{info.field_name} contains control characters")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+            raise ValueError(f"{info.field_name} contains unpaired surrogates (not valid Unicode text)")
         return v

@@ -196,11 +196,12 @@ def serve(settings, host: str, port: int) -> int:
     import uvicorn
 
     from soundry.api.app import create_app
+    from soundry.api.server import uvicorn_config
 
     bootstrap_first_user(settings)
     print(f"  soundry: data in {settings.data_dir}; API at http://{host}:{port}/v1 ; docs at "
           f"http://{host}:{port}/docs", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, host, port)).run()
     return 0
 
 

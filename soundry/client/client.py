@@ -19,7 +19,14 @@ from pathlib import Path
 
 import httpx
 
-from soundry.client.errors import ServerUnavailableError, SoundryError, TaskCanceledError, TaskFailedError, error_for
+from soundry.client.errors import (
+    RateLimitedError,
+    ServerUnavailableError,
+    SoundryError,
+    TaskCanceledError,
+    TaskFailedError,
+    error_for,
+)
 
 FINAL = ("COMPLETED", "FAILED", "CANCELED")
 
@@ -83,8 +90,8 @@ class Task:
                     progress(self)
                 if self.done:
                     break
-        except (httpx.HTTPError, ServerUnavailableError):
-            pass  # fall back to polling below
+        except (httpx.HTTPError, ServerUnavailableError, RateLimitedError):
+            pass  # fall back to polling below (a broken stream, or too many streams open)
         while not self.done:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"task {self.id} still {self.status} after {timeout} s")
@@ -168,22 +175,27 @@ class Client:
         return self._request("GET", "/user/me")["data"]
 
     def events(self, task_id: str, timeout: float | None = None) -> Iterator[tuple[str, dict]]:
-        """The task's Server-Sent Events as (event, result object) until it ends."""
-        for attempt in (0, 1):
+        """The task's Server-Sent Events as (event, result object) until it ends. A stream the server
+        ends at its maximum lifetime (``event: expired``) is reopened."""
+        renewed = False
+        while True:
             with self._http.stream("GET", f"{self.api_url}/ai/audio_generation/{task_id}/events",
                                    headers=self._auth(), timeout=httpx.Timeout(timeout or 3600, connect=10)) as resp:
-                if resp.status_code == 401 and attempt == 0 and self._renew():
+                if resp.status_code == 401 and not renewed and self._renew():
+                    renewed = True
                     continue
                 if resp.status_code != 200:
                     resp.read()
                     raise self._error(resp)
-                event = "message"
+                event, expired = "message", False
                 for line in resp.iter_lines():
                     if line.startswith("event:"):
                         event = line[6:].strip()
-                    elif line.startswith("data:"):
+                        expired = event == "expired"
+                    elif line.startswith("data:") and not expired:
                         yield event, json.loads(line[5:])
-                return
+                if not expired:
+                    return
 
     def close(self) -> None:
         self._http.close()

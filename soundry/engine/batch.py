@@ -96,6 +96,7 @@ class DecodeBatch:
             moved.slot = s
             self.jobs[s] = moved
         self.jobs.pop()
+        self.cache.release(slice(2 * last, 2 * last + 2))
         job.slot = -1
 
     def _start_window(self, job: Job, prompt_codes: torch.Tensor | None) -> None:

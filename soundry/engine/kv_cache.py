@@ -23,8 +23,10 @@ class KVCache:
         shape = (self.layers, max_rows, self.heads, max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.base_cond_len = max_cond_len
         self._alloc_cross(max_cond_len)
-        self.cross_len = 1
+        self.cond_lens = [0] * max_rows  # condition length stored in each row (0: free)
+        self.cross_len = 1  # keys a step attends to: the longest condition of an occupied row
 
     def _alloc_cross(self, length: int) -> None:
         """(Re)allocate the cross-attention K/V for conditions up to ``length`` tokens, keeping contents."""
@@ -33,8 +35,9 @@ class KVCache:
         cv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         mask = torch.zeros(self.max_rows, length, dtype=torch.bool, device=self.device)
         if hasattr(self, "ck"):
-            n = self.ck.shape[3]
-            ck[:, :, :, :n], cv[:, :, :, :n], mask[:, :n] = self.ck, self.cv, self.cross_mask
+            n = min(length, self.ck.shape[3])
+            ck[:, :, :, :n], cv[:, :, :, :n] = self.ck[:, :, :, :n], self.cv[:, :, :, :n]
+            mask[:, :n] = self.cross_mask[:, :n]
         self.ck, self.cv, self.cross_mask = ck, cv, mask
 
     @property
@@ -58,6 +61,7 @@ class KVCache:
             self.cv[i, rows, :, :L] = v
         self.cross_mask[rows] = False
         self.cross_mask[rows, :L] = valid
+        self.cond_lens[rows] = [L] * len(self.cond_lens[rows])
         self.cross_len = max(self.cross_len, L)
 
     def move(self, src: slice, dst: slice) -> None:
@@ -65,6 +69,15 @@ class KVCache:
         for t in (self.k, self.v, self.ck, self.cv):
             t[:, dst] = t[:, src]
         self.cross_mask[dst] = self.cross_mask[src]
+        self.cond_lens[dst] = self.cond_lens[src]
+
+    def release(self, rows: slice) -> None:
+        """Mark ``rows`` free: the cross-attention length shrinks back to the longest condition still
+        held, so one long prompt costs every later step only while its request is in the batch."""
+        self.cond_lens[rows] = [0] * len(self.cond_lens[rows])
+        self.cross_len = max(1, max(self.cond_lens))
+        if self.cross_len <= self.base_cond_len < self.max_cond_len:  # the long one left: give the memory back
+            self._alloc_cross(self.base_cond_len)
 
     def nbytes_per_position(self) -> int:
         return 2 * self.layers * self.heads * self.head_dim * self.k.element_size()

@@ -2,6 +2,11 @@
 
 Semantics of audiocraft's ``T5Conditioner``: empty strings are fully masked; the embedding is
 multiplied by the mask, so masked positions are zero vectors.
+
+The encoder never sees more than ``max_tokens`` tokens of a text (the tokenizer truncates, keeping
+the beginning and the end-of-sequence token): this bounds the work and memory one request can ask
+for, whatever the API's character limit. audiocraft does not truncate; prompts within the limit
+are conditioned identically.
 """
 
 from __future__ import annotations
@@ -9,10 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+DEFAULT_MAX_TOKENS = 256  # T5 was trained on 512; a 2,000-character prompt is about 500 tokens
+
 
 class TextConditioner(nn.Module):
-    def __init__(self, t5_name_or_path: str, output_dim: int, t5_dim: int | None = None):
+    def __init__(self, t5_name_or_path: str, output_dim: int, t5_dim: int | None = None,
+                 max_tokens: int = DEFAULT_MAX_TOKENS):
         super().__init__()
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2 (one word and the end token), not {max_tokens}")
+        self.max_tokens = max_tokens
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.tokenizer = AutoTokenizer.from_pretrained(t5_name_or_path)
@@ -25,7 +36,8 @@ class TextConditioner(nn.Module):
         return self.output_proj.weight.device
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                max_length=self.max_tokens)
         mask = inputs["attention_mask"]
         for i, text in enumerate(texts):
             if text == "":

@@ -10,7 +10,7 @@ import torch
 
 from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
-from soundry.models.conditioner import TextConditioner
+from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
 from soundry.models.lm import TransformerLM, normalize_state_dict
 from soundry.models.registry import ALIASES, SPECS, ModelNotAvailable, resolve_component, resolve_model_dir
 
@@ -29,20 +29,21 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
-               quantize: str | None = None) -> AudioModel:
+               quantize: str | None = None, max_text_tokens: int | None = None) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
     On CUDA the LM runs in bfloat16 unless ``dtype`` says otherwise; on the CPU in float32.
     ``quantize="int8"`` applies dynamic int8 quantisation to the LM's linear layers (CPU only).
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
+    ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
     """
     with _LOAD_LOCK:
-        return _load_model(name_or_path, device, dtype, quantize)
+        return _load_model(name_or_path, device, dtype, quantize, max_text_tokens or DEFAULT_MAX_TOKENS)
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None) -> AudioModel:
+                quantize: str | None, max_text_tokens: int) -> AudioModel:
     release_dir = resolve_model_dir(name_or_path)
     dev = pick_device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -69,7 +70,8 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
 
     t5_source = resolve_component(release_dir, "t5", cfg.t5_name)
     proj_w = state[_CONDITIONER_PREFIX + "output_proj.weight"]
-    conditioner = TextConditioner(t5_source, output_dim=proj_w.shape[0], t5_dim=proj_w.shape[1])
+    conditioner = TextConditioner(t5_source, output_dim=proj_w.shape[0], t5_dim=proj_w.shape[1],
+                                  max_tokens=max_text_tokens)
     conditioner.output_proj.load_state_dict({
         "weight": proj_w.float(), "bias": state[_CONDITIONER_PREFIX + "output_proj.bias"].float()})
     conditioner = conditioner.eval().to(dev)

@@ -18,14 +18,18 @@ class ModelUnavailable(RuntimeError):
 
 
 class EngineManager:
-    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None):
+    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, max_text_tokens: int | None = None):
         self.max_batch, self.retry_after = max_batch, retry_after
         self._engines: dict[str, Engine] = {}
         self._failures: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         if loader is None:
-            from soundry.models import load_model as loader
+            from functools import partial
+
+            from soundry.models import load_model
+
+            loader = partial(load_model, max_text_tokens=max_text_tokens)
         self._loader = loader
 
     def key(self, name: str) -> str:

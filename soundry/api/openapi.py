@@ -1,0 +1,75 @@
+"""The OpenAPI document, completed where FastAPI cannot see: the create route reads its body itself
+(to answer malformed JSON with 400), so its schema, with every model it refers to, is added here;
+limits that come from the settings (prompt length, duration) are written into it, so the document
+says what validation does; and links from a created task to its result, cancel and events let
+clients and stateful fuzzers follow a task."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from soundry.api.schemas import CreateTask
+from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
+from soundry.config import Settings
+
+CREATE = ("/v1/ai/audio_generation", "post")
+TASK_LINKS = {"GetTask": ("/v1/ai/audio_generation/{task_id}", "get", "the task's state and result"),
+              "CancelTask": ("/v1/ai/audio_generation/{task_id}/cancel", "post", "cancel it"),
+              "TaskEvents": ("/v1/ai/audio_generation/{task_id}/events", "get", "follow its progress")}
+# What the text validators refuse, as JSON Schema patterns (control characters other than tab, line
+# feed and carriage return; a prompt must have a non-blank character).
+_TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]"
+TEXT_PATTERN = f"^{_TEXT}*$"
+NON_BLANK_PATTERN = f"^{_TEXT}*[^\\s\\u0000-\\u001F\\u0085]{_TEXT}*$"
+
+
+def create_task_schemas(settings: Settings) -> dict[str, dict]:
+    """Components for the create body: CreateTask and the models it refers to, with the limits."""
+    body = CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = body.pop("$defs", {})
+    props = body["properties"]
+    for name in ("prompt", "negative_prompt"):
+        props[name]["maxLength"] = settings.max_prompt_chars
+        props[name]["pattern"] = NON_BLANK_PATTERN if name == "prompt" else TEXT_PATTERN
+    schemas["Configs"]["properties"]["duration"]["maximum"] = settings.max_duration
+    schemas["CreateTask"] = body
+    return schemas
+
+
+def _document_common_answers(doc: dict) -> None:
+    """Answers any route can give, in the envelope: 400 for a malformed body, 422 (FastAPI documents
+    its own HTTPValidationError shape, which this API never sends), and 503 when overloaded."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    for path, item in doc["paths"].items():
+        for op in item.values():
+            answers = op.setdefault("responses", {})
+            if "422" in answers:
+                answers["422"]["content"] = error
+            if "requestBody" in op:
+                answers.setdefault("400", {"description": "malformed body", "content": error})
+            if path not in UNCOUNTED and not path.endswith(UNCOUNTED_SUFFIXES):
+                answers.setdefault("503", {"description": "overloaded: retry after `Retry-After` seconds",
+                                           "content": error})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        doc["components"]["schemas"].pop(unused, None)
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(create_task_schemas(settings))
+        create = doc["paths"][CREATE[0]][CREATE[1]]
+        create["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/CreateTask"}}}}
+        create["responses"]["201"]["links"] = {
+            name: {"operationId": doc["paths"][path][method]["operationId"], "description": text,
+                   "parameters": {"task_id": "$response.body#/data/task_id"}}
+            for name, (path, method, text) in TASK_LINKS.items()}
+        _document_common_answers(doc)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
