@@ -45,7 +45,7 @@ def ai_models(request: Request):
 
 
 @router.post("/ai/audio_generation", status_code=201, summary="Create a text-to-audio task",
-             responses=answers(TaskCreated, 201, 400, 401, 413, 422, 429, 503))  # body: see soundry.api.openapi
+             responses=answers(TaskCreated, 201, 400, 401, 404, 413, 422, 429, 503))  # body: see soundry.api.openapi
 async def create_task(request: Request, user: User = Depends(current_user)):
     svc = services(request)
     req = _parse_create(await _read_body(request), svc.settings.max_prompt_chars)
