@@ -42,6 +42,25 @@ def _serve(data_dir: Path, port: int, env: dict, log: Path) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+class _ProgressWatch:
+    """Polls tasks and fails when none of them made progress (percent or status) for ``stall`` s."""
+
+    def __init__(self, api: str, headers: dict, stall: float = 240.0):
+        self.api, self.headers, self.stall = api, headers, stall
+        self.seen: dict[str, tuple] = {}
+        self.moved_at = time.time()
+
+    def poll(self, task_ids: list[str]) -> dict[str, dict]:
+        infos = {tid: httpx.get(f"{self.api}/ai/audio_generation/{tid}", headers=self.headers,
+                                timeout=30).json()["data"]["data"] for tid in task_ids}
+        state = {tid: (i["status"], i["percent"]) for tid, i in infos.items()}
+        if any(self.seen.get(tid) != s for tid, s in state.items()):
+            self.seen.update(state)
+            self.moved_at = time.time()
+        assert time.time() - self.moved_at < self.stall, f"no progress for {self.stall:.0f} s: {state}"
+        return infos
+
+
 def test_sigkill_during_generation_then_restart_completes_everything(tmp_path):
     env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}"}
     data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
@@ -51,38 +70,30 @@ def test_sigkill_during_generation_then_restart_completes_everything(tmp_path):
     headers = {"Authorization": f"Bearer {key}"}
     server = _serve(data, port, env, log)
     ids = []
-    for i, duration in enumerate([90, 60, 1, 2, 0.5, 1.5]):
+    # 30 s and 20 s of AudioGen are 11 and 6 overlapping 10 s windows: the kill lands mid-way
+    # through a multi-window generation, at a third of the work the former 90 s + 60 s asked for.
+    for i, duration in enumerate([30, 20, 1, 2, 0.5, 1.5]):
         r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=10,
                        json={"prompt": f"clip {i}", "configs": {"duration": duration, "seed": i}})
         assert r.status_code == 201
         ids.append(r.json()["data"]["task_id"])
-    # Deadlines follow this machine's measured speed (a busy machine is slower, not broken): the time
-    # the long clip takes from 1 % to 5 % gives its rate; after the restart it must finish all 100 %
-    # within 4x that pace, plus a minute to start (and never less than 180 s).
-    first_percent_at = None
-    stall_deadline = time.time() + 300  # model load and the first steps, on a slow machine
+    # No fixed deadline (a busy machine is slow, not broken): the test fails when progress stops,
+    # i.e. when no task's percent or status moved for 240 s (a hang, or a task lost at the restart).
+    watch = _ProgressWatch(api, headers)
     while True:  # kill while the long one is generating
-        info = httpx.get(f"{api}/ai/audio_generation/{ids[0]}", headers=headers).json()["data"]["data"]
-        if info["status"] == "PROCESSING" and info["percent"] >= 1 and first_percent_at is None:
-            first_percent_at, first_percent = time.time(), info["percent"]
-        if first_percent_at is not None and info["percent"] >= first_percent + 4:
-            seconds_per_percent = (time.time() - first_percent_at) / (info["percent"] - first_percent)
+        info = watch.poll([ids[0]])[ids[0]]
+        if info["status"] == "PROCESSING" and info["percent"] >= 5:
             break
-        assert time.time() < stall_deadline, info
         time.sleep(0.1)
     server.send_signal(signal.SIGKILL)
     server.wait(10)
 
     server = _serve(data, port, env, log)  # the restart re-queues what was in flight
     try:
-        budget = max(180.0, 60 + 4 * 100 * seconds_per_percent)  # never stricter than the old fixed 180 s
-        deadline = time.time() + budget
+        watch = _ProgressWatch(api, headers)
         pending = set(ids)
         while pending:
-            assert time.time() < deadline, (f"not finished in {budget:.0f} s (4x the measured "
-                                            f"{seconds_per_percent:.2f} s per percent): {pending}")
-            for tid in list(pending):
-                info = httpx.get(f"{api}/ai/audio_generation/{tid}", headers=headers).json()["data"]["data"]
+            for tid, info in watch.poll(sorted(pending)).items():
                 if info["status"] in ("COMPLETED", "FAILED", "CANCELED"):
                     assert info["status"] == "COMPLETED", info
                     assert httpx.get(info["url_download"], timeout=30).status_code == 200
