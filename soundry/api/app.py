@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soundry import __version__
 from soundry.accounts import Accounts
-from soundry.api import routes_tasks, routes_user
+from soundry.api import routes_feedback, routes_tasks, routes_user
 from soundry.api.deps import Services
 from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
@@ -147,5 +147,6 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     install_metrics(app, svc)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
+    app.include_router(routes_feedback.router)
     mount_playground(app)
     return app

@@ -8,7 +8,7 @@ import time
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from soundry.api.deps import current_user, services
@@ -46,15 +46,7 @@ def ai_models(request: Request):
                  "schema": CreateTask.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def create_task(request: Request, user: User = Depends(current_user)):
     svc = services(request)
-    raw = await _read_body(request)
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
-    try:
-        req = CreateTask.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    req = await parse_json_body(request, CreateTask)
     cfg = req.configs
     if len(req.prompt) > svc.settings.max_prompt_chars:
         raise ApiError(413, "prompt_too_long", f"prompt has {len(req.prompt)} characters; the limit is "
@@ -67,6 +59,19 @@ async def create_task(request: Request, user: User = Depends(current_user)):
     svc.queue.enqueue(task.id, task.model)
     return ok(request, {"task_id": task.id, "prompt": task.prompt, "negative_prompt": task.negative_prompt,
                         "config": public_config(task)}, status_code=201)
+
+
+async def parse_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The request's JSON body validated as ``model``: 413 when too big, 400 when not JSON, 422 naming the field."""
+    raw = await _read_body(request)
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
 
 
 async def _read_body(request: Request) -> bytes:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
+from soundry.tasks.models import FEEDBACK_MAX_CHARS, RATING_RANGE
 
 
 class Configs(BaseModel):
@@ -66,4 +67,23 @@ class CreateTask(BaseModel):
             raise ValueError("prompt must not be blank")
         if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
             raise ValueError("prompt contains control characters")
+        return v
+
+
+class Feedback(BaseModel):
+    """A rating of one of the caller's finished tasks (FlexStack's ``submit_feedback``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "task_id": "5ae07defb1a146b3b8d536357cd76ba1", "rating": 4, "feedback": "great engine sound"}]})
+
+    task_id: str = Field(..., min_length=1, max_length=64)
+    rating: float = Field(..., ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False,
+                          description=f"{RATING_RANGE[0]:g} (worst) to {RATING_RANGE[1]:g} (best); fractions allowed")
+    feedback: str = Field("", max_length=FEEDBACK_MAX_CHARS, description="free text; empty allowed")
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _a_number(cls, v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("rating must be a number")
         return v

@@ -44,6 +44,8 @@ def task_payload(task: Task, settings: Settings, base_url: str, queue_position: 
         "queue_position": queue_position, "eta_seconds": eta, "created_at": fmt_time(task.created_at),
         "started_at": fmt_time(task.started_at), "finished_at": fmt_time(task.finished_at),
     }
+    inner["feedback"] = (None if task.rating is None else
+                         {"rating": task.rating, "feedback": task.feedback, "rated_at": fmt_time(task.rated_at)})
     if task.status == "COMPLETED":
         inner.update(duration=round(task.audio_seconds, 4), sample_rate=task.sample_rate,
                      output_format=task.file_format, seed=task.seed)
