@@ -26,6 +26,8 @@ class Configs(BaseModel):
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
     normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
     target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
+    loop: bool = Field(False, description="a clip that loops seamlessly (generated past its end, the extra tail "
+                                          "crossfaded into its head)")
 
     @field_validator("model")
     @classmethod

@@ -17,6 +17,7 @@ import threading
 import time
 
 from soundry.audio import encode, normalize
+from soundry.audio.loop import loop_overlap, make_loop
 from soundry.engine import GenerationCanceled, GenerationRequest
 from soundry.storage import Storage
 from soundry.tasks.engines import EngineManager, ModelUnavailable
@@ -117,8 +118,10 @@ class TaskRunner:
         except ModelUnavailable as exc:
             self.store.fail(task_id, str(exc), me)
             return "FAILED"
+        duration = float(cfg["duration"])
+        loop = bool(cfg.get("loop"))  # generate past the end, then crossfade that tail into the head
         request = GenerationRequest(
-            prompt=task.prompt, duration=float(cfg["duration"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
+            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration, top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
         with self._lock:
@@ -135,7 +138,10 @@ class TaskRunner:
             with self._lock:
                 self._active.pop(task_id, None)
         try:
-            audio = normalize(result.audio.numpy(), result.sample_rate, cfg.get("normalization", "loudness"),
+            audio = result.audio.numpy()
+            if loop:
+                audio = make_loop(audio, int(round(duration * result.sample_rate)))
+            audio = normalize(audio, result.sample_rate, cfg.get("normalization", "loudness"),
                               float(cfg.get("target_lufs", -14.0)))
             encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"))
             key = f"{task.user_id}/{task_id}-{task.attempts}.{encoded.extension}"
@@ -145,7 +151,7 @@ class TaskRunner:
             self.store.fail(task_id, f"saving the audio failed: {exc}", me)
             return "FAILED"
         done = self.store.complete(task_id, key, encoded.extension, encoded.sample_rate,
-                                   result.audio.shape[-1] / result.sample_rate, request.seed, me)
+                                   audio.shape[-1] / result.sample_rate, request.seed, me)
         if not done:  # canceled while encoding, or taken over: this attempt's file is never served
             self.storage.delete(key)
             current = self.store.get(task_id)
