@@ -13,13 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soundry import __version__
 from soundry.accounts import Accounts
-from soundry.api import routes_feedback, routes_tasks, routes_user
+from soundry.api import routes_elevenlabs, routes_feedback, routes_stream, routes_tasks, routes_user
 from soundry.api.deps import Services
 from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
 from soundry.api.metrics import install_metrics
 from soundry.config import Settings
 from soundry.storage import open_storage
+from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
 from soundry.tasks.webhooks import WebhookSender, attach_webhooks
 from soundry.web import mount_playground
@@ -36,13 +37,14 @@ def build_services(settings: Settings, queue=None) -> Services:
     accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl)
     storage = open_storage(settings.storage_url, settings)
     webhooks = WebhookSender(store, settings)
-    engines = None
+    engines = live = None
     if queue is None:
-        queue, engines = make_queue(settings, store, storage, webhooks)
-    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store))
+        live = None if settings.broker_url else LiveAudio()
+        queue, engines = make_queue(settings, store, storage, webhooks, live)
+    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), live)
 
 
-def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender):
+def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender, live: LiveAudio | None = None):
     """Celery workers when a broker is configured, else the embedded queue (in-process worker)."""
     if settings.broker_url:
         from soundry.tasks.distributed import CeleryQueue
@@ -53,7 +55,7 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     from soundry.tasks.runner import TaskRunner
 
     engines = EngineManager(max_batch=settings.max_batch)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds)
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live)
     attach_webhooks(runner, webhooks)
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
@@ -148,5 +150,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_feedback.router)
+    app.include_router(routes_stream.router)
+    app.include_router(routes_elevenlabs.router)
     mount_playground(app)
     return app

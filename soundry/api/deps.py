@@ -26,6 +26,7 @@ class Services:
     engines: object | None = None  # EngineManager in embedded mode; None when Celery workers run the models
     webhooks: object | None = None  # WebhookSender
     limits: object | None = None  # Limits
+    live: object | None = None  # LiveAudio: tasks' audio while generated (embedded mode); None with Celery workers
 
 
 def services(request: Request) -> Services:

@@ -170,8 +170,14 @@ def download(request: Request, name: str, expires: int = Query(...), sig: str = 
     task = svc.store.get(task_id)
     if task is None or task.status != "COMPLETED" or task.file_format != ext:
         raise ApiError(404, "not_found", "no such file")
+    return stored_file_response(svc, task)
+
+
+def stored_file_response(svc, task: Task):
+    """A COMPLETED task's stored audio file as the answer."""
     from soundry.audio.encode import FORMATS
 
+    ext = task.file_format
     media = next((v[2] for v in FORMATS.values() if v[3] == ext), "application/octet-stream")
     path = svc.storage.local_path(task.file_key)
     filename = f"soundry-{task.id}.{ext}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
@@ -26,7 +26,7 @@ class Configs(BaseModel):
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
     normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
     target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
-    loop: bool = Field(False, description="a clip that loops seamlessly (generated past its end, the extra tail "
+    loop: StrictBool = Field(False, description="a clip that loops seamlessly (generated past its end, the extra tail "
                                           "crossfaded into its head)")
 
     @field_validator("model")
@@ -65,11 +65,16 @@ class CreateTask(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("prompt must not be blank")
-        if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
-            raise ValueError("prompt contains control characters")
-        return v
+        return check_prompt(v)
+
+
+def check_prompt(v: str, name: str = "prompt") -> str:
+    """A prompt must have visible text and no control characters (tabs and newlines are fine)."""
+    if not v.strip():
+        raise ValueError(f"{name} must not be blank")
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
+        raise ValueError(f"{name} contains control characters")
+    return v
 
 
 class Feedback(BaseModel):

@@ -21,6 +21,7 @@ from soundry.audio.loop import loop_overlap, make_loop
 from soundry.engine import GenerationCanceled, GenerationRequest
 from soundry.storage import Storage
 from soundry.tasks.engines import EngineManager, ModelUnavailable
+from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,11 @@ def new_worker_id() -> str:
 
 class TaskRunner:
     def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str | None = None,
-                 progress_interval: float = 0.5, lease_seconds: float = 30.0):
+                 progress_interval: float = 0.5, lease_seconds: float = 30.0, live: LiveAudio | None = None):
         self.store, self.storage, self.engines = store, storage, engines
         self.worker_id, self.progress_interval = worker_id or new_worker_id(), progress_interval
         self.lease_seconds = lease_seconds
+        self.live = live  # tasks' audio while it is generated, for listeners in this process
         self.hooks: list = []  # callables(task_id, status) after a task ends (webhooks)
         self._active: dict[str, list] = {}  # task_id -> [engine, percent to write or None]
         self._lock = threading.Lock()
@@ -87,6 +89,13 @@ class TaskRunner:
                     self._active[task_id][1] = min(99, int(100 * done / max(1, total)))
         return report
 
+    def _live_channel(self, task_id: str, engine, request: GenerationRequest, loop: bool):
+        """The task's live channel, or None: a loop's head changes once its tail exists, so it is not streamed."""
+        if self.live is None or loop:
+            return None
+        rate = engine.model.sample_rate
+        return self.live.open(task_id, rate, int(round(request.duration * rate)))
+
     def claim(self, task_id: str):
         """Claim the task, waiting while another live worker holds it; None once it is finished."""
         while True:
@@ -103,7 +112,11 @@ class TaskRunner:
         task = self.claim(task_id)
         if task is None:
             return "SKIPPED"
-        status = self._run(task)
+        try:
+            status = self._run(task)
+        finally:
+            if self.live is not None:
+                self.live.close(task_id)
         for hook in self.hooks:
             try:
                 hook(task_id, status)
@@ -121,13 +134,15 @@ class TaskRunner:
         duration = float(cfg["duration"])
         loop = bool(cfg.get("loop"))  # generate past the end, then crossfade that tail into the head
         request = GenerationRequest(
-            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration, top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
+            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration,
+            top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
         with self._lock:
             self._active[task_id] = [engine, None]
         try:
-            result = engine.submit(request, self._progress(task_id)).result()
+            result = engine.submit(request, self._progress(task_id), sink=self._live_channel(task_id, engine, request,
+                                                                                           loop)).result()
         except GenerationCanceled:
             return "CANCELED"  # the store already says so (or another worker took the task over)
         except Exception as exc:
