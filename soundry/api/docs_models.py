@@ -60,6 +60,8 @@ class TaskInfo(BaseModel):
     percent: int = Field(ge=0, le=100)
     status: Status
     url_download: str | None = Field(description="signed, expiring link (no auth header); null until COMPLETED")
+    url_stream: str | None = Field(None, description="signed link to the audio as it is generated (GET …/stream "
+                                                     "without an auth header); null once the task has ended")
     error_description: str = Field(description="why the task FAILED; empty otherwise")
     prompt: str
     negative_prompt: str

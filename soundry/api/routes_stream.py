@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import answers
@@ -21,8 +22,8 @@ from soundry.api.envelope import ApiError
 from soundry.api.live import first_audio
 from soundry.api.routes_tasks import _own_task, stored_file_response
 from soundry.audio.chunk_encode import pcm16, wav_header
+from soundry.signing import verify
 from soundry.tasks.live_audio import AudioChannel
-from soundry.tasks.models import User
 
 router = APIRouter(prefix="/v1", tags=["audio generation"])
 
@@ -31,21 +32,34 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
             summary="The task's audio as it is generated",
             description="While the task runs (embedded mode): `audio/wav` (PCM 16-bit at the model's rate, the "
                         "header giving the final length), sent as the engine produces it — play it with an <audio> "
-                        "element, ffplay or VLC. The answer starts when the first second of audio exists. A task "
+                        "element, ffplay or VLC (the task's `url_stream` needs no auth header). The answer starts "
+                        "when the first second of audio exists. A task "
                         "that has finished (or whose worker runs in another process) answers its stored file, in "
                         "its `output_format`, once it is COMPLETED. FAILED or CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
                         "stored file (see docs/streaming.md).",
-            responses={**answers(None, 200, 401, 404, 409, 429), 200: {"content": {
+            responses={**answers(None, 200, 401, 403, 404, 409, 422, 429), 200: {"content": {
                 "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}}}})
-async def stream_task(request: Request, task_id: str, user: User = Depends(current_user)):
+async def stream_task(request: Request, task_id: str,
+                      expires: int | None = Query(None, description="with `sig`: the task's signed `url_stream`"),
+                      sig: str | None = Query(None, max_length=128)):
     svc = services(request)
-    task = _own_task(request, task_id, user)
+    if expires is None and sig is None:
+        user = await run_in_threadpool(current_user, request)
+        task = await run_in_threadpool(_own_task, request, task_id, user)
+    else:
+        reason = ("send both expires and sig" if expires is None or sig is None else
+                  verify(svc.settings.secret, task_id, "stream", expires, sig))
+        if reason:
+            raise ApiError(403, "forbidden", reason)
+        task = await run_in_threadpool(svc.store.get, task_id)
+        if task is None:
+            raise ApiError(404, "not_found", f"no task {task_id}")
     channel = await first_audio(request, task.id)
     if channel is not None:
         return StreamingResponse(_wav(channel), media_type="audio/wav",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    task = svc.store.get(task.id)
+    task = await run_in_threadpool(svc.store.get, task.id)
     if task.status != "COMPLETED":
         reason = f": {task.error}" if task.error else ""
         raise ApiError(409, "no_audio", f"task {task.id} is {task.status}{reason}")
