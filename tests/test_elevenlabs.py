@@ -17,6 +17,19 @@ from soundry.api.routes_elevenlabs import cfg_coef_for
 from soundry.audio.loop import make_loop
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One live server for the module: each test's own would load the model again."""
+    from tests.conftest import make_settings
+    from tests.helpers_models import TINY
+    from tests.live_server import start_live_server
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
+        live = start_live_server(make_settings(tmp_path_factory.mktemp("server")))
+        yield live
+        live.stop()
+
 def _sdk(server, key: str | None = None) -> ElevenLabs:
     return ElevenLabs(base_url=server.url, api_key=key or server.api_key)
 
@@ -37,8 +50,8 @@ FORMATS = {"mp3_44100_128": 0.08, "mp3_22050_32": 0.12, "pcm_16000": 0, "pcm_441
            "ulaw_8000": 0, "alaw_8000": 0, "opus_48000_64": 0}
 
 
-def test_formats_decode_to_the_requested_duration_and_rate(live_server):
-    client = _sdk(live_server)
+def test_formats_decode_to_the_requested_duration_and_rate(server):
+    client = _sdk(server)
 
     def one(fmt):
         return b"".join(client.text_to_sound_effects.convert(text="a door creaks open", duration_seconds=0.5,
@@ -56,23 +69,23 @@ def test_formats_decode_to_the_requested_duration_and_rate(live_server):
     assert 100 <= len(mp3) * 8 / 0.5 / 1000 <= 200  # about 128 kb/s (small clips carry header overhead)
 
 
-def test_default_format_and_task_in_history(live_server):
-    data = b"".join(_sdk(live_server).text_to_sound_effects.convert(text="thunder", duration_seconds=0.5))
+def test_default_format_and_task_in_history(server):
+    data = b"".join(_sdk(server).text_to_sound_effects.convert(text="thunder", duration_seconds=0.5))
     audio, sr = sf.read(io.BytesIO(data))
     assert sr == 44100 and abs(len(audio) / sr - 0.5) < 0.08  # mp3_44100_128 by default
-    headers = {"Authorization": f"Bearer {live_server.api_key}"}
-    task = httpx.get(live_server.url + "/v1/user/history", headers=headers).json()["data"]["tasks"][0]
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    task = httpx.get(server.url + "/v1/user/history", headers=headers).json()["data"]["tasks"][0]
     assert task["prompt"] == "thunder" and task["status"] == "COMPLETED"
     assert task["config"]["cfg_coef"] == pytest.approx(3.0)  # prompt_influence 0.3 by default
 
 
-def test_bearer_auth_and_soundry_model_names(live_server):
-    r = httpx.post(live_server.url + "/v1/sound-generation?output_format=pcm_16000",
+def test_bearer_auth_and_soundry_model_names(server):
+    r = httpx.post(server.url + "/v1/sound-generation?output_format=pcm_16000",
                    json={"text": "piano chord", "model_id": "musicgen", "duration_seconds": 0.5, "prompt_influence": 1},
-                   headers={"Authorization": f"Bearer {live_server.api_key}"}, timeout=120)
+                   headers={"Authorization": f"Bearer {server.api_key}"}, timeout=120)
     assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
     assert len(r.content) == 2 * 8000
-    task = live_server.services.store.get(r.headers["x-soundry-task-id"])
+    task = server.services.store.get(r.headers["x-soundry-task-id"])
     assert task.model == "musicgen" and task.config["cfg_coef"] == pytest.approx(cfg_coef_for(1.0))
 
 
@@ -80,8 +93,8 @@ def _seam_and_steps(audio: np.ndarray) -> tuple[float, np.ndarray]:
     return abs(float(audio[0] - audio[-1])), np.abs(np.diff(audio))
 
 
-def test_loop_has_no_jump_at_the_seam(live_server):
-    data = b"".join(_sdk(live_server).text_to_sound_effects.convert(
+def test_loop_has_no_jump_at_the_seam(server):
+    data = b"".join(_sdk(server).text_to_sound_effects.convert(
         text="engine idling", duration_seconds=1, loop=True, output_format="pcm_16000"))
     audio = np.frombuffer(data, "<i2").astype(np.float64)
     assert len(audio) == 16000
@@ -109,26 +122,26 @@ def test_make_loop_removes_the_jump():
     ({"output_format": "mp3_1_1"}, 422, "output_format"),
     ({"text": "   "}, 422, "text"),
 ])
-def test_bad_input_raises_the_sdk_error_with_the_reason(live_server, kwargs, status, words):
+def test_bad_input_raises_the_sdk_error_with_the_reason(server, kwargs, status, words):
     args = {"text": "bell", "duration_seconds": 0.5, **kwargs}
     with pytest.raises(UnprocessableEntityError) as err:
-        b"".join(_sdk(live_server).text_to_sound_effects.convert(**args))
+        b"".join(_sdk(server).text_to_sound_effects.convert(**args))
     assert err.value.status_code == status
     assert words in err.value.body["detail"]["message"] and err.value.body["detail"]["status"] == "invalid_request"
 
 
-def test_a_wrong_key_is_401(live_server):
+def test_a_wrong_key_is_401(server):
     with pytest.raises(ApiError) as err:
-        b"".join(_sdk(live_server, key="sk-wrong").text_to_sound_effects.convert(text="bell", duration_seconds=0.5))
+        b"".join(_sdk(server, key="sk-wrong").text_to_sound_effects.convert(text="bell", duration_seconds=0.5))
     assert err.value.status_code == 401 and err.value.body["detail"]["status"] == "invalid_api_key"
 
 
-def test_audio_streams_while_generated_and_leaving_cancels(live_server):
+def test_audio_streams_while_generated_and_leaving_cancels(server):
     """The first bytes come while the task is still PROCESSING; closing the connection cancels it.
     (No duration_seconds: the documented default, 5 s.)"""
-    store = live_server.services.store
-    with httpx.stream("POST", live_server.url + "/v1/sound-generation?output_format=pcm_16000",
-                      json={"text": "rain"}, headers={"xi-api-key": live_server.api_key}, timeout=120) as r:
+    store = server.services.store
+    with httpx.stream("POST", server.url + "/v1/sound-generation?output_format=pcm_16000",
+                      json={"text": "rain"}, headers={"xi-api-key": server.api_key}, timeout=120) as r:
         assert r.status_code == 200
         task_id = r.headers["x-soundry-task-id"]
         assert store.get(task_id).config["duration"] == 5.0

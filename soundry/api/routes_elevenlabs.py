@@ -2,9 +2,9 @@
 
 Point an ElevenLabs client's ``base_url`` at soundry and use a soundry API key as the ``xi-api-key``
 (``Authorization: Bearer`` works too). Each request is an ordinary soundry task (history, limits,
-metrics); the answer is the audio itself, sent as it is generated where the format allows (raw PCM,
-WAV, μ-law, A-law), else when the clip is complete (MP3, Opus, and loops). The task is canceled when
-the client goes away first. Errors come in ElevenLabs' shape ``{"detail": {"status", "message"}}``.
+metrics); the answer is the audio itself, sent as it is generated (in embedded mode; a loop, whose
+head changes once its tail exists, and tasks run by Celery workers are sent when complete). The task
+is canceled when the client goes away first. Errors come in ElevenLabs' shape ``{"detail": {"status", "message"}}``.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ async def _generate(request: Request, output_format: str):
                                  model=cfg.model, webhook=""))
     svc.queue.enqueue(task.id, task.model)
     headers = {"X-Soundry-Task-Id": task.id, "Cache-Control": "no-cache"}
-    if fmt.progressive and not cfg.loop:
+    if not cfg.loop:
         channel = await first_audio(request, task.id)
         if channel is not None:
             return StreamingResponse(_live(request, task.id, channel, fmt), media_type=fmt.media_type, headers=headers)

@@ -3,10 +3,12 @@
 ElevenLabs names a format ``codec_samplerate[_bitrate]`` (``mp3_44100_128``, ``pcm_16000``,
 ``ulaw_8000``…). ``ChunkEncoder`` turns float chunks [C, n] at the model's rate into bytes of such a
 format as they come: downmixed to mono (ElevenLabs' sound effects are mono), resampled with soxr's
-streaming resampler, and — for the raw and WAV formats — sent at once. MP3 and Opus are encoded by
-libsndfile when the clip is complete (libsndfile's MP3 writer rewrites its header at the end, so it
-cannot be sent progressively); their bitrate is set through libsndfile's compression level, which
-maps to kbps linearly (MPEG-1 32–320, MPEG-2 8–160, Opus ≈ 6–256), so it is close, not exact.
+streaming resampler, and encoded at once — raw PCM and G.711 directly, WAV after a header that states
+the final length, MP3 and Ogg Opus by libsndfile writing into an append-only sink. libsndfile's MP3
+writer goes back at the end to fill in its LAME/Xing info frame; a stream cannot take that back, so
+a streamed MP3 keeps the blank info frame (decoders play it as one silent frame, ~26 ms, and do not
+trim the encoder delay). MP3/Opus bitrates are set through libsndfile's compression level, which maps
+to kbps linearly (MPEG-1 32–320, MPEG-2 8–160, Opus ≈ 6–256), so they are close, not exact.
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ class OutputFormat:
     def media_type(self) -> str:
         return _MEDIA[self.codec]
 
-    @property
-    def progressive(self) -> bool:
-        """Whether bytes can be sent as the audio arrives (else only once the clip is complete)."""
-        return self.codec in ("pcm", "wav", "ulaw", "alaw")
 
 
 def _table() -> dict[str, OutputFormat]:
@@ -85,8 +83,43 @@ def _mp3_level(fmt: OutputFormat) -> float:
     return min(0.99, max(0.0, (top - fmt.bitrate_kbps) / (top - bottom)))
 
 
+class _AppendOnly(io.RawIOBase):
+    """A write target for libsndfile that hands out bytes as they are appended; a later rewrite of
+    bytes already handed out (MP3's info frame) is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = self.pos = 0
+        self.fresh = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if self.pos >= self.size:
+            self.fresh += data
+            self.size = self.pos + len(data)
+        self.pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def take(self) -> bytes:
+        out, self.fresh = bytes(self.fresh), bytearray()
+        return out
+
+
 class ChunkEncoder:
-    """Float chunks [C, n] at ``in_rate`` → bytes of ``fmt``; ``total_in`` input samples in all.
+    """Float chunks [C, n] at ``in_rate`` → bytes of ``fmt`` as they come; ``total_in`` input samples in all.
 
     The output has exactly ``round(total_in * out_rate / in_rate)`` samples (the resampler's tail is
     trimmed or zero-padded to it), so a WAV header can state the length before the audio exists."""
@@ -97,7 +130,17 @@ class ChunkEncoder:
         self.sent = 0
         self._resampler = (soxr.ResampleStream(in_rate, fmt.sample_rate, 1, dtype="float32", quality="HQ")
                            if in_rate != fmt.sample_rate else None)
-        self._held: list[np.ndarray] = []  # MP3/Opus: everything, encoded in finish()
+        self._sink: _AppendOnly | None = None
+        self._writer: sf.SoundFile | None = None
+        if fmt.codec in ("mp3", "opus"):
+            self._sink = _AppendOnly()
+            if fmt.codec == "mp3":
+                kw = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": _mp3_level(fmt),
+                      "bitrate_mode": "CONSTANT"}
+            else:
+                kw = {"format": "OGG", "subtype": "OPUS",
+                      "compression_level": min(0.99, max(0.0, (256 - fmt.bitrate_kbps) / 250))}
+            self._writer = sf.SoundFile(self._sink, "w", samplerate=fmt.sample_rate, channels=1, **kw)
 
     def header(self) -> bytes:
         return wav_header(self.fmt.sample_rate, 1, self.total_out) if self.fmt.codec == "wav" else b""
@@ -106,34 +149,23 @@ class ChunkEncoder:
         mono = np.asarray(audio, dtype=np.float32).mean(axis=0)
         if self._resampler is not None:
             mono = self._resampler.resample_chunk(mono, last=last)
+        room = max(0, self.total_out - self.sent)
+        mono = mono[:room]
         if last:  # exactly total_out samples
-            room = self.total_out - self.sent
-            mono = np.concatenate([mono[:room], np.zeros(max(0, room - len(mono)), np.float32)])
-        else:
-            mono = mono[: max(0, self.total_out - self.sent)]
+            mono = np.concatenate([mono, np.zeros(room - len(mono), np.float32)])
         self.sent += len(mono)
-        if not self.fmt.progressive:
-            self._held.append(mono)
-            return self._encode_whole(np.concatenate(self._held)) if last else b""
-        return self._encode_raw(mono)
+        mono = np.clip(mono, -1.0, 1.0)
+        if self.fmt.codec in ("pcm", "wav"):
+            return pcm16(mono[None])
+        if self._writer is None:  # headerless G.711: chunks concatenate
+            buf = io.BytesIO()
+            sf.write(buf, mono, self.fmt.sample_rate, format="RAW", subtype=self.fmt.codec.upper())
+            return buf.getvalue()
+        if len(mono):
+            self._writer.write(mono)
+        if last:
+            self._writer.close()
+        return self._sink.take()
 
     def finish(self) -> bytes:
         return self.push(np.zeros((1, 0), np.float32), last=True)
-
-    def _encode_raw(self, mono: np.ndarray) -> bytes:
-        if self.fmt.codec in ("pcm", "wav"):
-            return pcm16(mono[None])
-        buf = io.BytesIO()  # headerless G.711: chunks concatenate
-        sf.write(buf, np.clip(mono, -1.0, 1.0), self.fmt.sample_rate, format="RAW", subtype=self.fmt.codec.upper())
-        return buf.getvalue()
-
-    def _encode_whole(self, mono: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        clip = np.clip(mono, -1.0, 1.0)
-        if self.fmt.codec == "mp3":
-            sf.write(buf, clip, self.fmt.sample_rate, format="MP3", subtype="MPEG_LAYER_III",
-                     compression_level=_mp3_level(self.fmt), bitrate_mode="CONSTANT")
-        else:
-            level = min(0.99, max(0.0, (256 - self.fmt.bitrate_kbps) / 250))
-            sf.write(buf, clip, self.fmt.sample_rate, format="OGG", subtype="OPUS", compression_level=level)
-        return buf.getvalue()
