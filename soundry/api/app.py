@@ -39,9 +39,21 @@ def build_services(settings: Settings, queue=None) -> Services:
     webhooks = WebhookSender(store, settings)
     engines = live = None
     if queue is None:
-        live = None if settings.broker_url else LiveAudio()
+        live = live_audio(settings.broker_url)
         queue, engines = make_queue(settings, store, storage, webhooks, live)
     return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), live)
+
+
+def live_audio(broker_url: str):
+    """Where tasks' audio comes from while generated: this process (embedded), Redis (workers on a
+    Redis broker), or nowhere (RabbitMQ: the stored file once ready)."""
+    if not broker_url:
+        return LiveAudio()
+    if broker_url.startswith(("redis://", "rediss://")):
+        from soundry.tasks.live_redis import RedisLiveReader
+
+        return RedisLiveReader(broker_url)
+    return None
 
 
 def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender, live: LiveAudio | None = None):

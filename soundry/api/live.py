@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -12,28 +13,33 @@ from soundry.tasks.live_audio import AudioChannel
 from soundry.tasks.models import FINAL_STATUSES, Task
 
 
-async def first_audio(request: Request, task_id: str, poll: float = 0.05) -> AudioChannel | None:
+async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_every: float = 0.5
+                      ) -> AudioChannel | None:
     """The task's live channel once its first chunk exists, with the caller counted as a listener
     (``channel.detach()`` when done), or None when the task ends (or the client leaves) before
-    any live audio: then only its stored file is left. Where tasks run in other processes
-    (Celery workers) there is no channel, and this waits for the end."""
+    any live audio: then only its stored file is left. Without a channel (Celery workers on
+    RabbitMQ) this waits for the end."""
     svc = services(request)
-    channel: AudioChannel | None = None
+    channel = None
+    checked = 0.0
     try:
         while True:
             if channel is None and svc.live is not None:
                 channel = svc.live.get(task_id)
                 if channel is not None:
                     channel.attach()  # from now on the engine decodes this task's stream
-            if channel is not None and channel.chunks:
-                return channel
-            if channel is not None and channel.closed:
-                break
-            if channel is None:
+            ended = False
+            if channel is None or time.monotonic() - checked >= check_every:
+                checked = time.monotonic()
                 task = await run_in_threadpool(svc.store.get, task_id)
-                if task is None or task.status in FINAL_STATUSES:
+                ended = task is None or task.status in FINAL_STATUSES
+            if channel is not None:
+                await channel.refresh()  # chunks written before the task ended are all visible now
+                if channel.chunks:
+                    return channel
+                if channel.closed:
                     break
-            if await request.is_disconnected():
+            if ended or await request.is_disconnected():
                 break
             await asyncio.sleep(poll)
     except BaseException:

@@ -2,9 +2,9 @@
 
 Point an ElevenLabs client's ``base_url`` at soundry and use a soundry API key as the ``xi-api-key``
 (``Authorization: Bearer`` works too). Each request is an ordinary soundry task (history, limits,
-metrics); the answer is the audio itself, sent as it is generated (in embedded mode; a loop, whose
-head changes once its tail exists, and tasks run by Celery workers are sent when complete). The task
-is canceled when the client goes away first. Errors come in ElevenLabs' shape ``{"detail": {"status", "message"}}``.
+metrics); the answer is the audio itself, sent as it is generated (a loop, whose head changes once
+its tail exists, and tasks of Celery workers on RabbitMQ are sent when complete). The task is
+canceled when the client goes away first. Errors come in ElevenLabs' shape ``{"detail": {"status", "message"}}``.
 """
 
 from __future__ import annotations

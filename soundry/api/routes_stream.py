@@ -6,6 +6,7 @@ Chromium's <audio>, Firefox, ffplay and VLC all play a WAV progressively as it d
 within what has arrived. Ogg/Opus or MP3 would be ~10x smaller, but their encoders buffer frames
 (and libsndfile's MP3 writer rewrites its header at the end). At 16 kHz mono the stream is 32 kB/s.
 ``output_format`` therefore applies to the stored file only; a finished task streams that file.
+Where the audio comes from: this process, Redis (workers on a Redis broker) or nowhere — see docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
 
 @router.get("/ai/audio_generation/{task_id}/stream", response_class=StreamingResponse,
             summary="The task's audio as it is generated",
-            description="While the task runs (embedded mode): `audio/wav` (PCM 16-bit at the model's rate, the "
+            description="While the task runs (embedded mode, or workers on a Redis broker): `audio/wav` (PCM 16-bit "
+                        "at the model's rate, the "
                         "header giving the final length), sent as the engine produces it — play it with an <audio> "
                         "element, ffplay or VLC (the task's `url_stream` needs no auth header). The answer starts "
                         "when the first second of audio exists. A task "
-                        "that has finished (or whose worker runs in another process) answers its stored file, in "
+                        "that has finished (or whose worker gets tasks from RabbitMQ) answers its stored file, in "
                         "its `output_format`, once it is COMPLETED. FAILED or CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
                         "stored file (see docs/streaming.md).",

@@ -42,6 +42,9 @@ class AudioChannel:
     def complete(self) -> bool:
         return self.samples >= self.total_samples
 
+    async def refresh(self) -> None:
+        """Nothing to fetch: the engine pushes into this process (see live_redis for the other case)."""
+
     def attach(self) -> None:
         with self._lock:
             self.listeners += 1

@@ -1,0 +1,55 @@
+"""Live audio in distributed mode: with a Redis broker the worker's chunks reach the API through
+Redis; with RabbitMQ the stream route answers the stored file once the task is done."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.databases import postgres_database
+from tests.test_distributed import BROKERS, S3_KEYS, Cluster, s3_endpoint  # noqa: F401 - fixture
+
+
+@pytest.fixture(params=list(BROKERS))
+def cluster(request, tmp_path, s3_endpoint, monkeypatch):  # noqa: F811 - the imported fixture
+    for key in ("SOUNDRY_S3_ENDPOINT_URL", "SOUNDRY_DATABASE_URL", "SOUNDRY_BROKER_URL", "SOUNDRY_STORAGE_URL",
+                "SOUNDRY_LEASE_SECONDS", "SOUNDRY_RECONCILE_INTERVAL", "SOUNDRY_MODEL_PATHS", *S3_KEYS):
+        monkeypatch.setenv(key, __import__("os").environ.get(key, ""))
+    with postgres_database() as db:
+        c = Cluster(tmp_path, BROKERS[request.param], db, s3_endpoint)
+        c.name = request.param
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+def test_stream_route_in_distributed_mode(cluster):
+    cluster.start_worker(models="audiogen")
+    task_id = cluster.submit("distant thunder", model="audiogen", duration=3, seed=2, normalization="none")
+    store = cluster.api.services.store
+    with cluster.http.stream("GET", f"/v1/ai/audio_generation/{task_id}/stream", timeout=120) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        first = next(chunks)
+        status_at_first_byte = store.get(task_id).status
+        body = first + b"".join(chunks)
+        media = r.headers["content-type"]
+    result = cluster.wait([task_id])[task_id]
+    stored = httpx.get(result["url_download"], timeout=30).content
+    if cluster.name == "rabbitmq":  # no relay: the stored file, once COMPLETED
+        assert status_at_first_byte == "COMPLETED" and body == stored
+        return
+    assert status_at_first_byte == "PROCESSING" and media == "audio/wav"
+    with wave.open(io.BytesIO(body)) as w:
+        assert (w.getframerate(), w.getnframes()) == (16000, 48000)
+        streamed = np.frombuffer(w.readframes(48000), "<i2").astype(np.float64)
+    final = sf.read(io.BytesIO(stored), dtype="int16")[0].astype(np.float64)
+    snr = 10 * np.log10(np.sum(final ** 2) / max(np.sum((final - streamed) ** 2), 1e-9))
+    print(f"distributed stream vs stored file: SNR {snr:.1f} dB")
+    assert snr > 20
