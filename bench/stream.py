@@ -11,7 +11,9 @@ Each repeat runs, one after the other on one engine (batch of 1 each):
   1 s      a 1-second clip, plain: "the time to generate the first second of audio plus its decode",
            the target for the first chunk (+10 %)
 Figures are medians over repeats; the order within a repeat rotates so drift hits each row alike.
-Prints a table and a JSON line.
+``--http`` measures the same through a live server (the tiny models only): POST a task then GET its
+``/stream`` (time to the first and last byte), against POST + poll to COMPLETED (0.1 s polls) of the
+plain clip and of the 1 s clip. Prints a table and a JSON line.
 """
 
 from __future__ import annotations
@@ -69,27 +71,87 @@ def run_stream(engine: Engine, duration: float, seed: int) -> dict:
     return {"first": sink.first - t0, "last": sink.last - t0, "result": done - t0, "samples": sink.samples}
 
 
+class HttpRuns:
+    """The three measurements through a live soundry server (uvicorn in this process)."""
+
+    def __init__(self, model: str):
+        import tempfile
+
+        from tests.live_server import start_live_server
+
+        os.environ["SOUNDRY_MODEL_PATHS"] = f"audiogen={TINY['tiny-audiogen']},musicgen={TINY['tiny-musicgen']}"
+        from soundry.config import Settings
+
+        data = tempfile.mkdtemp(prefix="soundry-bench-")
+        self.model = "musicgen" if "musicgen" in model else "audiogen"
+        self.server = start_live_server(Settings.load(config_file=f"{data}/none.toml", data_dir=data, max_batch=4,
+                                                      requests_per_minute=0))
+        import httpx
+
+        self.http = httpx.Client(base_url=self.server.url, timeout=600,
+                                 headers={"Authorization": f"Bearer {self.server.api_key}"})
+
+    def _create(self, duration: float, seed: int) -> str:
+        body = {"prompt": "heavy rain on a tin roof", "configs": {"model": self.model, "duration": duration,
+                                                                 "seed": seed}}
+        return self.http.post("/v1/ai/audio_generation", json=body).json()["data"]["task_id"]
+
+    def _until_done(self, task_id: str) -> None:
+        while self.http.get(f"/v1/ai/audio_generation/{task_id}").json()["data"]["data"]["status"] != "COMPLETED":
+            time.sleep(0.1)
+
+    def plain(self, duration: float, seed: int) -> float:
+        t0 = time.perf_counter()
+        self._until_done(self._create(duration, seed))
+        return time.perf_counter() - t0
+
+    def stream(self, duration: float, seed: int) -> dict:
+        t0 = time.perf_counter()
+        task_id = self._create(duration, seed)
+        first = None
+        size = 0
+        with self.http.stream("GET", f"/v1/ai/audio_generation/{task_id}/stream") as r:
+            for chunk in r.iter_raw():
+                first = first or time.perf_counter()
+                size += len(chunk)
+        last = time.perf_counter()
+        self._until_done(task_id)
+        return {"first": first - t0, "last": last - t0, "result": time.perf_counter() - t0, "samples": size}
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-audiogen", help="tiny-audiogen, tiny-musicgen, a model name or a path")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--http", action="store_true", help="through a live server (POST, GET …/stream, polling)")
     args = ap.parse_args()
 
-    model = load_model(str(TINY.get(args.model, args.model)), device=args.device)
-    engine = Engine(model, max_batch=4).start()
+    if args.http:
+        runs = HttpRuns(args.model)
+        plain_run, stream_run, stop = runs.plain, runs.stream, runs.close
+    else:
+        model = load_model(str(TINY.get(args.model, args.model)), device=args.device)
+        engine = Engine(model, max_batch=4).start()
+        plain_run = lambda d, i: run_plain(engine, d, i)  # noqa: E731
+        stream_run = lambda d, i: run_stream(engine, d, i)  # noqa: E731
+        stop = engine.stop
     try:
-        run_plain(engine, 1.0, 0)  # warm-up
+        plain_run(1.0, 0)  # warm-up (loads the model)
         rows: dict[str, list] = {"plain": [], "stream": [], "one_second": []}
-        jobs = [("plain", lambda i: run_plain(engine, args.duration, i)),
-                ("stream", lambda i: run_stream(engine, args.duration, i)),
-                ("one_second", lambda i: run_plain(engine, 1.0, i))]
+        jobs = [("plain", lambda i: plain_run(args.duration, i)),
+                ("stream", lambda i: stream_run(args.duration, i)),
+                ("one_second", lambda i: plain_run(1.0, i))]
         for i in range(args.repeats):
             for name, job in jobs[i % 3:] + jobs[: i % 3]:
                 rows[name].append(job(i))
     finally:
-        engine.stop()
+        stop()
 
     med = statistics.median
     plain = med(rows["plain"])
@@ -98,7 +160,8 @@ def main() -> None:
     last = med(r["last"] for r in rows["stream"])
     result = med(r["result"] for r in rows["stream"])
     out = {
-        "model": args.model, "device": args.device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "model": args.model, "device": args.device, "http": args.http, "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "duration_s": args.duration, "repeats": args.repeats,
         "plain_s": round(plain, 3), "stream_result_s": round(result, 3),
         "stream_overhead": round(result / plain - 1, 4),
@@ -107,7 +170,8 @@ def main() -> None:
         "stream_last_chunk_s": round(last, 3), "stream_rtf": round(last / args.duration, 3),
         "plain_rtf": round(plain / args.duration, 3),
     }
-    print(f"model {args.model} on {args.device} ({out['threads']} threads, {out['cpus']} CPUs), "
+    print(f"{'HTTP, ' if args.http else ''}model {args.model} on {args.device} ({out['threads']} threads, "
+          f"{out['cpus']} CPUs), "
           f"{args.duration:g} s clips, median of {args.repeats}")
     print(f"{'measure':44s} {'seconds':>9s}")
     print(f"{'plain clip: submit → result':44s} {plain:9.3f}")

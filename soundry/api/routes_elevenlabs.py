@@ -168,8 +168,9 @@ async def _live(request: Request, task_id: str, channel: AudioChannel, fmt) -> A
             audio, _ = await run_in_threadpool(_stored_audio, svc, done)
             yield enc.push(audio[:, channel.samples:])
         yield enc.finish()
-    except (GeneratorExit, asyncio.CancelledError):  # the client went away: stop generating
-        _cancel(svc, task_id)
+    except (GeneratorExit, asyncio.CancelledError):  # the client went away before the end: stop generating
+        if not channel.complete:
+            _cancel(svc, task_id)
         raise
 
 
