@@ -36,7 +36,7 @@ def test_playground_plays_the_stream_before_completion_then_the_file(live_server
             page.evaluate(WATCH_PLAYBACK)
 
             page.fill("#prompt", "steady rain on a tent")
-            page.fill("#duration", "3")
+            page.fill("#duration", "6")  # long enough that playback starts well before the end
             page.click("[data-testid=generate-submit]")  # the click is the user gesture that allows playback
             try:
                 page.wait_for_function("document.querySelector('#task-status').dataset.status === 'COMPLETED'",
