@@ -21,7 +21,7 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
     RabbitMQ) this waits for the end."""
     svc = services(request)
     channel = None
-    checked = 0.0
+    checked = -check_every
     try:
         while True:
             if channel is None and svc.live is not None:
@@ -29,7 +29,7 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
                 if channel is not None:
                     channel.attach()  # from now on the engine decodes this task's stream
             ended = False
-            if channel is None or time.monotonic() - checked >= check_every:
+            if time.monotonic() - checked >= check_every:  # the database at most every check_every s
                 checked = time.monotonic()
                 task = await run_in_threadpool(svc.store.get, task_id)
                 ended = task is None or task.status in FINAL_STATUSES
