@@ -41,7 +41,7 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
                     break
             if ended or await request.is_disconnected():
                 break
-            await asyncio.sleep(poll)
+            await asyncio.sleep(channel.poll_interval if channel is not None else poll)
     except BaseException:
         if channel is not None:
             channel.detach()

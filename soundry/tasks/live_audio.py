@@ -17,6 +17,8 @@ import numpy as np
 class AudioChannel:
     """One task's streamed audio: chunks [C, n] float32 at ``sample_rate``, ``total_samples`` in all."""
 
+    poll_interval = 0.02  # seconds between a listener's looks (memory only: cheap)
+
     def __init__(self, sample_rate: int, total_samples: int):
         self.sample_rate, self.total_samples = sample_rate, total_samples
         self.chunks: list[np.ndarray] = []
@@ -53,7 +55,7 @@ class AudioChannel:
         with self._lock:
             self.listeners -= 1
 
-    async def audio(self, poll: float = 0.05) -> AsyncIterator[np.ndarray]:
+    async def audio(self, poll: float = poll_interval) -> AsyncIterator[np.ndarray]:
         """Every chunk from the first, as it arrives, until the clip is complete or the channel
         closes. The caller must have attached; this detaches when it ends."""
         try:

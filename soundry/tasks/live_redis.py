@@ -82,6 +82,8 @@ class RedisLiveWriter:
 class RedisChannelReader:
     """The API side of one task's stream, with ``AudioChannel``'s reading interface."""
 
+    poll_interval = 0.05  # seconds between reads of the stream (a Redis round trip each)
+
     def __init__(self, client, task_id: str):
         self.client, self.key = client, _stream_key(task_id)
         self.sample_rate = self.total_samples = self.samples = 0
@@ -117,7 +119,7 @@ class RedisChannelReader:
                 self.chunks.append(chunk)
                 self.samples += chunk.shape[-1]
 
-    async def audio(self, poll: float = 0.05, stall: float = 120.0) -> AsyncIterator[np.ndarray]:
+    async def audio(self, poll: float = poll_interval, stall: float = 120.0) -> AsyncIterator[np.ndarray]:
         """Every chunk from the first until the end marker; gives up after ``stall`` s without one
         (a worker that died mid-task writes no end)."""
         sent, last_new = 0, time.monotonic()
