@@ -15,6 +15,7 @@ from elevenlabs.errors import UnprocessableEntityError
 
 from soundry.api.routes_elevenlabs import cfg_coef_for
 from soundry.audio.loop import make_loop
+from soundry.tasks.models import Task
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,19 @@ def test_audio_streams_while_generated_and_leaving_cancels(server):
     while store.get(task_id).status != "CANCELED":
         assert time.time() < deadline, store.get(task_id).status
         time.sleep(0.1)
+
+
+def test_limits_apply_in_elevenlabs_shape(server):
+    """A sound-generation request is a task like any other: the per-user audio budget applies."""
+    store = server.services.store
+    user = server.services.accounts.get_user(server.username)
+    hog = store.create(Task(user_id=user.id, prompt="x", config={"duration": 3599}, model="audiogen",
+                            status="PROCESSING"))  # not run by anyone: it only fills the budget
+    try:
+        with pytest.raises(ApiError) as err:
+            b"".join(_sdk(server).text_to_sound_effects.convert(text="bell", duration_seconds=2))
+        assert err.value.status_code == 429 and err.value.headers["retry-after"]
+        assert err.value.body["detail"]["status"] == "too_much_audio_queued"
+        assert "3599" in err.value.body["detail"]["message"]
+    finally:
+        store.cancel(hog.id)
