@@ -38,6 +38,12 @@ def signed_path(secret: str, task_id: str, ext: str, ttl: int) -> str:
     return f"/v1/files/{task_id}.{ext}?expires={expires}&sig={sign(secret, task_id, ext, expires)}"
 
 
+def signed_stream_path(secret: str, task_id: str, ttl: int) -> str:
+    """A link to the task's live stream for players that cannot send an Authorization header."""
+    expires = int(time.time()) + ttl
+    return f"/v1/ai/audio_generation/{task_id}/stream?expires={expires}&sig={sign(secret, task_id, 'stream', expires)}"
+
+
 def verify(secret: str, task_id: str, ext: str, expires: int, sig: str) -> str | None:
     """None if valid, else the reason."""
     if expires < time.time():

@@ -45,7 +45,10 @@ def _in_envelope(response, path: str) -> None:
 
 def test_fuzzed_requests_get_no_5xx_and_the_envelope(api_schema):
     app = api_schema.app
-    operations = [result.ok() for result in api_schema.get_all_operations()]
+    # /v1/sound-generation answers audio once it is generated (no worker runs here) in ElevenLabs' error
+    # shape, not the envelope; tests/test_elevenlabs.py covers it
+    operations = [op for op in (result.ok() for result in api_schema.get_all_operations())
+                  if op.path != "/v1/sound-generation"]
     assert len(operations) >= 12  # every route is in the schema
     for operation in operations:
         @given(case=operation.as_strategy())

@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from soundry import __version__
 from soundry.accounts import Accounts
-from soundry.api import routes_tasks, routes_uploads, routes_user
+from soundry.api import routes_elevenlabs, routes_feedback, routes_stream, routes_tasks, routes_uploads, routes_user
 from soundry.api.deps import Services
 from soundry.api.docs_models import ErrorEnvelope
 from soundry.api.envelope import ApiError, error_response, ok
@@ -25,6 +25,7 @@ from soundry.api.server import ConcurrencyCap
 from soundry.api.streams import EventStreams
 from soundry.config import Settings
 from soundry.storage import open_storage
+from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
 from soundry.tasks.uploads import UploadStore
 from soundry.tasks.webhooks import WebhookSender, attach_webhooks
@@ -43,14 +44,28 @@ def build_services(settings: Settings, queue=None) -> Services:
                         hash_concurrency=settings.password_hash_concurrency)
     storage = open_storage(settings.storage_url, settings)
     webhooks = WebhookSender(store, settings)
-    engines = None
+    engines = live = None
     if queue is None:
-        queue, engines = make_queue(settings, store, storage, webhooks)
+        live = live_audio(settings.broker_url)
+        queue, engines = make_queue(settings, store, storage, webhooks, live)
     uploads = UploadStore(store, storage, settings.upload_retention_hours * 3600)
-    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), uploads)
+    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), uploads,
+                    live)
 
 
-def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender):
+def live_audio(broker_url: str):
+    """Where tasks' audio comes from while generated: this process (embedded), Redis (workers on a
+    Redis broker), or nowhere (RabbitMQ: the stored file once ready)."""
+    if not broker_url:
+        return LiveAudio()
+    if broker_url.startswith(("redis://", "rediss://")):
+        from soundry.tasks.live_redis import RedisLiveReader
+
+        return RedisLiveReader(broker_url)
+    return None
+
+
+def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender, live: LiveAudio | None = None):
     """Celery workers when a broker is configured, else the embedded queue (in-process worker)."""
     if settings.broker_url:
         from soundry.tasks.distributed import CeleryQueue
@@ -61,7 +76,7 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     from soundry.tasks.runner import TaskRunner
 
     engines = EngineManager(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds)
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live)
     attach_webhooks(runner, webhooks)
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
@@ -186,5 +201,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_uploads.router)
+    app.include_router(routes_feedback.router)
+    app.include_router(routes_stream.router)
+    app.include_router(routes_elevenlabs.router)
     mount_playground(app)
     return app

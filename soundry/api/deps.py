@@ -27,6 +27,7 @@ class Services:
     webhooks: object | None = None  # WebhookSender
     limits: object | None = None  # Limits
     uploads: object | None = None  # UploadStore
+    live: object | None = None  # LiveAudio: tasks' audio while generated (embedded mode); None with Celery workers
 
 
 def services(request: Request) -> Services:

@@ -48,12 +48,20 @@ class Tokens(Profile):
     expires_in: int = Field(description="seconds the access token is valid")
 
 
+class TaskFeedback(BaseModel):
+    rating: float = Field(ge=1, le=5, description="1 (worst) to 5 (best)")
+    feedback: str
+    rated_at: str | None
+
+
 class TaskInfo(BaseModel):
     task_id: str = Field(examples=["5ae07defb1a146b3b8d536357cd76ba1"])
     total_tasks: int
     percent: int = Field(ge=0, le=100)
     status: Status
     url_download: str | None = Field(description="signed, expiring link (no auth header); null until COMPLETED")
+    url_stream: str | None = Field(None, description="signed link to the audio as it is generated (GET …/stream "
+                                                     "without an auth header); null once the task has ended")
     error_description: str = Field(description="why the task FAILED; empty otherwise")
     prompt: str
     negative_prompt: str
@@ -67,11 +75,19 @@ class TaskInfo(BaseModel):
     sample_rate: int | None = Field(None, description="COMPLETED only")
     output_format: str | None = Field(None, description="COMPLETED only")
     seed: int | None = Field(None, description="COMPLETED only: the seed used (reproduces the clip)")
+    feedback: TaskFeedback | None = Field(None, description="the owner's rating (POST /v1/ai/feedback); null if none")
 
 
 class TaskResult(BaseModel):
     is_success: bool = Field(description="false only when the task FAILED")
     data: TaskInfo
+
+
+class FeedbackStored(BaseModel):
+    task_id: str
+    rating: float
+    feedback: str
+    rated_at: str | None
 
 
 class TaskCreated(BaseModel):

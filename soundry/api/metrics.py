@@ -29,6 +29,12 @@ class _StateCollector:
         for model, n in self.svc.store.pending_by_model().items():
             depth.add_metric([model], n)
         yield depth
+        bounds = (1.0, 2.0, 3.0, 4.0, 5.0)
+        below, count, total = self.svc.store.rating_histogram(bounds)
+        ratings = HistogramMetricFamily("soundry_task_rating", "Owners' ratings of tasks (POST /v1/ai/feedback)")
+        ratings.add_metric([], [(f"{b:g}", n) for b, n in zip(bounds, below, strict=True)] + [("+Inf", count)],
+                           sum_value=total)
+        yield ratings
         engines = self.svc.engines.loaded() if self.svc.engines is not None else {}
         if not engines:
             return

@@ -7,7 +7,7 @@ import json
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from soundry.api.deps import current_user, services
@@ -48,7 +48,12 @@ def ai_models(request: Request):
              responses=answers(TaskCreated, 201, 400, 401, 404, 413, 422, 429, 503))  # body: see soundry.api.openapi
 async def create_task(request: Request, user: User = Depends(current_user)):
     svc = services(request)
-    req = _parse_create(await _read_body(request), svc.settings.max_prompt_chars)
+    req = await parse_json_body(request, CreateTask)
+    limit = svc.settings.max_prompt_chars
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(req, name)
+        if len(text) > limit:
+            raise ApiError(413, f"{name}_too_long", f"{name} has {len(text)} characters; the limit is {limit}")
     if req.configs.duration > svc.settings.max_duration:
         raise ApiError(422, "invalid_config", f"configs.duration: at most {svc.settings.max_duration:g} seconds")
     if req.webhook:
@@ -59,26 +64,6 @@ async def create_task(request: Request, user: User = Depends(current_user)):
                         "config": public_config(task)}, status_code=201)
 
 
-def _parse_create(raw: bytes, max_chars: int) -> CreateTask:
-    """The body as a CreateTask: 400 for anything that is not JSON (deep nesting included), 422 for
-    JSON that is not a valid task, 413 for a prompt over the character limit."""
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError as exc:  # syntax, encoding, or an integer of more than 4,300 digits
-        raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
-    except RecursionError:  # e.g. 100,000 '[': the parser gives up on the nesting
-        raise ApiError(400, "invalid_json", "malformed JSON body: nested too deeply") from None
-    try:
-        req = CreateTask.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(req, name)
-        if len(text) > max_chars:
-            raise ApiError(413, f"{name}_too_long", f"{name} has {len(text)} characters; the limit is {max_chars}")
-    return req
-
-
 def _store_and_enqueue(svc, user: User, req: CreateTask) -> Task:
     cfg = req.configs
     check_input_audio(svc, user, cfg)
@@ -87,6 +72,21 @@ def _store_and_enqueue(svc, user: User, req: CreateTask) -> Task:
                                  config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
     svc.queue.enqueue(task.id, task.model)
     return task
+
+
+async def parse_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The request's JSON body validated as ``model``: 413 when too big, 400 when not JSON, 422 naming the field."""
+    raw = await _read_body(request)
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:  # syntax, encoding, or an integer of more than 4,300 digits
+        raise ApiError(400, "invalid_json", f"malformed JSON body: {exc}") from None
+    except RecursionError:  # e.g. 100,000 '[': the parser gives up on the nesting
+        raise ApiError(400, "invalid_json", "malformed JSON body: nested too deeply") from None
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
 
 
 async def _read_body(request: Request) -> bytes:
@@ -181,8 +181,14 @@ def download(request: Request, name: str, expires: int = Query(...), sig: str = 
     task = svc.store.get(task_id)
     if task is None or task.status != "COMPLETED" or task.file_format != ext:
         raise ApiError(404, "not_found", "no such file")
+    return stored_file_response(svc, task)
+
+
+def stored_file_response(svc, task: Task):
+    """A COMPLETED task's stored audio file as the answer."""
     from soundry.audio.encode import FORMATS
 
+    ext = task.file_format
     media = next((v[2] for v in FORMATS.values() if v[3] == ext), "application/octet-stream")
     path = svc.storage.local_path(task.file_key)
     filename = f"soundry-{task.id}.{ext}"

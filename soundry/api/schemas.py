@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
+from soundry.tasks.models import FEEDBACK_MAX_CHARS, RATING_RANGE
 
 
 class Configs(BaseModel):
@@ -32,6 +33,8 @@ class Configs(BaseModel):
                                                                           "starts")
     continuation_end: float | None = Field(None, gt=0.0, le=3600.0, description="seconds into input_audio where the "
                                                                                 "prompt ends (default: its end)")
+    loop: StrictBool = Field(False, description="a clip that loops seamlessly (generated past its end, the extra tail "
+                                          "crossfaded into its head)")
 
     @field_validator("model")
     @classmethod
@@ -71,10 +74,35 @@ class CreateTask(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, v: str, info: ValidationInfo) -> str:
-        if info.field_name == "prompt" and not v.strip():
-            raise ValueError("prompt must not be blank")
-        if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
-            raise ValueError(f"{info.field_name} contains control characters")
-        if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
-            raise ValueError(f"{info.field_name} contains unpaired surrogates (not valid Unicode text)")
+        return check_prompt(v, info.field_name, allow_blank=info.field_name == "negative_prompt")
+
+
+def check_prompt(v: str, name: str = "prompt", allow_blank: bool = False) -> str:
+    """A prompt must have visible text (unless ``allow_blank``), no control characters (tabs and
+    newlines are fine) and no unpaired surrogates."""
+    if not allow_blank and not v.strip():
+        raise ValueError(f"{name} must not be blank")
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
+        raise ValueError(f"{name} contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+        raise ValueError(f"{name} contains unpaired surrogates (not valid Unicode text)")
+    return v
+
+
+class Feedback(BaseModel):
+    """A rating of one of the caller's finished tasks (FlexStack's ``submit_feedback``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "task_id": "5ae07defb1a146b3b8d536357cd76ba1", "rating": 4, "feedback": "great engine sound"}]})
+
+    task_id: str = Field(..., min_length=1, max_length=64)
+    rating: float = Field(..., ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False,
+                          description=f"{RATING_RANGE[0]:g} (worst) to {RATING_RANGE[1]:g} (best); fractions allowed")
+    feedback: str = Field("", max_length=FEEDBACK_MAX_CHARS, description="free text; empty allowed")
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _a_number(cls, v):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("rating must be a number")
         return v

@@ -19,6 +19,7 @@ import torch
 from soundry.engine.batch import DecodeBatch, Job
 from soundry.engine.generate import make_job
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
+from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Engine:
         self._stop = False
         self._codec: ThreadPoolExecutor | None = None  # codec decoding beside the loop; owned by the loop
         self._batch: DecodeBatch | None = None
+        self._taps: dict[str, StreamTap] = {}  # request id -> its audio stream (requests submitted with a sink)
 
     # -- public API --------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -82,7 +84,10 @@ class Engine:
             self._thread.join(timeout)  # the loop shuts the codec pool down when it exits
             self._thread = None
 
-    def submit(self, request: GenerationRequest, progress: Progress | None = None) -> Future:
+    def submit(self, request: GenerationRequest, progress: Progress | None = None,
+               sink: AudioSink | None = None) -> Future:
+        """Queue a request; its Future gives the GenerationResult. With ``sink``, the audio also
+        flows into it while it is generated (whenever ``sink.wanted``; see engine.streaming)."""
         if request.duration <= 0:
             raise ValueError(f"duration must be > 0, got {request.duration}")
         if request.prompt_audio is not None and request.prompt_codes is None:
@@ -95,6 +100,8 @@ class Engine:
             if self._stop and self._thread is not None:
                 raise RuntimeError("the engine is stopping")
             self._futures[request.id] = fut
+            if sink is not None:
+                self._taps[request.id] = self._new_tap(request, sink)
             self._submitted[request.id] = time.perf_counter()
             self._waiting.append((request, fut, progress))
             self._lock.notify_all()
@@ -212,8 +219,35 @@ class Engine:
         st.last_batch_size = n
         st.max_batch_size = max(st.max_batch_size, n)
         st.batch_sizes[n] = st.batch_sizes.get(n, 0) + 1
+        if self._taps:
+            self._feed_streams(finished)
         for job in finished:
             self._codec.submit(self._decode, job, DecodeBatch.tokens_of(job))
+
+    def _new_tap(self, request: GenerationRequest, sink: AudioSink) -> StreamTap:
+        rate, fps = self.model.sample_rate, self.model.frame_rate
+        decoder = IncrementalDecoder(self.model.decode, int(round(rate / fps)), int(round(request.duration * rate)),
+                                     left=int(fps), hold=max(1, int(fps / 10)))
+        return StreamTap(sink, decoder, chunk=int(fps))  # one second of audio per chunk
+
+    def _feed_streams(self, finished: list[Job]) -> None:
+        """Hand each streamed job's newly final frames to the codec thread (before any final decode)."""
+        done = {id(j) for j in finished}
+        for job in [*self._batch.jobs, *finished]:
+            tap = self._taps.get(job.request.id)
+            if tap is None:
+                continue
+            final = id(job) in done
+            try:
+                codes = tap.take(job, self._batch, final)
+            except Exception:
+                log.exception("streaming: taking frames failed")
+                tap.broken = True
+                codes = None
+            if codes is not None:
+                self._codec.submit(tap.decode_into_sink, codes, final)
+            if final:
+                self._taps.pop(job.request.id, None)
 
     def _decode(self, job: Job, tokens: torch.Tensor) -> None:
         req = job.request
@@ -238,6 +272,7 @@ class Engine:
 
     def _fail(self, request_id: str, exc: BaseException) -> None:
         with self._lock:
+            self._taps.pop(request_id, None)
             fut = self._futures.pop(request_id, None)
             self._submitted.pop(request_id, None)
         self.stats.failed += 1
@@ -246,6 +281,7 @@ class Engine:
 
     def _finish_canceled(self, request_id: str, fut: Future | None) -> None:
         with self._lock:
+            self._taps.pop(request_id, None)
             self._futures.pop(request_id, None)
             self._submitted.pop(request_id, None)
         self.stats.canceled += 1

@@ -70,6 +70,10 @@ class Task(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     webhook: Mapped[str] = mapped_column(Text, default="")
     webhook_state: Mapped[str] = mapped_column(String(16), default="")  # "" | pending | delivered | failed
+    # the owner's rating of a finished task (POST /v1/ai/feedback): RATING_RANGE, and free text
+    rating: Mapped[float | None] = mapped_column(Float, nullable=True)
+    feedback: Mapped[str] = mapped_column(Text, default="")
+    rated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RefreshToken(Base):
@@ -100,3 +104,5 @@ class Upload(Base):
 
 
 FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELED")
+RATING_RANGE = (1.0, 5.0)  # feedback ratings: 1 (worst) to 5 (best), fractions allowed
+FEEDBACK_MAX_CHARS = 2000

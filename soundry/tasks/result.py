@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from soundry.accounts import fmt_time
 from soundry.config import Settings
-from soundry.signing import signed_path
+from soundry.signing import signed_path, signed_stream_path
 from soundry.tasks.models import Task, utcnow
 from soundry.tasks.routing import route
 
@@ -20,6 +20,14 @@ def download_url(task: Task, settings: Settings, base_url: str) -> str | None:
         return None
     path = signed_path(settings.secret, task.id, task.file_format, settings.download_ttl)
     return (settings.public_url or base_url).rstrip("/") + path
+
+
+def stream_url(task: Task, settings: Settings, base_url: str) -> str | None:
+    """A signed link to the audio while it is generated (null once the task has ended)."""
+    if task.status not in ("PENDING", "PROCESSING"):
+        return None
+    return (settings.public_url or base_url).rstrip("/") + signed_stream_path(settings.secret, task.id,
+                                                                              settings.download_ttl)
 
 
 def eta_seconds(task: Task, queue_position: int | None, seconds_per_audio_second: float | None,
@@ -39,11 +47,14 @@ def task_payload(task: Task, settings: Settings, base_url: str, queue_position: 
     inner = {
         "task_id": task.id, "total_tasks": 1, "percent": task.percent, "status": task.status,
         "url_download": download_url(task, settings, base_url),
+        "url_stream": stream_url(task, settings, base_url),
         "error_description": task.error if task.status == "FAILED" else "",
         "prompt": task.prompt, "negative_prompt": task.negative_prompt, "config": public_config(task),
         "queue_position": queue_position, "eta_seconds": eta, "created_at": fmt_time(task.created_at),
         "started_at": fmt_time(task.started_at), "finished_at": fmt_time(task.finished_at),
     }
+    inner["feedback"] = (None if task.rating is None else
+                         {"rating": task.rating, "feedback": task.feedback, "rated_at": fmt_time(task.rated_at)})
     if task.status == "COMPLETED":
         inner.update(duration=round(task.audio_seconds, 4), sample_rate=task.sample_rate,
                      output_format=task.file_format, seed=task.seed)

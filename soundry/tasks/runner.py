@@ -19,9 +19,11 @@ import time
 import torch
 
 from soundry.audio import encode, normalize
+from soundry.audio.loop import loop_overlap, make_loop
 from soundry.engine import GenerationCanceled, GenerationRequest
 from soundry.storage import Storage, StorageError
 from soundry.tasks.engines import EngineManager, ModelUnavailable
+from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
 from soundry.tasks.uploads import UploadStore
 
@@ -34,11 +36,12 @@ def new_worker_id() -> str:
 
 class TaskRunner:
     def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str | None = None,
-                 progress_interval: float = 0.5, lease_seconds: float = 30.0):
+                 progress_interval: float = 0.5, lease_seconds: float = 30.0, live: LiveAudio | None = None):
         self.store, self.storage, self.engines = store, storage, engines
         self.uploads = UploadStore(store, storage)
         self.worker_id, self.progress_interval = worker_id or new_worker_id(), progress_interval
         self.lease_seconds = lease_seconds
+        self.live = live  # tasks' audio while it is generated, for listeners in this process
         self.hooks: list = []  # callables(task_id, status) after a task ends (webhooks)
         self._active: dict[str, list] = {}  # task_id -> [engine, percent to write or None]
         self._lock = threading.Lock()
@@ -90,6 +93,13 @@ class TaskRunner:
                     self._active[task_id][1] = min(99, int(100 * done / max(1, total)))
         return report
 
+    def _live_channel(self, task_id: str, engine, request: GenerationRequest, loop: bool):
+        """The task's live channel, or None: a loop's head changes once its tail exists, so it is not streamed."""
+        if self.live is None or loop:
+            return None
+        rate = engine.model.sample_rate
+        return self.live.open(task_id, rate, int(round(request.duration * rate)))
+
     def claim(self, task_id: str):
         """Claim the task, waiting while another live worker holds it; None once it is finished."""
         while True:
@@ -106,7 +116,11 @@ class TaskRunner:
         task = self.claim(task_id)
         if task is None:
             return "SKIPPED"
-        status = self._run(task)
+        try:
+            status = self._run(task)
+        finally:
+            if self.live is not None:
+                self.live.close(task_id)
         for hook in self.hooks:
             try:
                 hook(task_id, status)
@@ -121,8 +135,11 @@ class TaskRunner:
         except ModelUnavailable as exc:
             self.store.fail(task_id, str(exc), me)
             return "FAILED"
+        duration = float(cfg["duration"])
+        loop = bool(cfg.get("loop"))  # generate past the end, then crossfade that tail into the head
         request = GenerationRequest(
-            prompt=task.prompt, duration=float(cfg["duration"]), top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
+            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration,
+            top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
         if cfg.get("input_audio"):
@@ -138,7 +155,8 @@ class TaskRunner:
         with self._lock:
             self._active[task_id] = [engine, None]
         try:
-            result = engine.submit(request, self._progress(task_id)).result()
+            result = engine.submit(request, self._progress(task_id), sink=self._live_channel(task_id, engine, request,
+                                                                                           loop)).result()
         except GenerationCanceled:
             return "CANCELED"  # the store already says so (or another worker took the task over)
         except Exception as exc:
@@ -149,7 +167,10 @@ class TaskRunner:
             with self._lock:
                 self._active.pop(task_id, None)
         try:
-            audio = normalize(result.audio.numpy(), result.sample_rate, cfg.get("normalization", "loudness"),
+            audio = result.audio.numpy()
+            if loop:
+                audio = make_loop(audio, int(round(duration * result.sample_rate)))
+            audio = normalize(audio, result.sample_rate, cfg.get("normalization", "loudness"),
                               float(cfg.get("target_lufs", -14.0)))
             encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"))
             key = f"{task.user_id}/{task_id}-{task.attempts}.{encoded.extension}"
@@ -160,7 +181,7 @@ class TaskRunner:
             self.store.fail(task_id, f"saving the audio failed: {reason}", me)
             return "FAILED"
         done = self.store.complete(task_id, key, encoded.extension, encoded.sample_rate,
-                                   result.audio.shape[-1] / result.sample_rate, request.seed, me)
+                                   audio.shape[-1] / result.sample_rate, request.seed, me)
         if not done:  # canceled while encoding, or taken over: this attempt's file is never served
             self.storage.delete(key)
             current = self.store.get(task_id)

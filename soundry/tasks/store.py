@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from sqlalchemy import and_, create_engine, func, make_url, or_, select, update
+from sqlalchemy import and_, case, create_engine, func, make_url, or_, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import sessionmaker
 
@@ -104,6 +104,13 @@ class TaskStore:
         rates = sorted((f - st).total_seconds() / a for st, f, a in rows if st and f)
         return rates[len(rates) // 2] if rates else None
 
+    def rating_histogram(self, bounds: tuple[float, ...]) -> tuple[list[int], int, float]:
+        """Task ratings for /metrics, aggregated in SQL: (cumulative count at or below each bound, count, sum)."""
+        cols = [func.count(case((Task.rating <= b, 1))) for b in bounds]
+        with self.session() as s:
+            row = s.execute(select(*cols, func.count(Task.rating), func.sum(Task.rating))).one()
+        return [int(n) for n in row[:-2]], int(row[-2]), float(row[-1] or 0.0)
+
     def owners(self, task_ids: list[str]) -> dict[str, tuple[str, str]]:
         """task_id -> (status, worker) for the given tasks, in one query."""
         with self.session() as s:
@@ -187,6 +194,15 @@ class TaskStore:
             res = s.execute(update(Task).where(Task.id == task_id, Task.status.not_in(FINAL_STATUSES)).values(
                 status="CANCELED", finished_at=utcnow()))
             return res.rowcount == 1
+
+    def set_feedback(self, task_id: str, user_id: int, rating: float, feedback: str) -> Task | None:
+        """Store the owner's rating and text with a task (a later call replaces them); None if not theirs."""
+        with self.session() as s, s.begin():
+            res = s.execute(update(Task).where(Task.id == task_id, Task.user_id == user_id).values(
+                rating=rating, feedback=feedback, rated_at=utcnow()))
+            if res.rowcount != 1:
+                return None
+        return self.get(task_id)
 
     def pending_webhooks(self, limit: int = 1000) -> list[str]:
         with self.session() as s:

@@ -72,7 +72,12 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
     for name in models:  # load each model once, before taking tasks
         log.info("loading %s", name)
         engines.get(name)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds).start()
+    live = None
+    if settings.broker_url.startswith(("redis://", "rediss://")):  # live audio to the API processes
+        from soundry.tasks.live_redis import RedisLiveWriter
+
+        live = RedisLiveWriter(settings.broker_url)
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live).start()
     webhooks = attach_webhooks(runner, WebhookSender(store, settings))
     distributed.set_runner(runner)
     queue = distributed.CeleryQueue(settings.broker_url)

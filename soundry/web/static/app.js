@@ -303,6 +303,7 @@ function render(task) {
   show($("cancel-btn"), running);
   setError($("task-error"), task.status === "FAILED" ? (task.error_description || "generation failed") : "");
   if (task.status === "COMPLETED" && task.url_download) showResult(task);
+  else if (running && task.url_stream) showStream(task);
   else hideResult();
 }
 
@@ -318,13 +319,43 @@ function hideResult() {
   show($("result"), false);
   $("player").removeAttribute("src");
   delete $("player").dataset.url;
+  delete $("player").dataset.task;
+  $("player").dataset.source = "";
 }
 
+/** Plays the task's audio while it is generated (a WAV that grows as the engine decodes it). */
+function showStream(task) {
+  const player = $("player");
+  if (player.dataset.task === task.task_id && player.dataset.source === "stream") return; // already streaming
+  player.dataset.task = task.task_id;
+  player.dataset.source = "stream";
+  player.dataset.url = task.url_stream;
+  player.src = task.url_stream;
+  show($("result"), true);
+  show($("live-note"), true);
+  show($("final-result"), false);
+  player.play().catch(() => { /* autoplay refused: the controls are there */ });
+}
+
+/** Swaps to the stored file; a stream that is playing carries on from the same position. */
 function showResult(task) {
   const player = $("player");
   if (player.dataset.url === task.url_download) return; // already loaded
+  const fromStream = player.dataset.source === "stream" && player.dataset.task === task.task_id;
+  const position = player.currentTime, playing = fromStream && !player.paused && !player.ended;
   player.dataset.url = task.url_download;
+  player.dataset.task = task.task_id;
+  player.dataset.source = "file";
   player.src = task.url_download;
+  if (fromStream) {
+    player.addEventListener("loadedmetadata", () => {
+      player.currentTime = Math.min(position, player.duration || position);
+      if (playing) player.play().catch(() => {});
+    }, { once: true });
+  }
+  show($("live-note"), false);
+  show($("final-result"), true);
+  showRating(task);
   const link = $("download-link");
   link.href = task.url_download;
   link.download = `soundry-${task.task_id}.${task.output_format || (task.config || {}).output_format || "wav"}`;
@@ -359,6 +390,28 @@ async function drawWaveform(url) {
     ctx2d.fillRect(x, mid - max * mid, 1, Math.max(1, (max - min) * mid));
   }
   canvas.dataset.drawn = "true";
+}
+
+/* ---------- rating a finished clip ---------- */
+
+function showRating(task) {
+  const fb = task.feedback;
+  $("rating-form").dataset.taskId = task.task_id;
+  $("rating").value = fb ? String(Math.round(fb.rating)) : "5";
+  $("rating-text").value = fb ? fb.feedback : "";
+  $("rating-saved").textContent = fb ? `Rated ${fb.rating}` : "";
+}
+
+async function submitRating(event) {
+  event.preventDefault();
+  const form = $("rating-form");
+  try {
+    const saved = await api("POST", "/v1/ai/feedback", { body: {
+      task_id: form.dataset.taskId, rating: Number($("rating").value), feedback: $("rating-text").value } });
+    $("rating-saved").textContent = `Rated ${saved.rating}`;
+  } catch (err) {
+    $("rating-saved").textContent = err.message;
+  }
 }
 
 /* ---------- history ---------- */
@@ -422,5 +475,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("generate-form").addEventListener("submit", submitGeneration);
   $("cancel-btn").addEventListener("click", cancelTask);
   $("history-refresh").addEventListener("click", loadHistory);
+  $("rating-form").addEventListener("submit", submitRating);
   if (sessionStorage.getItem(TOKEN_KEY)) enterApp();
 });

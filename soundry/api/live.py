@@ -1,0 +1,63 @@
+"""Waiting for a task's audio over HTTP: its live channel (embedded mode) or its end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from soundry.api.deps import services
+from soundry.tasks.live_audio import AudioChannel
+from soundry.tasks.models import FINAL_STATUSES, Task
+
+
+async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_every: float = 0.5
+                      ) -> AudioChannel | None:
+    """The task's live channel once its first chunk exists, with the caller counted as a listener
+    (``channel.detach()`` when done), or None when the task ends (or the client leaves) before
+    any live audio: then only its stored file is left. Without a channel (Celery workers on
+    RabbitMQ) this waits for the end."""
+    svc = services(request)
+    channel = None
+    checked = -check_every
+    try:
+        while True:
+            if channel is None and svc.live is not None:
+                channel = svc.live.get(task_id)
+                if channel is not None:
+                    channel.attach()  # from now on the engine decodes this task's stream
+            ended = False
+            if time.monotonic() - checked >= check_every:  # the database at most every check_every s
+                checked = time.monotonic()
+                task = await run_in_threadpool(svc.store.get, task_id)
+                ended = task is None or task.status in FINAL_STATUSES
+            if channel is not None:
+                await channel.refresh()  # chunks written before the task ended are all visible now
+                if channel.chunks:
+                    return channel
+                if channel.closed:
+                    break
+            if ended or await request.is_disconnected():
+                break
+            await asyncio.sleep(channel.poll_interval if channel is not None else poll)
+    except BaseException:
+        if channel is not None:
+            channel.detach()
+        raise
+    if channel is not None:
+        channel.detach()
+    return None
+
+
+async def task_end(request: Request, task_id: str, poll: float = 0.1) -> Task | None:
+    """The task once it is COMPLETED, FAILED or CANCELED; None if the client left first."""
+    store = services(request).store
+    while True:
+        task = await run_in_threadpool(store.get, task_id)
+        if task is None or task.status in FINAL_STATUSES:
+            return task
+        if await request.is_disconnected():
+            return None
+        await asyncio.sleep(poll)

@@ -1,0 +1,106 @@
+"""GET /v1/ai/audio_generation/{task_id}/stream: WAV while the task runs, the stored file after."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from soundry.tasks.models import Task
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One live server for the module: each test's own would load the model again."""
+    from tests.conftest import make_settings
+    from tests.helpers_models import TINY
+    from tests.live_server import start_live_server
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
+        live = start_live_server(make_settings(tmp_path_factory.mktemp("server")))
+        yield live
+        live.stop()
+
+def _create(server, headers, duration: float, **configs) -> str:
+    body = {"prompt": "crackling fire", "configs": {"model": "audiogen", "duration": duration, "seed": 5,
+                                                    "normalization": "none", **configs}}
+    return httpx.post(server.url + "/v1/ai/audio_generation", json=body, headers=headers).json()["data"]["task_id"]
+
+
+def _wait(server, task_id: str, headers, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        task = httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}", headers=headers).json()["data"]["data"]
+        if task["status"] in ("COMPLETED", "FAILED", "CANCELED"):
+            return task
+        time.sleep(0.1)
+    raise AssertionError("task did not finish")
+
+
+def test_live_stream_is_wav_while_processing_and_matches_the_file(server):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    task_id = _create(server, headers, 3.0)
+    store = server.services.store
+    with httpx.stream("GET", f"{server.url}/v1/ai/audio_generation/{task_id}/stream", headers=headers,
+                      timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+        chunks = r.iter_raw()
+        first = next(chunks)
+        status_at_first_byte = store.get(task_id).status
+        body = first + b"".join(chunks)
+    assert status_at_first_byte == "PROCESSING"
+    with wave.open(io.BytesIO(body)) as w:  # the header states the whole clip
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 48000)
+        streamed = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+    assert len(streamed) == 48000
+
+    task = _wait(server, task_id, headers)
+    final, sr = sf.read(io.BytesIO(httpx.get(task["url_download"]).content), dtype="int16")
+    final = final.astype(np.float64)
+    snr = 10 * np.log10(np.sum(final ** 2) / max(np.sum((final - streamed) ** 2), 1e-9))
+    print(f"stream vs stored file: SNR {snr:.1f} dB")
+    assert snr > 20
+
+    # once finished, the stream answers the stored file itself
+    again = httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}/stream", headers=headers)
+    assert again.status_code == 200 and again.content == httpx.get(task["url_download"]).content
+
+
+def test_signed_stream_link_needs_no_header_and_is_checked(server):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    task_id = _create(server, headers, 0.5)
+    link = httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}", headers=headers).json()["data"]["data"][
+        "url_stream"]
+    assert link and "sig=" in link
+    r = httpx.get(link, timeout=120)  # no Authorization header
+    assert r.status_code == 200 and r.headers["content-type"].startswith("audio/")
+    assert len(sf.read(io.BytesIO(r.content))[0]) == 8000
+    forged = link.replace("sig=", "sig=0")
+    assert httpx.get(forged).status_code == 403
+    other = link.replace(task_id, "f" * 32)
+    assert httpx.get(other).status_code == 403  # a signature is for one task
+    assert _wait(server, task_id, headers)["url_stream"] is None  # only while it runs
+
+
+def test_stream_refusals(server):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    base = f"{server.url}/v1/ai/audio_generation"
+    assert httpx.get(f"{base}/{'f' * 32}/stream", headers=headers).status_code == 404
+    assert httpx.get(f"{base}/{'f' * 32}/stream").status_code == 401
+    svc = server.services
+    user = svc.accounts.get_user(server.username)
+    failed = svc.store.create(Task(user_id=user.id, prompt="x", config={"duration": 1}, model="audiogen",
+                                   status="FAILED", error="the model exploded"))
+    r = httpx.get(f"{base}/{failed.id}/stream", headers=headers)
+    assert r.status_code == 409 and "the model exploded" in r.json()["error_description"]
+    svc.accounts.create_user("eve", "eve's password")
+    other_key = svc.accounts.create_api_key(svc.accounts.get_user("eve"))
+    task_id = _create(server, headers, 0.5)
+    r = httpx.get(f"{base}/{task_id}/stream", headers={"Authorization": f"Bearer {other_key}"})
+    assert r.status_code == 404
