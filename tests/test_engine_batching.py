@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from soundry.engine import Engine, GenerationCanceled, GenerationRequest
-from soundry.engine.generate import generate
+from soundry.engine.generate import generate, make_job
 from tests.helpers_models import continuation, tiny_model
 
 
@@ -133,7 +133,7 @@ def test_condition_cache_shrinks_when_the_long_prompt_leaves(model):
     expected = run_alone(model, req("rain", 8, duration=0.3))
     batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
     base_capacity = batch.cache.max_cond_len
-    jobs = [model.make_job(r, c) for r, c in zip([long, short], model.conditions([long, short]), strict=True)]
+    jobs = [make_job(model, r, c) for r, c in zip([long, short], model.conditions([long, short]), strict=True)]
     for job in jobs:
         batch.admit(job)
     long_len, short_len = (j.cond.shape[1] for j in jobs)
