@@ -171,3 +171,21 @@ def test_limits_apply_in_elevenlabs_shape(server):
         assert "3599" in err.value.body["detail"]["message"]
     finally:
         store.cancel(hog.id)
+
+
+def test_leaving_before_any_audio_cancels(server):
+    """A loop is sent when complete; a client that gives up while waiting cancels its task."""
+    import time
+
+    store = server.services.store
+    before = {t.id for t in store.history(server.services.accounts.get_user(server.username).id, 200)[0]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/sound-generation?output_format=pcm_16000", timeout=httpx.Timeout(30, read=1.0),
+                   json={"text": "fan humming", "duration_seconds": 20, "loop": True},
+                   headers={"xi-api-key": server.api_key})
+    user_id = server.services.accounts.get_user(server.username).id
+    (task,) = [t for t in store.history(user_id, 200)[0] if t.id not in before]
+    deadline = time.time() + 30
+    while store.get(task.id).status != "CANCELED":
+        assert time.time() < deadline, store.get(task.id).status
+        time.sleep(0.1)

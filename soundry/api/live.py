@@ -13,6 +13,31 @@ from soundry.tasks.live_audio import AudioChannel
 from soundry.tasks.models import FINAL_STATUSES, Task
 
 
+class DisconnectWatch:
+    """Notices the client going away while a route waits. (``request.is_disconnected()`` peeks at
+    the receive channel without waiting, which under the app's HTTP middleware never sees the
+    disconnect; this waits on it in a background task.) ``stop()`` before answering."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self._task = None if self.gone else asyncio.ensure_future(self._watch())
+
+    @property
+    def gone(self) -> bool:  # remembered on the request: the disconnect message comes only once
+        return getattr(self.request.state, "client_gone", False)
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.request.receive()
+            if message["type"] == "http.disconnect":
+                self.request.state.client_gone = True
+                return
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_every: float = 0.5
                       ) -> AudioChannel | None:
     """The task's live channel once its first chunk exists, with the caller counted as a listener
@@ -22,6 +47,7 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
     svc = services(request)
     channel = None
     checked = -check_every
+    watch = DisconnectWatch(request)
     try:
         while True:
             if channel is None and svc.live is not None:
@@ -39,13 +65,15 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
                     return channel
                 if channel.closed:
                     break
-            if ended or await request.is_disconnected():
+            if ended or watch.gone:
                 break
             await asyncio.sleep(channel.poll_interval if channel is not None else poll)
     except BaseException:
         if channel is not None:
             channel.detach()
         raise
+    finally:
+        watch.stop()
     if channel is not None:
         channel.detach()
     return None
@@ -54,10 +82,14 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
 async def task_end(request: Request, task_id: str, poll: float = 0.1) -> Task | None:
     """The task once it is COMPLETED, FAILED or CANCELED; None if the client left first."""
     store = services(request).store
-    while True:
-        task = await run_in_threadpool(store.get, task_id)
-        if task is None or task.status in FINAL_STATUSES:
-            return task
-        if await request.is_disconnected():
-            return None
-        await asyncio.sleep(poll)
+    watch = DisconnectWatch(request)
+    try:
+        while True:
+            task = await run_in_threadpool(store.get, task_id)
+            if task is None or task.status in FINAL_STATUSES:
+                return task
+            if watch.gone:
+                return None
+            await asyncio.sleep(poll)
+    finally:
+        watch.stop()
