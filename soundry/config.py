@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # the LM's precision (soundry.engine.precision)
+
 
 @dataclass
 class Settings:
@@ -42,12 +44,17 @@ class Settings:
     login_window_seconds: float = 900.0
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
+    compile: bool = True  # compile the CPU decode step per batch bucket (torch.compile); false = eager only
+    compile_cache_dir: str = ""  # inductor's caches, kept across restarts; default DATA_DIR/compile-cache
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
                "public_url"}
 
     @classmethod
-    def load(cls, config_file: str | None = None, **overrides) -> Settings:
+    def load(cls, config_file: str | None = None, finalize: bool = True, **overrides) -> Settings:
+        """``finalize=False`` reads the settings without creating the data directory or secret
+        (for commands such as a local ``generate`` that only need a few of them)."""
         values: dict = {}
         path = Path(config_file or os.environ.get("SOUNDRY_CONFIG", "soundry.toml"))
         if path.is_file():
@@ -65,7 +72,19 @@ class Settings:
         for f in fields(cls):
             if f.name in values:
                 setattr(s, f.name, _coerce(f.name, values[f.name], getattr(s, f.name)))
-        return s.finalize()
+        s.check()
+        return s.finalize() if finalize else s
+
+    def check(self) -> None:
+        self.precision = str(self.precision).strip().lower()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @property
+    def compile_cache(self) -> Path:
+        """Where inductor keeps its caches (compiled kernels, autotuning results)."""
+        base = Path(self.compile_cache_dir) if self.compile_cache_dir else Path(self.data_dir) / "compile-cache"
+        return base.expanduser().resolve()
 
     def finalize(self) -> Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()

@@ -8,6 +8,8 @@ import logging
 import secrets
 import sys
 
+from soundry.config import PRECISIONS
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="soundry", description="Self-hosted text-to-audio service")
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (sp, wp):
         p.add_argument("--broker", help="redis://… or amqp://… for Celery workers (default: embedded worker)")
         p.add_argument("--storage", help="a directory or s3://bucket/prefix (default DATA_DIR/files)")
+        p.add_argument("--precision", choices=PRECISIONS,
+                       help="how the models' LM runs (default auto: bf16 on a GPU, fp32 on the CPU)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the CPU fp32 decode step per batch bucket in the background "
+                            "(default on; --no-compile serves eagerly only)")
+        p.add_argument("--compile-cache-dir", help="inductor's caches (default DATA_DIR/compile-cache)")
 
     up = sub.add_parser("users", help="manage accounts")
     usub = up.add_subparsers(dest="users_command", required=True)
@@ -85,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         database = f"sqlite:///{database}"
     settings = Settings.load(args.config, data_dir=args.data_dir, public_url=getattr(args, "public_url", None),
                              preload=getattr(args, "preload", None), database_url=database,
-                             broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None))
+                             broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None),
+                             precision=getattr(args, "precision", None), compile=getattr(args, "compile", None),
+                             compile_cache_dir=getattr(args, "compile_cache_dir", None))
     if args.command == "serve":
         return serve(settings, args.host, args.port)
     if args.command == "worker":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from soundry.engine.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
 from soundry.models.conditioner import TextConditioner
@@ -29,23 +30,31 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
-               quantize: str | None = None) -> AudioModel:
+               quantize: str | None = None, precision: str | None = None) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
-    On CUDA the LM runs in bfloat16 unless ``dtype`` says otherwise; on the CPU in float32.
-    ``quantize="int8"`` applies dynamic int8 quantisation to the LM's linear layers (CPU only).
+    ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.engine.precision``) sets how
+    the LM runs; ``auto`` (the default) is bfloat16 on CUDA and float32 on the CPU. The older
+    ``dtype`` and ``quantize="int8"`` arguments still work when ``precision`` is not given.
+    A precision the device cannot run raises ``PrecisionError`` here, at load.
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     """
     with _LOAD_LOCK:
-        return _load_model(name_or_path, device, dtype, quantize)
+        return _load_model(name_or_path, device, dtype, quantize, precision)
+
+
+def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | None:
+    if quantize:
+        return quantize
+    return None if dtype is None else {v: k for k, v in DTYPES.items()}[dtype]
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None) -> AudioModel:
-    release_dir = resolve_model_dir(name_or_path)
+                quantize: str | None, precision: str | None) -> AudioModel:
     dev = pick_device(device)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
+    release_dir = resolve_model_dir(name_or_path)
     lm_path = release_dir / "state_dict.bin"
     pkg = load_package(lm_path)
     cfg_dict = parse_cfg(pkg, lm_path)
@@ -61,11 +70,8 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     if missing or unexpected:
         raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    lm = lm.eval().to(dev, dtype)
-    if quantize:
-        from soundry.engine.quantize import quantize_lm
-
-        lm = quantize_lm(lm, quantize)
+    lm = apply_precision(lm.eval(), precision, dev)
+    check_precision(lm, precision, dev)
 
     t5_source = resolve_component(release_dir, "t5", cfg.t5_name)
     proj_w = state[_CONDITIONER_PREFIX + "output_proj.weight"]
@@ -79,8 +85,10 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     codec = load_codec(release_dir, lambda hub_name: Path(resolve_component(release_dir, "encodec", hub_name)))
     codec = codec.eval().to(dev)
     name = _display_name(name_or_path)
-    log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, dtype)
-    return AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
+    log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
+    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
+    model.precision = precision
+    return model
 
 
 def _family(name_or_path: str, cfg: LMConfig) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
+from pathlib import Path
 
 from soundry.engine import Engine
 from soundry.models.registry import canonical_name
@@ -18,14 +20,20 @@ class ModelUnavailable(RuntimeError):
 
 
 class EngineManager:
-    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None):
+    """``precision`` goes to the default loader; ``compile`` and ``compile_cache`` to each Engine."""
+
+    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
+                 compile: bool = False, compile_cache: Path | None = None):
         self.max_batch, self.retry_after = max_batch, retry_after
+        self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
         self._failures: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         if loader is None:
-            from soundry.models import load_model as loader
+            from soundry.models import load_model
+
+            loader = partial(load_model, precision=precision)
         self._loader = loader
 
     def key(self, name: str) -> str:
@@ -55,7 +63,8 @@ class EngineManager:
                 with self._lock:
                     self._failures[key] = (time.monotonic(), reason)
                 raise ModelUnavailable(reason) from exc
-            engine = Engine(model, max_batch=self.max_batch).start()
+            engine = Engine(model, max_batch=self.max_batch, compile=self.compile,
+                            compile_cache=self.compile_cache).start()
             with self._lock:
                 self._engines[key] = engine
                 self._failures.pop(key, None)
