@@ -66,7 +66,7 @@ def check_precision(lm: nn.Module, precision: str, device: torch.device | str) -
 
 def describe_lm_precision(lm: nn.Module) -> str:
     """The precision a loaded LM actually runs in (fp32, bf16, fp16 or int8)."""
-    if any("Quantized" in type(m).__name__ for m in lm.modules()):
+    if any(".quantized." in type(m).__module__ for m in lm.modules()):
         return "int8"
     dtype = next(p for p in lm.parameters() if p.is_floating_point()).dtype
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
