@@ -60,6 +60,7 @@ class CompiledSteps:
         self.cache_dir = cache_dir
         self.compiled: dict[int, tuple] = {}  # bucket -> (function, shape signature it was built for)
         self.compile_seconds: dict[int, float] = {}
+        self.steps_compiled = 0  # steps that ran a compiled graph (the rest ran eagerly)
         self.state = "off"  # off | compiling | on | failed
         self.error: str | None = None
         self._fn = torch.compile(_step, fullgraph=True, dynamic=False, options=self.options)
@@ -90,6 +91,7 @@ class CompiledSteps:
             uniforms = torch.cat([uniforms, uniforms.new_zeros(b - n, batch.K)])
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
         entry[0](batch, b, uniforms, self._marker[: max(2, key_len)], batch.cache.max_cond_len)
+        self.steps_compiled += 1
 
     # -- compiling --------------------------------------------------------------------------------
     def start(self) -> CompiledSteps:

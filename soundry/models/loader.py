@@ -64,9 +64,14 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
         raise CheckpointError(f"{lm_path} has no 'best_state' dict")
     family = _family(name_or_path, cfg)
 
-    lm = TransformerLM(cfg)
-    missing, unexpected = lm.load_state_dict({k: v.float() for k, v in normalize_state_dict(state).items()},
-                                             strict=False)
+    # Built on the meta device and given the checkpoint's tensors (cast once, straight to the load
+    # dtype): no second full-size copy of the weights, which matters for 1.5B-parameter models.
+    with torch.device("meta"):
+        lm = TransformerLM(cfg)
+    load_dtype = DTYPES.get(precision, torch.float32)  # int8 quantises from float32
+    weights = {k: v.to(load_dtype) for k, v in normalize_state_dict(state).items()}
+    missing, unexpected = lm.load_state_dict(weights, strict=False, assign=True)
+    del weights
     if missing or unexpected:
         raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
