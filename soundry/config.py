@@ -45,7 +45,7 @@ class Settings:
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
-    compile: bool = True  # compile the CPU decode step per batch bucket (torch.compile); false = eager only
+    compile: bool = False  # compile the CPU fp32 decode step per batch bucket (torch.compile); measured slower here
     compile_cache_dir: str = ""  # inductor's caches, kept across restarts; default DATA_DIR/compile-cache
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="how the models' LM runs (default auto: bf16 on a GPU, fp32 on the CPU)")
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the CPU fp32 decode step per batch bucket in the background "
-                            "(default on; --no-compile serves eagerly only)")
+                            "(default off: measured slower than eager on our CPU; see bench/RESULTS.md)")
         p.add_argument("--compile-cache-dir", help="inductor's caches (default DATA_DIR/compile-cache)")
 
     up = sub.add_parser("users", help="manage accounts")
