@@ -23,18 +23,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Peak RSS from /proc's VmHWM (this process's own high-water mark; ru_maxrss would also carry the
+# parent's peak across fork and exec).
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 from soundry.models import load_model
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+before = hwm()
 t0 = time.perf_counter()
 model = load_model(sys.argv[1], device="cpu", precision=sys.argv[2])
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"precision": model.precision, "load_seconds": round(seconds, 1),
-                  "peak_rss_gib": round(peak / 2**20, 2),
-                  "peak_rss_over_imports_gib": round((peak - before) / 2**20, 2)}))
+peak = hwm()
+print(json.dumps({"precision": model.precision, "load_seconds": round(seconds, 1), "peak_rss_gib": round(peak, 2),
+                  "peak_rss_over_imports_gib": round(peak - before, 2)}))
 """
 
 
@@ -55,9 +59,10 @@ def main(argv=None) -> list[dict]:
         for precision in [p for p in a.precisions.split(",") if p]:
             out = subprocess.run([sys.executable, "-c", CHILD, str(release), precision], capture_output=True,
                                  text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), **_env()})
-            if out.returncode != 0:
-                row = {"precision": precision, "error": out.stderr.strip().splitlines()[-1:]}
-                print(f"{precision:9s} failed: {row['error']}")
+            if out.returncode != 0:  # a negative code is a signal: -9 is usually the OOM killer
+                row = {"precision": precision, "returncode": out.returncode,
+                       "error": out.stderr.strip().splitlines()[-1:]}
+                print(f"{precision:9s} failed (exit {out.returncode}): {row['error']}")
             else:
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{precision:9s} {row['load_seconds']:7.1f} {row['peak_rss_gib']:13.2f} "

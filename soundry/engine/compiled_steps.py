@@ -13,6 +13,9 @@ memory and cannot disturb running requests), while the loop keeps stepping eager
 used once its graph exists. The compiled graph is guarded by the shapes it was built for; if the
 condition cache grows (a long prompt), steps run eagerly again rather than recompile on the loop.
 Inductor's caches go to ``cache_dir`` so a restart reuses the kernels and autotuning results.
+
+Measured (bench/engine.py --compile, bench/RESULTS.md): on this project's 2-core AVX2 CPU the
+compiled step was *slower* than the eager one, so the service leaves it off unless ``compile = true``.
 """
 
 from __future__ import annotations
