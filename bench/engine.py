@@ -1,6 +1,6 @@
 """Decode speed of soundry's engine vs. baselines on a real model shape with random weights.
 
-    python bench/engine.py --shape musicgen-small --batch-sizes 1,4,8 --steps 24 [--int8] [--hf]
+    python bench/engine.py --shape musicgen-small --batch-sizes 1,4,8 --steps 24 [--int8] [--hf] [--compile]
 
 Reports, side by side in one process: engine decode steps/s and seconds per 5 s clip for each batch
 size (float32, and int8 with --int8), the eager reference-style baseline (batch 1, cross-attention
@@ -8,15 +8,23 @@ recomputed each step, cache grown by concatenation), transformers' MusicGen ``ge
 MusicGen shapes), and the memory-bandwidth floor: (weight bytes + KV bytes) per step over the
 measured read bandwidth. Prints a table, then one JSON line. Text encoding and codec decoding are
 left out of every row (they run outside the decode loop).
+
+``--compile`` adds the engine's compiled CPU step (``soundry.engine.compiled_steps``) at each batch
+size, timed interleaved with the eager engine at that size (run by run, so the machine's drift hits
+both alike), and reports each bucket's compile time cold (empty inductor cache) and warm (dynamo
+reset, inductor's on-disk cache kept: what a restart pays). ``--torchao`` adds int8 through torchao's
+``quantize_`` (if installed) beside ``torch.ao``'s ``quantize_dynamic``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
-from soundry.engine.quantize import quantize_lm  # noqa: E402
+from soundry.engine.compiled_steps import CompiledSteps  # noqa: E402
+from soundry.models.precision import describe_lm_precision  # noqa: E402
+from soundry.models.quantize import quantize_lm  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
@@ -51,14 +61,43 @@ def timed(fn, repeats: int) -> float:
 
 def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, device,
                        static: bool = False) -> float:
-    dim = lm.cfg.dim
-    dtype = next(p for p in lm.parameters()).dtype if not _is_quantized(lm) else torch.float32
-
-    def run():
+    def make():
         b = DecodeBatch(lm, batch, steps + 8, device=device)
         if static:  # bucketed static steps; CUDA graphs on a GPU (captured before timing)
             b.static = StaticSteps(b)
             b.static.prepare()
+        return b
+
+    return interleaved_steps_per_s({"engine": make}, batch, steps, repeats, device)["engine"]
+
+
+def compiled_batch(lm: TransformerLM, batch: int, steps: int, cache_dir: Path) -> tuple[DecodeBatch, float, float]:
+    """A DecodeBatch whose bucket ``batch`` is compiled; returns it with the cold and warm compile
+    seconds (warm: dynamo's in-memory state reset, inductor's on-disk cache kept)."""
+    b = DecodeBatch(lm, batch, steps + 8, device="cpu")
+    times = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        b.static = CompiledSteps(b, buckets=(batch,), cache_dir=cache_dir)
+        t0 = time.perf_counter()
+        if not b.static.start().wait() or b.static.state != "on":
+            raise RuntimeError(f"compiling bucket {batch} failed: {b.static.error}")
+        times.append(time.perf_counter() - t0)
+    return b, times[0], times[1]
+
+
+def interleaved_steps_per_s(makers: dict, batch: int, steps: int, repeats: int, device) -> dict[str, float]:
+    """Median steps/s of each variant (name -> a function making its DecodeBatch, or a batch),
+    timed run by run in turn after one warm-up run each."""
+    batches = {name: (m() if callable(m) else m) for name, m in makers.items()}
+    lm = next(iter(batches.values())).lm
+    dim = lm.cfg.dim
+    dtype = torch.float32 if describe_lm_precision(lm) == "int8" else next(lm.parameters()).dtype
+    samples: dict[str, list[float]] = {name: [] for name in batches}
+
+    def run(b: DecodeBatch) -> float:
+        for job in list(b.jobs):
+            b.remove(job)
         for i in range(batch):
             req = GenerationRequest(prompt=f"p{i}", duration=steps / FRAME_RATE, top_k=250, top_p=0.0, seed=i)
             cond = torch.randn(2, COND_LEN, dim, device=device, dtype=dtype)
@@ -70,14 +109,14 @@ def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, 
         for _ in range(steps):
             b.step()
         _sync(device)
-        run.elapsed = time.perf_counter() - t0
+        return time.perf_counter() - t0
 
-    samples = []
-    run()
-    for _ in range(repeats):
-        run()
-        samples.append(steps / run.elapsed)
-    return statistics.median(samples)
+    for r in range(repeats + 1):
+        for name, b in batches.items():
+            elapsed = run(b)
+            if r:
+                samples[name].append(steps / elapsed)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def eager_steps_per_s(lm: TransformerLM, steps: int, repeats: int) -> float:
@@ -136,8 +175,12 @@ def step_bytes(lm: TransformerLM, batch: int, positions: int, int8: bool) -> tup
     return weights, kv
 
 
-def _is_quantized(lm) -> bool:
-    return any("Quantized" in type(m).__name__ for m in lm.modules())
+def torchao_int8(lm: TransformerLM) -> TransformerLM:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    q = copy.deepcopy(lm)
+    quantize_(q, Int8DynamicActivationInt8WeightConfig())
+    return q
 
 
 def _sync(device) -> None:
@@ -158,6 +201,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--static", choices=["auto", "on", "off"], default="auto",
                     help="bucketed static steps (CUDA graphs on a GPU); auto = on for CUDA, as the engine does")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the compiled CPU step at each batch size (interleaved with the eager engine)")
+    ap.add_argument("--compile-cache", default=None, help="inductor cache dir (default: a fresh temporary one)")
+    ap.add_argument("--torchao", action="store_true", help="also int8 through torchao's quantize_ (batch 1)")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     if a.threads:
@@ -191,14 +238,27 @@ def main(argv=None) -> dict:
     if a.hf and a.shape.startswith("musicgen") and device.type == "cpu":
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
     lm_dev = lm.to(device, dtype)
+    static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")
+    label = f"soundry engine ({results['dtype']}{', static/graphs' if static else ''})"
+    compile_rows = a.compile and device.type == "cpu" and dtype == torch.float32
+    cache_dir = Path(a.compile_cache or tempfile.mkdtemp(prefix="soundry-inductor-"))
     for b in batches:
-        static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")
-        label = f"soundry engine ({results['dtype']}{', static/graphs' if static else ''})"
-        add(label, b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device, static))
+        if not compile_rows:
+            add(label, b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device, static))
+            continue
+        cb, cold, warm = compiled_batch(lm_dev, b, a.steps, cache_dir)
+        results.setdefault("compile_seconds", []).append({"bucket": b, "cold": round(cold, 1), "warm": round(warm, 1)})
+        eager_batch = DecodeBatch(lm_dev, b, a.steps + 8, device=device)
+        sps = interleaved_steps_per_s({"eager": eager_batch, "compiled": cb}, b, a.steps, a.repeats, device)
+        add(label, b, sps["eager"])
+        add("soundry engine (float32, compiled)", b, sps["compiled"])
     if a.int8 and device.type == "cpu":
-        qlm = quantize_lm(lm.float(), "int8")
+        qlm = quantize_lm(copy.deepcopy(lm).float(), "int8")
         for b in batches:
             add("soundry engine (int8)", b, engine_steps_per_s(qlm, b, a.steps, a.repeats, device), int8=True)
+    if a.torchao and device.type == "cpu":
+        add("engine int8 via torchao quantize_", 1,
+            engine_steps_per_s(torchao_int8(lm.float()), 1, a.steps, a.repeats, device), int8=True)
 
     results["read_bandwidth_GBps"] = round(bw / 1e9, 2)
     print(f"shape {a.shape} on {device} ({results['dtype']}, {results['threads']} threads), read bandwidth "
@@ -208,6 +268,8 @@ def main(argv=None) -> dict:
           f"{'floor steps/s':>14s}")
     for name, b, sps, agg, spc, floor in rows:
         print(f"{name:34s} {b:5d} {sps:9.2f} {agg:13.2f} {spc:8.2f} {floor:14.2f}")
+    for c in results.get("compile_seconds", []):
+        print(f"compile bucket {c['bucket']}: cold {c['cold']} s, warm (inductor cache on disk) {c['warm']} s")
     print(json.dumps(results))
     return results
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # the LM's precision (soundry.models.precision)
 
 
 @dataclass
@@ -68,12 +69,17 @@ class Settings:
     max_concurrent_requests: int = 1024  # requests in progress per API process; beyond: 503 + Retry-After
     keep_alive_seconds: float = 75.0  # idle keep-alive; longer than clients' and proxies' own (httpx 5 s, nginx 60 s)
     forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
+    compile: bool = False  # compile the CPU fp32 decode step per batch bucket (torch.compile); measured slower here
+    compile_cache_dir: str = ""  # inductor's caches, kept across restarts; default DATA_DIR/compile-cache
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
                "public_url", "login_failures_per_address": "login_attempts_per_address"}
 
     @classmethod
-    def load(cls, config_file: str | None = None, **overrides) -> Settings:
+    def load(cls, config_file: str | None = None, finalize: bool = True, **overrides) -> Settings:
+        """``finalize=False`` reads the settings without creating the data directory or secret
+        (for commands such as a local ``generate`` that only need a few of them)."""
         values: dict = {}
         path = Path(config_file or os.environ.get("SOUNDRY_CONFIG", "soundry.toml"))
         if path.is_file():
@@ -91,7 +97,19 @@ class Settings:
         for f in fields(cls):
             if f.name in values:
                 setattr(s, f.name, _coerce(f.name, values[f.name], getattr(s, f.name)))
-        return s.finalize()
+        s.check()
+        return s.finalize() if finalize else s
+
+    def check(self) -> None:
+        self.precision = str(self.precision).strip().lower()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @property
+    def compile_cache(self) -> Path:
+        """Where inductor keeps its caches (compiled kernels, autotuning results)."""
+        base = Path(self.compile_cache_dir) if self.compile_cache_dir else Path(self.data_dir) / "compile-cache"
+        return base.expanduser().resolve()
 
     def finalize(self) -> Settings:
         self.data_dir = Path(self.data_dir).expanduser().resolve()

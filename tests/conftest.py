@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import time
 
 import pytest
@@ -13,6 +14,10 @@ from soundry.config import Settings
 from tests.helpers_models import TINY
 
 PASSWORD = "correct horse battery"
+
+# Compiling the decode step takes minutes of CPU; tests serve eagerly unless they ask for it
+# (tests/test_compiled_steps.py). Subprocesses started by tests inherit this.
+os.environ.setdefault("SOUNDRY_COMPILE", "false")
 
 
 @pytest.fixture

@@ -47,10 +47,14 @@ class _StateCollector:
                                   "requests", labels=["model"])
         per = GaugeMetricFamily("soundry_generation_seconds_per_audio_second", "Wall seconds per audio second",
                                 labels=["model"])
+        info = GaugeMetricFamily("soundry_engine_info", "A loaded model: its precision and decode-step "
+                                 "compilation state (off, compiling, on, failed); value 1",
+                                 labels=["model", "precision", "compiled"])
         size = HistogramMetricFamily("soundry_engine_batch_size", "Requests in the batch at each decode step",
                                      labels=["model"])
         for name, engine in engines.items():
             st = engine.stats
+            info.add_metric([name, engine.model.precision, engine.compile_state], 1)
             steps.add_metric([name], st.steps)
             step_s.add_metric([name], st.step_seconds)
             rate.add_metric([name], st.steps / st.step_seconds if st.step_seconds else 0.0)
@@ -61,7 +65,7 @@ class _StateCollector:
             buckets = [(str(b), sum(c for n, c in sizes.items() if n <= b)) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
             buckets.append(("+Inf", sum(sizes.values())))
             size.add_metric([name], buckets, sum_value=sum(n * c for n, c in sizes.items()))
-        yield from (steps, step_s, rate, audio, gen, per, size)
+        yield from (steps, step_s, rate, audio, gen, per, info, size)
 
 
 def install_metrics(app: FastAPI, services) -> None:

@@ -27,16 +27,25 @@ MAX_BODY = 1 << 20
 RESOLVE_WAIT = 5.0  # seconds a webhook's host may take to resolve when a task is created
 
 
-def _model_metadata(name: str) -> dict:
+def _model_metadata(name: str, loaded: dict) -> dict:
     spec = SPECS[ALIASES.get(name, name)]
+    engine = loaded.get(spec.name)
     return {"name": spec.name, "hub_repo": spec.hub_repo, "family": spec.family, "description": spec.description,
             "sample_rate": 16000 if spec.family == "audiogen" else 32000, "channels": spec.channels,
-            "license": "CC-BY-NC-4.0"}
+            "license": "CC-BY-NC-4.0", "loaded": engine is not None,
+            # what the loaded model runs in; null until loaded here (or when Celery workers serve it)
+            "precision": engine.model.precision if engine is not None else None,
+            "compiled": engine.compile_state if engine is not None else None}
 
 
-@router.get("/models/audio_generation", summary="Models with their metadata", responses=answers(list[ModelEntry]))
+@router.get("/models/audio_generation", summary="Models with their metadata", responses=answers(list[ModelEntry]),
+            description="`metadata.precision` is the precision the model runs in once this server has loaded it "
+                        "(fp32, bf16, fp16 or int8); `metadata.compiled` says whether its decode step is compiled "
+                        "(`off`, `compiling`, `on`, `failed`). Both are null for models not loaded in this process.")
 def models(request: Request):
-    return ok(request, [{"model": n, "metadata": _model_metadata(n)} for n in MODEL_NAMES])
+    engines = services(request).engines
+    loaded = engines.loaded() if engines is not None else {}
+    return ok(request, [{"model": n, "metadata": _model_metadata(n, loaded)} for n in MODEL_NAMES])
 
 
 @router.get("/ai/models", summary="Model names and types", responses=answers(AiModels))

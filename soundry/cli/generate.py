@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from soundry.config import PRECISIONS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
@@ -25,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continuation-end", type=float, help="seconds into --input-audio to end at (default: its end)")
     p.add_argument("--normalization", default="loudness", choices=["loudness", "peak", "rms", "none"])
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="how the LM runs: auto (default: bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16, "
+                        "int8 (CPU); also SOUNDRY_PRECISION or soundry.toml")
+    p.add_argument("--int8", action="store_const", const="int8", dest="precision", help="same as --precision int8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if args.duration <= 0:
         print("error: --duration must be > 0", file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.model_path or args.model, device=args.device,
-                           quantize="int8" if args.int8 else None)
+    from soundry.config import Settings
+
+    try:  # --precision > SOUNDRY_PRECISION > soundry.toml > auto (no compilation: one clip would not repay it)
+        precision = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision).precision
+        model = load_model(args.model_path or args.model, device=args.device, precision=precision)
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

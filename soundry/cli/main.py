@@ -10,6 +10,8 @@ import os
 import secrets
 import sys
 
+from soundry.config import PRECISIONS
+
 
 def _global_options(default) -> argparse.ArgumentParser:
     """--config and --data-dir, accepted before the subcommand and after it (``soundry serve --data-dir X``).
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (sp, wp):
         p.add_argument("--broker", help="redis://… or amqp://… for Celery workers (default: embedded worker)")
         p.add_argument("--storage", help="a directory or s3://bucket/prefix (default DATA_DIR/files)")
+        p.add_argument("--precision", choices=PRECISIONS,
+                       help="how the models' LM runs (default auto: bf16 on a GPU, fp32 on the CPU)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the CPU fp32 decode step per batch bucket in the background "
+                            "(default off: measured slower than eager on our CPU; see bench/RESULTS.md)")
+        p.add_argument("--compile-cache-dir", help="inductor's caches (default DATA_DIR/compile-cache)")
 
     up = command(sub, "users", help="manage accounts")
     usub = up.add_subparsers(dest="users_command", required=True)
@@ -114,7 +122,9 @@ def server_side(args) -> int:
     try:
         settings = Settings.load(args.config, data_dir=args.data_dir, public_url=getattr(args, "public_url", None),
                                  preload=getattr(args, "preload", None), database_url=database,
-                                 broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None))
+                                 broker_url=getattr(args, "broker", None), storage_url=getattr(args, "storage", None),
+                                 precision=getattr(args, "precision", None), compile=getattr(args, "compile", None),
+                                 compile_cache_dir=getattr(args, "compile_cache_dir", None))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -50,12 +51,16 @@ class EngineStats:
 class Engine:
     """Continuous-batching generation over one loaded ``AudioModel``."""
 
-    def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None):
+    def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None,
+                 compile: bool = False, compile_cache: Path | str | None = None):
         self.model = model
         self.max_batch = max_batch
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
         self.static_steps = static_steps
+        # CPU, fp32: compile the step per bucket in the background (soundry.engine.compiled_steps),
+        # decoding eagerly until each bucket is ready; inductor's caches go to compile_cache
+        self.compile, self.compile_cache = compile, compile_cache
         self.stats = EngineStats()
         self._lock = threading.Condition()
         self._waiting: deque[tuple[GenerationRequest, Future, Progress | None]] = deque()
@@ -131,6 +136,12 @@ class Engine:
     def active(self) -> int:
         return len(self._batch.jobs) if self._batch else 0
 
+    @property
+    def compile_state(self) -> str:
+        """``off`` (eager), ``compiling`` (eager until each bucket is ready), ``on`` or ``failed``."""
+        steps = self._batch.static if self._batch is not None else None
+        return getattr(steps, "state", "off") if self.compile else "off"
+
     # -- the loop ------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
@@ -138,7 +149,11 @@ class Engine:
         try:
             self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
             device = self._batch.device
-            if self.static_steps or (self.static_steps is None and device.type == "cuda"):
+            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
+                from soundry.engine.compiled_steps import CompiledSteps
+
+                self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()
+            elif self.static_steps or (self.static_steps is None and device.type == "cuda"):
                 from soundry.engine.static_steps import StaticSteps
 
                 self._batch.static = StaticSteps(self._batch)
@@ -155,6 +170,8 @@ class Engine:
                 self._batch.remove(job)
                 self._fail(job.request.id, RuntimeError("engine stopped"))
             codec.shutdown(wait=True)  # lets decodes in flight answer their requests
+            if self._batch is not None and hasattr(self._batch.static, "stop"):
+                self._batch.static.stop()
 
     def _loop(self) -> None:
         while True:
@@ -166,7 +183,7 @@ class Engine:
                 cancels, self._cancel = self._cancel, set()
                 admit = [self._waiting.popleft() for _ in range(min(self._batch.free_slots, len(self._waiting)))]
             self._apply_cancels(cancels)
-            if admit and not self._batch.jobs and self._batch.static is not None:
+            if admit and not self._batch.jobs and hasattr(self._batch.static, "prepare"):
                 self._prepare_static()
             if admit:
                 self._admit(admit)

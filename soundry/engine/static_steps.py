@@ -47,6 +47,8 @@ class StaticSteps:
     def step(self, n: int, uniforms: torch.Tensor) -> None:
         b = self.bucket(n)
         self.uniforms[b][:n].copy_(uniforms)
+        if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
+            self.batch.steps[n:b].zero_()
         graph = self.graphs.get(b) if self.captured_cond_len == self.batch.cache.max_cond_len else None
         if graph is not None:
             graph.replay()

@@ -24,6 +24,8 @@ class TextPrompt(Protocol):
 class AudioModel:
     """Everything one model needs to turn prompts into audio."""
 
+    precision = "fp32"  # how the LM runs (soundry.models.precision); the loader sets it
+
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
                  codec, source: Path | None = None):
         self.name, self.family, self.cfg, self.source = name, family, cfg, source

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
 from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
@@ -29,24 +30,33 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
-               quantize: str | None = None, max_text_tokens: int | None = None) -> AudioModel:
+               quantize: str | None = None, precision: str | None = None,
+               max_text_tokens: int | None = None) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
-    On CUDA the LM runs in bfloat16 unless ``dtype`` says otherwise; on the CPU in float32.
-    ``quantize="int8"`` applies dynamic int8 quantisation to the LM's linear layers (CPU only).
+    ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.precision``) sets how
+    the LM runs; ``auto`` (the default) is bfloat16 on CUDA and float32 on the CPU. The older
+    ``dtype`` and ``quantize="int8"`` arguments still work when ``precision`` is not given.
+    A precision the device cannot run raises ``PrecisionError`` here, at load.
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
     """
     with _LOAD_LOCK:
-        return _load_model(name_or_path, device, dtype, quantize, max_text_tokens or DEFAULT_MAX_TOKENS)
+        return _load_model(name_or_path, device, dtype, quantize, precision, max_text_tokens or DEFAULT_MAX_TOKENS)
+
+
+def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | None:
+    if quantize:
+        return quantize
+    return None if dtype is None else {v: k for k, v in DTYPES.items()}[dtype]
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None, max_text_tokens: int) -> AudioModel:
-    release_dir = resolve_model_dir(name_or_path)
+                quantize: str | None, precision: str | None, max_text_tokens: int) -> AudioModel:
     dev = pick_device(device)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
+    release_dir = resolve_model_dir(name_or_path)
     lm_path = release_dir / "state_dict.bin"
     pkg = load_package(lm_path)
     cfg_dict = parse_cfg(pkg, lm_path)
@@ -56,17 +66,19 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
         raise CheckpointError(f"{lm_path} has no 'best_state' dict")
     family = _family(name_or_path, cfg)
 
-    lm = TransformerLM(cfg)
-    missing, unexpected = lm.load_state_dict({k: v.float() for k, v in normalize_state_dict(state).items()},
-                                             strict=False)
+    # Built on the meta device and given the checkpoint's tensors (cast once, straight to the load
+    # dtype): no second full-size copy of the weights, which matters for 1.5B-parameter models.
+    with torch.device("meta"):
+        lm = TransformerLM(cfg)
+    load_dtype = DTYPES.get(precision, torch.float32)  # int8 quantises from float32
+    weights = {k: v.to(load_dtype) for k, v in normalize_state_dict(state).items()}
+    missing, unexpected = lm.load_state_dict(weights, strict=False, assign=True)
+    del weights
     if missing or unexpected:
         raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    lm = lm.eval().to(dev, dtype)
-    if quantize:
-        from soundry.engine.quantize import quantize_lm
-
-        lm = quantize_lm(lm, quantize)
+    lm = apply_precision(lm.eval(), precision, dev)
+    check_precision(lm, precision, dev)
 
     t5_source = resolve_component(release_dir, "t5", cfg.t5_name)
     proj_w = state[_CONDITIONER_PREFIX + "output_proj.weight"]
@@ -85,8 +97,10 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
                               f"{codec.n_q} codebooks (channels={codec.channels})")
     codec = codec.eval().to(dev)
     name = _display_name(name_or_path)
-    log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, dtype)
-    return AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
+    log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
+    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
+    model.precision = precision
+    return model
 
 
 def _family(name_or_path: str, cfg: LMConfig) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
+from pathlib import Path
 
 from soundry.engine import Engine
 from soundry.models.registry import canonical_name
@@ -18,18 +20,21 @@ class ModelUnavailable(RuntimeError):
 
 
 class EngineManager:
-    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, max_text_tokens: int | None = None):
+    """``precision`` and ``max_text_tokens`` go to the default loader; ``compile`` and ``compile_cache``
+    to each Engine."""
+
+    def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
+                 compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None):
         self.max_batch, self.retry_after = max_batch, retry_after
+        self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
         self._failures: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         if loader is None:
-            from functools import partial
-
             from soundry.models import load_model
 
-            loader = partial(load_model, max_text_tokens=max_text_tokens)
+            loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens)
         self._loader = loader
 
     def key(self, name: str) -> str:
@@ -59,7 +64,8 @@ class EngineManager:
                 with self._lock:
                     self._failures[key] = (time.monotonic(), reason)
                 raise ModelUnavailable(reason) from exc
-            engine = Engine(model, max_batch=self.max_batch).start()
+            engine = Engine(model, max_batch=self.max_batch, compile=self.compile,
+                            compile_cache=self.compile_cache).start()
             with self._lock:
                 self._engines[key] = engine
                 self._failures.pop(key, None)

@@ -1,0 +1,72 @@
+"""Precision of the LM, a served setting: ``auto | fp32 | bf16 | fp16 | int8``.
+
+``auto`` is bf16 on a GPU and fp32 on the CPU. ``int8`` quantises the LM's linear layers (CPU only,
+see ``soundry.models.quantize``). The text encoder and codec always run in float32; only the LM,
+which is where the decode time goes, changes. ``check_precision`` runs one tiny forward right after
+loading, so a precision the device cannot run fails at load with a sentence, not mid-request.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from soundry.config import PRECISIONS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionError(ValueError):
+    """The precision is unknown or cannot run on this device."""
+
+
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """``auto``/None → bf16 on CUDA, fp32 elsewhere; anything else is checked and returned."""
+    p = (precision or "auto").strip().lower()
+    if p not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if p == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if p == "int8" and torch.device(device).type != "cpu":
+        raise PrecisionError("precision int8 runs on the CPU only; on a GPU use bf16 (or auto)")
+    return p
+
+
+def apply_precision(lm: nn.Module, precision: str, device: torch.device | str) -> nn.Module:
+    """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8)."""
+    device = torch.device(device)
+    if precision == "int8":
+        from soundry.models.quantize import quantize_lm
+
+        return quantize_lm(lm.to(device, torch.float32), "int8")
+    return lm.to(device, DTYPES[precision])
+
+
+def check_precision(lm: nn.Module, precision: str, device: torch.device | str) -> None:
+    """Run a 1-step forward of the LM; raise PrecisionError naming the precision if the device
+    lacks a kernel for it (e.g. an op without a float16 CPU implementation)."""
+    from soundry.engine.kv_cache import KVCache
+
+    device = torch.device(device)
+    try:
+        with torch.no_grad():
+            cache = KVCache(lm, 1, 2, max_cond_len=1, device=device)
+            dim = lm.cfg.dim
+            cache.set_condition(slice(0, 1), torch.zeros(1, 1, dim, device=device),
+                                torch.ones(1, 1, dtype=torch.bool, device=device))
+            tokens = torch.full((1, lm.cfg.n_q, 1), lm.cfg.card, dtype=torch.long, device=device)
+            hidden = lm.forward_cached(tokens, torch.zeros(1, dtype=torch.long, device=device), cache, slice(0, 1),
+                                       cache.cross_mask[:1], key_len=1)
+            logits = lm.logits(hidden).float()
+    except (RuntimeError, NotImplementedError) as exc:
+        raise PrecisionError(f"precision {precision} does not run on {device.type} here: {exc}") from exc
+    if not torch.isfinite(logits).all():
+        raise PrecisionError(f"precision {precision} gives non-finite logits on {device.type} for this model")
+
+
+def describe_lm_precision(lm: nn.Module) -> str:
+    """The precision a loaded LM actually runs in (fp32, bf16, fp16 or int8)."""
+    if any(".quantized." in type(m).__module__ for m in lm.modules()):
+        return "int8"
+    dtype = next(p for p in lm.parameters() if p.is_floating_point()).dtype
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
