@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.eager_baseline import EagerDecoder  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.compiled_steps import CompiledSteps  # noqa: E402
-from soundry.models.precision import describe_lm_precision  # noqa: E402
-from soundry.models.quantize import quantize_lm  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
 from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
+from soundry.models.precision import describe_lm_precision  # noqa: E402
+from soundry.models.quantize import quantize_lm  # noqa: E402
 from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
 
 FRAME_RATE = 50

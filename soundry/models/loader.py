@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
 from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
 from soundry.models.lm import TransformerLM, normalize_state_dict
+from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.registry import ALIASES, SPECS, ModelNotAvailable, resolve_component, resolve_model_dir
 
 log = logging.getLogger(__name__)
