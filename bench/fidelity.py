@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from soundry.engine.generate import generate, teacher_logits  # noqa: E402
 from soundry.models import load_model  # noqa: E402
 from soundry.models.shapes import SHAPES, write_random_release  # noqa: E402
 
@@ -39,14 +40,14 @@ PROMPT = "a dog barks while rain falls on a tin roof"
 
 
 def greedy(model, duration: float) -> torch.Tensor:
-    return model.generate([PROMPT], duration=duration, top_k=1, top_p=0.0, cfg_coef=3.0, seed=0).tokens[0]
+    return generate(model, [PROMPT], duration=duration, top_k=1, top_p=0.0, cfg_coef=3.0, seed=0).tokens[0]
 
 
 def compare(reference, candidate, ref_tokens: torch.Tensor, duration: float) -> dict:
     """Teacher-forced and free-running agreement of ``candidate`` with ``reference`` (fp32)."""
     codes = ref_tokens[None]
-    ref_logits, mask = reference.teacher_logits(codes, [PROMPT])
-    cand_logits, _ = candidate.teacher_logits(codes, [PROMPT])
+    ref_logits, mask = teacher_logits(reference, codes, [PROMPT])
+    cand_logits, _ = teacher_logits(candidate, codes, [PROMPT])
     p, q = ref_logits[mask].double(), cand_logits[mask].double()  # [positions, card]
     kl = (p.softmax(-1) * (p.log_softmax(-1) - q.log_softmax(-1))).sum(-1)
     top1 = (p.argmax(-1) == q.argmax(-1)).double().mean().item()
