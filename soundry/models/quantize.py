@@ -22,4 +22,5 @@ def quantize_lm(lm: nn.Module, mode: str = "int8") -> nn.Module:
         raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use bfloat16")
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(lm, {nn.Linear}, dtype=torch.qint8)
+    # in place: a copy would hold a second full float32 model at the peak of a load
+    return quantize_dynamic(lm, {nn.Linear}, dtype=torch.qint8, inplace=True)
