@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from soundry.api.body import read_bounded_body
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import AiModels, ModelEntry, TaskCreated, TaskResult, answers
 from soundry.api.envelope import ApiError, ok
@@ -101,16 +102,7 @@ async def parse_json_body(request: Request, model: type[BaseModel]) -> BaseModel
 async def _read_body(request: Request) -> bytes:
     """The body, refused with 413 as soon as it passes MAX_BODY (declared or streamed)."""
     too_big = ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes; a task needs a few hundred")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_bounded_body(request, MAX_BODY, too_big)
 
 
 async def _check_webhook(url: str, allowed: list) -> None:

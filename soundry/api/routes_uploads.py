@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from soundry.api.body import read_bounded_body
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError, ok
@@ -89,16 +90,7 @@ async def _read_file_field(request: Request, max_bytes: int) -> tuple[bytes, str
         raise ApiError(400, "bad_request", "send the clip as multipart/form-data with a file field named 'file'")
     limit = max_bytes + _MULTIPART_OVERHEAD
     too_big = ApiError(413, "payload_too_large", f"uploads are limited to {max_bytes // (1 << 20)} MiB")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_bounded_body(request, limit, too_big)
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
