@@ -75,9 +75,7 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     from soundry.tasks.engines import EngineManager
     from soundry.tasks.runner import TaskRunner
 
-    engines = EngineManager(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
-                            precision=settings.precision, compile=settings.compile,
-                            compile_cache=settings.compile_cache)
+    engines = EngineManager.from_settings(settings)
     runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live)
     attach_webhooks(runner, webhooks)
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines

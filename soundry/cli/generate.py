@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from soundry.config import Settings
 
     try:  # --precision > SOUNDRY_PRECISION > soundry.toml > auto (no compilation: one clip would not repay it)
-        precision = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision).precision
-        model = load_model(args.model_path or args.model, device=args.device, precision=precision)
+        settings = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision)
+        model = load_model(args.model_path or args.model, device=args.device, precision=settings.precision,
+                           packed=settings.packed_weights)
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

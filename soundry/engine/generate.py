@@ -82,7 +82,6 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
                                   None if seed is None else seed + i, neg, prompt_codes=c)
                 for i, (p, neg, c) in enumerate(zip(prompts, negs, codes, strict=True))]
     md = max_duration or model.max_duration
-    batch = DecodeBatch(model.lm, len(requests), model.max_frames(md), device=model.device)
     state = {"done": 0, "total": 0}
 
     def report(_d: int, _t: int) -> None:
@@ -90,10 +89,11 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
         if progress is not None:
             progress(state["done"] // len(requests), state["total"])
 
-    jobs = []
-    for req, cond in zip(requests, model.conditions(requests, joint=True), strict=True):
-        job = make_job(model, req, cond, report if progress else None, md, extend_stride)
-        jobs.append(job)
+    jobs = [make_job(model, req, cond, report if progress else None, md, extend_stride)
+            for req, cond in zip(requests, model.conditions(requests, joint=True), strict=True)]
+    # The KV cache sized for the longest window these jobs use, not the model's whole context.
+    batch = DecodeBatch(model.lm, len(jobs), max(w.length for j in jobs for w in j.windows), device=model.device)
+    for job in jobs:
         batch.admit(job)
     state["total"] = jobs[0].total_steps(batch.max_delay)
     while batch.jobs:

@@ -31,7 +31,7 @@ _LOAD_LOCK = threading.Lock()
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                quantize: str | None = None, precision: str | None = None,
-               max_text_tokens: int | None = None) -> AudioModel:
+               max_text_tokens: int | None = None, packed: bool = True) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
     ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.precision``) sets how
@@ -41,9 +41,11 @@ def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype 
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
+    ``packed`` (CPU, fp32/bf16) puts the LM's linear weights in oneDNN's layout (``soundry.models.packed``).
     """
     with _LOAD_LOCK:
-        return _load_model(name_or_path, device, dtype, quantize, precision, max_text_tokens or DEFAULT_MAX_TOKENS)
+        return _load_model(name_or_path, device, dtype, quantize, precision, max_text_tokens or DEFAULT_MAX_TOKENS,
+                           packed)
 
 
 def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | None:
@@ -53,7 +55,7 @@ def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | 
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None, precision: str | None, max_text_tokens: int) -> AudioModel:
+                quantize: str | None, precision: str | None, max_text_tokens: int, packed: bool) -> AudioModel:
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
     release_dir = resolve_model_dir(name_or_path)
@@ -77,7 +79,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     if missing or unexpected:
         raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    lm = apply_precision(lm.eval(), precision, dev)
+    lm = apply_precision(lm.eval(), precision, dev, packed=packed)
     check_precision(lm, precision, dev)
 
     t5_source = resolve_component(release_dir, "t5", cfg.t5_name)

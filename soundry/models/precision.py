@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from soundry.config import PRECISIONS
+from soundry.models.packed import can_pack, pack_linears_
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,14 +33,18 @@ def resolve_precision(precision: str | None, device: torch.device | str) -> str:
     return p
 
 
-def apply_precision(lm: nn.Module, precision: str, device: torch.device | str) -> nn.Module:
-    """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8)."""
+def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool = True) -> nn.Module:
+    """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8). On the CPU
+    in fp32/bf16, ``packed`` puts the linear weights in oneDNN's layout (``soundry.models.packed``)."""
     device = torch.device(device)
     if precision == "int8":
         from soundry.models.quantize import quantize_lm
 
         return quantize_lm(lm.to(device, torch.float32), "int8")
-    return lm.to(device, DTYPES[precision])
+    lm = lm.to(device, DTYPES[precision])
+    if packed and can_pack(DTYPES[precision], device):
+        pack_linears_(lm)
+    return lm
 
 
 def check_precision(lm: nn.Module, precision: str, device: torch.device | str) -> None:

@@ -81,17 +81,18 @@ def random_state_dict(cfg: LMConfig, t5_dim: int, dtype: torch.dtype = torch.flo
 
 
 def write_random_release(out: Path, shape: str, companion: Path, seed: int = 0,
-                         dtype: torch.dtype = torch.float16) -> Path:
-    """A release-format directory with a real-shape LM of random weights. The text encoder
-    (``t5/``) and codec come from ``companion``, a small release directory (e.g. a tiny reference
-    model), so the directory loads offline."""
+                         dtype: torch.dtype = torch.float16, **lm_overrides) -> Path:
+    """A release-format directory with a real-shape LM of random weights (``lm_overrides`` replace
+    fields of the shape's transformer_lm, e.g. ``dim=512``). The text encoder (``t5/``) and codec
+    come from ``companion``, a small release directory (e.g. a tiny reference model), so the
+    directory loads offline."""
     out.mkdir(parents=True, exist_ok=True)
     for name in ("t5", "encodec"):
         if (companion / name).is_dir():
             shutil.copytree(companion / name, out / name, dirs_exist_ok=True)
     shutil.copy(companion / "compression_state_dict.bin", out / "compression_state_dict.bin")
     t5_cfg = yaml.safe_load((out / "t5" / "config.json").read_text())
-    cfg = xp_cfg(shape)
+    cfg = xp_cfg(shape, **lm_overrides)
     state = random_state_dict(LMConfig.from_cfg(cfg), int(t5_cfg["d_model"]), dtype, seed)
     torch.save({"best_state": state, "xp.cfg": yaml.safe_dump(cfg), "version": "soundry-random", "exported": True},
                out / "state_dict.bin")

@@ -20,11 +20,12 @@ class ModelUnavailable(RuntimeError):
 
 
 class EngineManager:
-    """``precision`` and ``max_text_tokens`` go to the default loader; ``compile`` and ``compile_cache``
-    to each Engine."""
+    """``precision``, ``max_text_tokens`` and ``packed_weights`` go to the default loader; ``compile``
+    and ``compile_cache`` to each Engine (a compiled step packs its own weights: loaded plain then)."""
 
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
-                 compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None):
+                 compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
+                 packed_weights: bool = True):
         self.max_batch, self.retry_after = max_batch, retry_after
         self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
@@ -34,8 +35,15 @@ class EngineManager:
         if loader is None:
             from soundry.models import load_model
 
-            loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens)
+            loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens,
+                             packed=packed_weights and not compile)
         self._loader = loader
+
+    @classmethod
+    def from_settings(cls, settings) -> EngineManager:
+        return cls(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
+                   precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
+                   packed_weights=settings.packed_weights)
 
     def key(self, name: str) -> str:
         try:

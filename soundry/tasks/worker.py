@@ -68,9 +68,7 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
         raise SystemExit("soundry worker needs a broker: set --broker / SOUNDRY_BROKER_URL (redis://… or amqp://…)")
     store = TaskStore(settings.database_url)
     storage = open_storage(settings.storage_url, settings)
-    engines = EngineManager(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
-                            precision=settings.precision, compile=settings.compile,
-                            compile_cache=settings.compile_cache)
+    engines = EngineManager.from_settings(settings)
     for name in models:  # load each model once, before taking tasks
         log.info("loading %s", name)
         engines.get(name)
