@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
+from bench.machine import cpu_flags  # noqa: E402
 from soundry.engine.generate import generate  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.models import load_model  # noqa: E402
@@ -53,14 +54,6 @@ def baseline_generate(model, prompts: list[str], duration: float, top_k: int = 2
     frames = math.ceil(duration * model.frame_rate - 1e-6)
     codes = EagerDecoder(model.lm, top_k=top_k, cfg_coef=model.cfg.cfg_coef).generate(cond, frames)
     return model.decode(codes)
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
 def main(argv=None) -> dict:

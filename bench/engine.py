@@ -3,7 +3,8 @@
     python bench/engine.py --shape musicgen-small --batch-sizes 1,4,8 --steps 24 [--int8] [--hf] [--compile]
 
 Reports, side by side in one process: engine decode steps/s and seconds per 5 s clip for each batch
-size (float32, and int8 with --int8), the eager reference-style baseline (batch 1, cross-attention
+size (float32 with the service's CPU weight layout, oneDNN-packed linears, timed interleaved with
+plain ``nn.Linear`` weights; int8 with --int8), the eager reference-style baseline (batch 1, cross-attention
 recomputed each step, cache grown by concatenation), transformers' MusicGen ``generate`` (--hf, for
 MusicGen shapes), and the memory-bandwidth floor: (weight bytes + KV bytes) per step over the
 measured read bandwidth. Prints a table, then one JSON line. Text encoding and codec decoding are
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,13 +35,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
+from bench.machine import cpu_flags  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.compiled_steps import CompiledSteps  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
 from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
-from soundry.models.precision import describe_lm_precision  # noqa: E402
+from soundry.models.packed import is_packed  # noqa: E402
+from soundry.models.precision import apply_precision, describe_lm_precision  # noqa: E402
 from soundry.models.quantize import quantize_lm  # noqa: E402
 from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
 
@@ -59,15 +63,17 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def make_batch(lm: TransformerLM, batch: int, steps: int, device, static: bool = False) -> DecodeBatch:
+    b = DecodeBatch(lm, batch, steps + 8, device=device)
+    if static:  # bucketed static steps; CUDA graphs on a GPU (captured before timing)
+        b.static = StaticSteps(b)
+        b.static.prepare()
+    return b
+
+
 def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, device,
                        static: bool = False) -> float:
-    def make():
-        b = DecodeBatch(lm, batch, steps + 8, device=device)
-        if static:  # bucketed static steps; CUDA graphs on a GPU (captured before timing)
-            b.static = StaticSteps(b)
-            b.static.prepare()
-        return b
-
+    make = partial(make_batch, lm, batch, steps, device, static)
     return interleaved_steps_per_s({"engine": make}, batch, steps, repeats, device)["engine"]
 
 
@@ -205,6 +211,8 @@ def main(argv=None) -> dict:
                     help="also the compiled CPU step at each batch size (interleaved with the eager engine)")
     ap.add_argument("--compile-cache", default=None, help="inductor cache dir (default: a fresh temporary one)")
     ap.add_argument("--torchao", action="store_true", help="also int8 through torchao's quantize_ (batch 1)")
+    ap.add_argument("--plain", choices=["also", "no", "only"], default="also",
+                    help="engine rows with plain nn.Linear weights beside the packed (service) layout")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     if a.threads:
@@ -219,7 +227,7 @@ def main(argv=None) -> dict:
     init_random_(lm, seed=0)
     rows, results = [], {"shape": a.shape, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                          "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                         "steps": a.steps}
+                         "steps": a.steps, "cpu_flags": cpu_flags()}
     bw = read_bandwidth(device)
     clip_steps = int(CLIP_SECONDS * FRAME_RATE) + max(cfg.delays)
     avg_pos = clip_steps // 2
@@ -237,14 +245,25 @@ def main(argv=None) -> dict:
         add("eager baseline (fp32)", 1, eager_steps_per_s(lm, a.steps, a.repeats))
     if a.hf and a.shape.startswith("musicgen") and device.type == "cpu":
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
-    lm_dev = lm.to(device, dtype)
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    lm_dev = copy.deepcopy(lm).to(device, dtype)  # plain nn.Linear weights
+    # The service's layout: on the CPU in fp32/bf16, linears prepacked for oneDNN (soundry.models.packed).
+    lm_packed = apply_precision(copy.deepcopy(lm), precision, device) if a.plain != "only" else None
+    lm_packed = lm_packed if lm_packed is not None and is_packed(lm_packed) else None
     static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")
     label = f"soundry engine ({results['dtype']}{', static/graphs' if static else ''})"
     compile_rows = a.compile and device.type == "cpu" and dtype == torch.float32
     cache_dir = Path(a.compile_cache or tempfile.mkdtemp(prefix="soundry-inductor-"))
     for b in batches:
         if not compile_rows:
-            add(label, b, engine_steps_per_s(lm_dev, b, a.steps, a.repeats, device, static))
+            makers = {}
+            if lm_packed is not None:
+                makers[label.replace(")", ", packed)")] = partial(make_batch, lm_packed, b, a.steps, device, static)
+            if lm_packed is None or a.plain == "also":
+                plain_label = label.replace(")", ", plain nn.Linear)") if lm_packed is not None else label
+                makers[plain_label] = partial(make_batch, lm_dev, b, a.steps, device, static)
+            for name, sps in interleaved_steps_per_s(makers, b, a.steps, a.repeats, device).items():
+                add(name, b, sps)
             continue
         cb, cold, warm = compiled_batch(lm_dev, b, a.steps, cache_dir)
         results.setdefault("compile_seconds", []).append({"bucket": b, "cold": round(cold, 1), "warm": round(warm, 1)})
@@ -263,7 +282,7 @@ def main(argv=None) -> dict:
     results["read_bandwidth_GBps"] = round(bw / 1e9, 2)
     print(f"shape {a.shape} on {device} ({results['dtype']}, {results['threads']} threads), read bandwidth "
           f"{bw / 1e9:.1f} GB/s, {a.steps} steps x {a.repeats} runs (median); clip = {CLIP_SECONDS:g} s "
-          f"= {clip_steps} steps")
+          f"= {clip_steps} steps; cpu flags: {results['cpu_flags']}")
     print(f"{'implementation':34s} {'batch':>5s} {'steps/s':>9s} {'clip-steps/s':>13s} {'s/clip':>8s} "
           f"{'floor steps/s':>14s}")
     for name, b, sps, agg, spc, floor in rows:

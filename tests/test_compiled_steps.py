@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from soundry.engine import Engine, GenerationRequest
-from tests.helpers_models import tiny_model
+from soundry.models import load_model
+from tests.helpers_models import TINY
 
 REQUESTS = [dict(prompt="wind through pine trees", seed=11, duration=0.5),
             dict(prompt="a door slams", seed=12, duration=0.8, top_k=3),
@@ -23,7 +24,7 @@ def generate(engine: Engine) -> list[torch.Tensor]:
 
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens_and_persists_its_cache(tmp_path):
-    model = tiny_model("musicgen")
+    model = load_model(str(TINY["musicgen"]), device="cpu", packed=False)  # as compile = true loads it
     eager = Engine(model, max_batch=1).start()
     try:
         expected = generate(eager)

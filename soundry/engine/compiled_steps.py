@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from soundry.engine.static_steps import DEFAULT_BUCKETS
+from soundry.models.packed import is_packed
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class CompiledSteps:
                  cache_dir: Path | str | None = None):
         if batch.device.type != "cpu":
             raise ValueError("compiled steps are for the CPU; on a GPU the engine uses CUDA graphs")
+        if is_packed(batch.lm):
+            raise ValueError("compiled steps need plain nn.Linear weights (load the model with packed=False): "
+                             "inductor lays out the weights it compiles itself")
         self.batch = batch
         self.buckets = sorted({b for b in buckets if b < batch.max_slots} | {batch.max_slots})
         self.options = dict(INDUCTOR_OPTIONS if options is None else options)

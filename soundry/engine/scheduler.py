@@ -21,6 +21,7 @@ from soundry.engine.batch import DecodeBatch, Job
 from soundry.engine.generate import make_job
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
+from soundry.models.packed import is_packed
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,10 @@ class Engine:
         try:
             self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
             device = self._batch.device
-            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
+            if self.compile and is_packed(self.model.lm):  # inductor packs the weights it compiles itself
+                log.warning("compile is on but %s was loaded with packed weights; decoding eagerly "
+                            "(load it with packed=False to compile)", self.model.name)
+            elif self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
                 from soundry.engine.compiled_steps import CompiledSteps
 
                 self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()

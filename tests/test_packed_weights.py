@@ -1,0 +1,67 @@
+"""The CPU weight layout (oneDNN-prepacked linears, soundry.models.packed): on by default for fp32
+and bf16 on the CPU, the same results as plain nn.Linear up to float32 rounding, and a setting that
+turns it off (the plain path must keep reproducing the reference too)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from soundry.engine.generate import generate, teacher_logits
+from soundry.models import load_model
+from soundry.models.packed import PackedLinear, can_pack, is_packed, pack_linears_
+from soundry.tasks.engines import EngineManager
+from tests.conftest import make_settings
+from tests.helpers_models import TINY, golden, tiny_model
+
+
+def test_packed_linear_is_nn_linear_up_to_rounding():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        lin = nn.Linear(96, 160, bias=bias)
+        packed = PackedLinear(lin)
+        for rows in (1, 2, 7, 16):  # the layout is tuned for 2 rows; any count must give the same math
+            x = torch.randn(rows, 3, 96)
+            with torch.no_grad():
+                torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_packing_applies_where_it_runs_only():
+    assert can_pack(torch.float32, "cpu")
+    assert not can_pack(torch.float16, "cpu")  # no packed fp16 kernel: plain nn.Linear
+    assert not can_pack(torch.float32, "cuda")
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 4)))
+    assert pack_linears_(net) == 2 and is_packed(net) and not any(type(m) is nn.Linear for m in net.modules())
+
+
+def test_the_default_cpu_load_is_packed_and_matches_plain():
+    packed = tiny_model("musicgen")
+    plain = load_model(str(TINY["musicgen"]), device="cpu", packed=False)
+    assert is_packed(packed.lm) and not is_packed(plain.lm)
+    g = golden("musicgen")
+    a, mask = teacher_logits(packed, g["teacher_codes"], g["prompts"])
+    b, _ = teacher_logits(plain, g["teacher_codes"], g["prompts"])
+    torch.testing.assert_close(a[mask], b[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
+def test_plain_weights_still_reproduce_the_reference(kind):
+    """The fallback (packed_weights = false) stays exact against audiocraft's greedy tokens."""
+    g = golden(kind)
+    model = load_model(str(TINY[kind]), device="cpu", packed=False)
+    out = generate(model, g["prompts"][:2], duration=g["greedy_duration"], top_k=1, cfg_coef=g["cfg_coef"])
+    assert torch.equal(out.tokens, g["greedy_tokens"])
+
+
+def test_the_setting_reaches_the_loader(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOUNDRY_PACKED_WEIGHTS", "false")
+    off = EngineManager.from_settings(make_settings(tmp_path))
+    monkeypatch.delenv("SOUNDRY_PACKED_WEIGHTS")
+    on = EngineManager.from_settings(make_settings(tmp_path))
+    compiled = EngineManager.from_settings(make_settings(tmp_path, compile=True))
+    assert on._loader.keywords["packed"] is True
+    assert off._loader.keywords["packed"] is False
+    assert compiled._loader.keywords["packed"] is False  # inductor packs the weights it compiles itself
+    model = off._loader(str(TINY["audiogen"]))
+    assert not is_packed(model.lm)
