@@ -62,11 +62,13 @@ def pack_linears_(module: nn.Module) -> int:
     """Replace every ``nn.Linear`` inside ``module`` with a ``PackedLinear`` (in place, on the CPU,
     fp32 or bf16 weights); returns how many were replaced. The plain weights are released."""
     replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
-                replaced += 1
+    # Parents only: a list holding the Linears themselves would keep every plain weight alive until
+    # the end, doubling the peak memory of a load.
+    parents = [m for m in module.modules() if type(m) is not nn.Linear]
+    for parent in parents:
+        for name in [n for n, c in parent.named_children() if type(c) is nn.Linear]:
+            setattr(parent, name, PackedLinear(getattr(parent, name)))
+            replaced += 1
     return replaced
 
 
