@@ -73,6 +73,20 @@ def wait_for(client, task_id: str, headers: dict, timeout: float = 120) -> dict:
     raise AssertionError(f"task {task_id} did not finish in {timeout}s")
 
 
+@pytest.fixture(scope="module")
+def module_live_server(tmp_path_factory):
+    """One live server (tiny models, SQLite) for a whole test module: each test's own would load the
+    models again."""
+    from tests.helpers_models import TINY
+    from tests.live_server import start_live_server
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
+        live = start_live_server(make_settings(tmp_path_factory.mktemp("server")))
+        yield live
+        live.stop()
+
+
 @pytest.fixture
 def live_server(tmp_path, tiny_models):
     """A real HTTP server with the tiny models and a user (``.username``/``.password``/``.api_key``)."""

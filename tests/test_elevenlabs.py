@@ -19,17 +19,8 @@ from soundry.tasks.models import Task
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One live server for the module: each test's own would load the model again."""
-    from tests.conftest import make_settings
-    from tests.helpers_models import TINY
-    from tests.live_server import start_live_server
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
-        live = start_live_server(make_settings(tmp_path_factory.mktemp("server")))
-        yield live
-        live.stop()
+def server(module_live_server):
+    return module_live_server
 
 def _sdk(server, key: str | None = None) -> ElevenLabs:
     return ElevenLabs(base_url=server.url, api_key=key or server.api_key)

@@ -3,102 +3,76 @@ sign in, generate with the tiny audiogen model, follow progress, play the result
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from tests.browser import ARTIFACTS, chromium_page
 
-import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PROMPT = "a wooden door creaking open"
 
 
-def _sync_playwright():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install playwright)")
-    return sync_playwright
-
-
 def test_playground_generates_plays_and_lists_history(live_server):
-    sync_playwright = _sync_playwright()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+    with chromium_page(viewport={"width": 1280, "height": 1000}) as (page, console_errors):
+        response = page.goto(live_server.url + "/")
+        assert response is not None and response.ok, f"GET / answered {response and response.status}"
+
+        # Sign in with the password.
+        page.fill("#username", live_server.username)
+        page.fill("#password", live_server.password)
+        page.click("[data-testid=login-submit]")
+        page.wait_for_selector("[data-testid=app-view]", state="visible")
+        assert page.evaluate("sessionStorage.getItem('soundry.token')")
+
+        # The model list comes from the API.
+        page.wait_for_selector("#model option[value=audiogen]", state="attached")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+
+        # Generate one second with audiogen.
+        page.fill("#prompt", PROMPT)
+        page.select_option("#model", "audiogen")
+        page.fill("#duration", "1")
+        page.click("[data-testid=generate-submit]")
+
+        status = page.locator("[data-testid=task-status]")
+        progress = page.locator("#progress-text")
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            console_errors: list[str] = []
-            page.on("pageerror", lambda exc: console_errors.append(str(exc)))
-            page.set_default_timeout(15_000)
+            page.wait_for_function(
+                "document.querySelector('#task-status').dataset.status === 'COMPLETED'"
+                " && document.querySelector('#progress-text').textContent.trim() === '100 %'",
+                timeout=60_000)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "playground-failure.png"), full_page=True)
+            raise AssertionError(f"no completion: status={status.text_content()!r} "
+                                 f"progress={progress.text_content()!r} "
+                                 f"form error={page.locator('#form-error').text_content()!r} "
+                                 f"task error={page.locator('#task-error').text_content()!r}") from None
+        assert status.text_content().strip() == "COMPLETED"
+        assert progress.text_content().strip() == "100 %"
+        assert page.locator("#task-error").is_hidden()
 
-            response = page.goto(live_server.url + "/")
-            assert response is not None and response.ok, f"GET / answered {response and response.status}"
+        # The player has a playable source (a signed link that needs no auth header).
+        src = page.get_attribute("#player", "src")
+        assert src, "the <audio> element has no src"
+        fetched = page.evaluate("""async (src) => {
+            const r = await fetch(src);
+            const body = await r.arrayBuffer();
+            return {status: r.status, type: r.headers.get('content-type') || '', size: body.byteLength};
+        }""", src)
+        assert fetched["status"] == 200, fetched
+        assert fetched["type"].startswith("audio/"), fetched
+        assert fetched["size"] > 44, fetched
+        page.wait_for_function("document.querySelector('#player').readyState > 0", timeout=20_000)
+        assert page.get_attribute("[data-testid=download]", "href") == src
 
-            # Sign in with the password.
-            page.fill("#username", live_server.username)
-            page.fill("#password", live_server.password)
-            page.click("[data-testid=login-submit]")
-            page.wait_for_selector("[data-testid=app-view]", state="visible")
-            assert page.evaluate("sessionStorage.getItem('soundry.token')")
+        # The history lists the task.
+        item = page.locator("[data-testid=history-item]", has_text=PROMPT)
+        item.first.wait_for(state="visible", timeout=15_000)
+        assert "COMPLETED" in item.first.text_content()
 
-            # The model list comes from the API.
-            page.wait_for_selector("#model option[value=audiogen]", state="attached")
-            page.wait_for_function("document.querySelectorAll('#model option').length > 1")
-
-            # Generate one second with audiogen.
-            page.fill("#prompt", PROMPT)
-            page.select_option("#model", "audiogen")
-            page.fill("#duration", "1")
-            page.click("[data-testid=generate-submit]")
-
-            status = page.locator("[data-testid=task-status]")
-            progress = page.locator("#progress-text")
-            try:
-                page.wait_for_function(
-                    "document.querySelector('#task-status').dataset.status === 'COMPLETED'"
-                    " && document.querySelector('#progress-text').textContent.trim() === '100 %'",
-                    timeout=60_000)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "playground-failure.png"), full_page=True)
-                raise AssertionError(f"no completion: status={status.text_content()!r} "
-                                     f"progress={progress.text_content()!r} "
-                                     f"form error={page.locator('#form-error').text_content()!r} "
-                                     f"task error={page.locator('#task-error').text_content()!r}") from None
-            assert status.text_content().strip() == "COMPLETED"
-            assert progress.text_content().strip() == "100 %"
-            assert page.locator("#task-error").is_hidden()
-
-            # The player has a playable source (a signed link that needs no auth header).
-            src = page.get_attribute("#player", "src")
-            assert src, "the <audio> element has no src"
-            fetched = page.evaluate("""async (src) => {
-                const r = await fetch(src);
-                const body = await r.arrayBuffer();
-                return {status: r.status, type: r.headers.get('content-type') || '', size: body.byteLength};
-            }""", src)
-            assert fetched["status"] == 200, fetched
-            assert fetched["type"].startswith("audio/"), fetched
-            assert fetched["size"] > 44, fetched
-            page.wait_for_function("document.querySelector('#player').readyState > 0", timeout=20_000)
-            assert page.get_attribute("[data-testid=download]", "href") == src
-
-            # The history lists the task.
-            item = page.locator("[data-testid=history-item]", has_text=PROMPT)
-            item.first.wait_for(state="visible", timeout=15_000)
-            assert "COMPLETED" in item.first.text_content()
-
-            # Let the waveform draw if it can (not required: it depends on the browser's decoders).
-            try:
-                page.wait_for_function("document.querySelector('#waveform').dataset.drawn === 'true'", timeout=5_000)
-            except Exception:
-                pass
-            page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
-            assert not console_errors, console_errors
-        finally:
-            browser.close()
+        # Let the waveform draw if it can (not required: it depends on the browser's decoders).
+        try:
+            page.wait_for_function("document.querySelector('#waveform').dataset.drawn === 'true'", timeout=5_000)
+        except Exception:
+            pass
+        page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+        assert not console_errors, console_errors
 
 
 def test_playground_continues_an_uploaded_clip(live_server, tmp_path):
@@ -108,29 +82,23 @@ def test_playground_continues_an_uploaded_clip(live_server, tmp_path):
 
     from soundry import Client
 
-    sync_playwright = _sync_playwright()
     clip = tmp_path / "loop.wav"
     sf.write(clip, (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 330)).astype("float32"), 16000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(live_server.url + "/")
-            page.fill("#api-key", live_server.api_key)
-            page.click("[data-testid=apikey-submit]")
-            page.wait_for_selector("[data-testid=app-view]", state="visible")
-            page.wait_for_selector("#model option[value=audiogen]", state="attached")
-            page.fill("#prompt", "more of this")
-            page.select_option("#model", "audiogen")
-            page.fill("#duration", "1")
-            page.set_input_files("[data-testid=input-audio]", str(clip))
-            page.click("[data-testid=generate-submit]")
-            page.wait_for_function("document.querySelector('#task-status').dataset.status === 'COMPLETED'",
-                                   timeout=60_000)
-            task_id = page.locator("#task-id").text_content().strip().lstrip("#")
-        finally:
-            browser.close()
+    with chromium_page() as (page, errors):
+        page.goto(live_server.url + "/")
+        page.fill("#api-key", live_server.api_key)
+        page.click("[data-testid=apikey-submit]")
+        page.wait_for_selector("[data-testid=app-view]", state="visible")
+        page.wait_for_selector("#model option[value=audiogen]", state="attached")
+        page.fill("#prompt", "more of this")
+        page.select_option("#model", "audiogen")
+        page.fill("#duration", "1")
+        page.set_input_files("[data-testid=input-audio]", str(clip))
+        page.click("[data-testid=generate-submit]")
+        page.wait_for_function("document.querySelector('#task-status').dataset.status === 'COMPLETED'",
+                               timeout=60_000)
+        task_id = page.locator("#task-id").text_content().strip().lstrip("#")
+        assert not errors, errors
     with Client(live_server.url, api_key=live_server.api_key) as client:
         task = next(t for t in client.history() if t.id == task_id)
         assert task.info["config"]["input_audio"]

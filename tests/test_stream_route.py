@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import wave
 
 import httpx
@@ -12,20 +11,12 @@ import pytest
 import soundfile as sf
 
 from soundry.tasks.models import Task
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One live server for the module: each test's own would load the model again."""
-    from tests.conftest import make_settings
-    from tests.helpers_models import TINY
-    from tests.live_server import start_live_server
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}")
-        live = start_live_server(make_settings(tmp_path_factory.mktemp("server")))
-        yield live
-        live.stop()
+def server(module_live_server):
+    return module_live_server
 
 def _create(server, headers, duration: float, **configs) -> str:
     body = {"prompt": "crackling fire", "configs": {"model": "audiogen", "duration": duration, "seed": 5,
@@ -33,14 +24,9 @@ def _create(server, headers, duration: float, **configs) -> str:
     return httpx.post(server.url + "/v1/ai/audio_generation", json=body, headers=headers).json()["data"]["task_id"]
 
 
-def _wait(server, task_id: str, headers, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        task = httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}", headers=headers).json()["data"]["data"]
-        if task["status"] in ("COMPLETED", "FAILED", "CANCELED"):
-            return task
-        time.sleep(0.1)
-    raise AssertionError("task did not finish")
+def _wait(server, task_id: str, headers) -> dict:
+    with httpx.Client(base_url=server.url) as client:
+        return wait_for(client, task_id, headers)
 
 
 def test_live_stream_is_wav_while_processing_and_matches_the_file(server):
