@@ -25,7 +25,11 @@ def chromium_page(**page_options) -> Iterator[tuple[object, list[str]]]:
         pytest.skip("the playwright package is not installed (pip install playwright)")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        # Autoplay without a fresh user gesture: the tests check what plays, not the autoplay policy, and
+        # on a loaded machine the queue can outlast Chromium's ~5 s window of transient user activation
+        # (the page then shows its controls instead of playing, which a user would just press).
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
         try:
             page = browser.new_page(**page_options)
             errors: list[str] = []
