@@ -39,6 +39,7 @@ def test_the_default_cpu_load_is_packed_and_matches_plain():
     packed = tiny_model("musicgen")
     plain = load_model(str(TINY["musicgen"]), device="cpu", packed=False)
     assert is_packed(packed.lm) and not is_packed(plain.lm)
+    assert (packed.weights, plain.weights) == ("packed", "plain")  # what the model list and /metrics report
     g = golden("musicgen")
     a, mask = teacher_logits(packed, g["teacher_codes"], g["prompts"])
     b, _ = teacher_logits(plain, g["teacher_codes"], g["prompts"])

@@ -112,7 +112,9 @@ def test_model_list_and_metrics_say_which_precision_a_loaded_model_runs_in(tmp_p
             time.sleep(0.2)
         models = {m["model"]: m["metadata"] for m in client.get("/v1/models/audio_generation").json()["data"]}
         assert models["audiogen"]["loaded"] and models["audiogen"]["precision"] == "int8"
-        assert models["audiogen"]["compiled"] == "off"
-        assert models["musicgen"] == {**models["musicgen"], "loaded": False, "precision": None, "compiled": None}
+        assert models["audiogen"]["compiled"] == "off" and models["audiogen"]["weights"] == "int8"
+        assert models["musicgen"] == {**models["musicgen"], "loaded": False, "precision": None, "compiled": None,
+                                      "weights": None}
         metrics = client.get("/metrics").text
-        assert 'soundry_engine_info{compiled="off",model="audiogen-medium",precision="int8"} 1.0' in metrics
+        assert ('soundry_engine_info{compiled="off",model="audiogen-medium",precision="int8",weights="int8"} 1.0'
+                in metrics)

@@ -47,14 +47,14 @@ class _StateCollector:
                                   "requests", labels=["model"])
         per = GaugeMetricFamily("soundry_generation_seconds_per_audio_second", "Wall seconds per audio second",
                                 labels=["model"])
-        info = GaugeMetricFamily("soundry_engine_info", "A loaded model: its precision and decode-step "
-                                 "compilation state (off, compiling, on, failed); value 1",
-                                 labels=["model", "precision", "compiled"])
+        info = GaugeMetricFamily("soundry_engine_info", "A loaded model: its precision, decode-step "
+                                 "compilation state (off, compiling, on, failed) and weight layout (packed, "
+                                 "int8, plain); value 1", labels=["model", "precision", "compiled", "weights"])
         size = HistogramMetricFamily("soundry_engine_batch_size", "Requests in the batch at each decode step",
                                      labels=["model"])
         for name, engine in engines.items():
             st = engine.stats
-            info.add_metric([name, engine.model.precision, engine.compile_state], 1)
+            info.add_metric([name, engine.model.precision, engine.compile_state, engine.model.weights], 1)
             steps.add_metric([name], st.steps)
             step_s.add_metric([name], st.step_seconds)
             rate.add_metric([name], st.steps / st.step_seconds if st.step_seconds else 0.0)

@@ -36,13 +36,16 @@ def _model_metadata(name: str, loaded: dict) -> dict:
             "license": "CC-BY-NC-4.0", "loaded": engine is not None,
             # what the loaded model runs in; null until loaded here (or when Celery workers serve it)
             "precision": engine.model.precision if engine is not None else None,
-            "compiled": engine.compile_state if engine is not None else None}
+            "compiled": engine.compile_state if engine is not None else None,
+            "weights": engine.model.weights if engine is not None else None}
 
 
 @router.get("/models/audio_generation", summary="Models with their metadata", responses=answers(list[ModelEntry]),
             description="`metadata.precision` is the precision the model runs in once this server has loaded it "
                         "(fp32, bf16, fp16 or int8); `metadata.compiled` says whether its decode step is compiled "
-                        "(`off`, `compiling`, `on`, `failed`). Both are null for models not loaded in this process.")
+                        "(`off`, `compiling`, `on`, `failed`); `metadata.weights` how its linear weights are "
+                        "held (`packed`: oneDNN's CPU layout, `int8`, `plain`). All three are null for models not "
+                        "loaded in this process.")
 def models(request: Request):
     engines = services(request).engines
     loaded = engines.loaded() if engines is not None else {}

@@ -25,6 +25,7 @@ class AudioModel:
     """Everything one model needs to turn prompts into audio."""
 
     precision = "fp32"  # how the LM runs (soundry.models.precision); the loader sets it
+    weights = "plain"  # how its linear weights are held: packed | int8 | plain (soundry.models.packed.weight_layout)
 
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
                  codec, source: Path | None = None):

@@ -74,3 +74,11 @@ def pack_linears_(module: nn.Module) -> int:
 
 def is_packed(module: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in module.modules())
+
+
+def weight_layout(lm: nn.Module) -> str:
+    """How a loaded LM holds its linear weights: ``packed`` (oneDNN), ``int8`` (dynamic quantised) or
+    ``plain`` (``nn.Linear``)."""
+    if is_packed(lm):
+        return "packed"
+    return "int8" if any(".quantized." in type(m).__module__ for m in lm.modules()) else "plain"
