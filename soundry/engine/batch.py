@@ -65,7 +65,7 @@ class DecodeBatch:
         self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
         self.jobs: list[Job] = []
         self._ar_k = torch.arange(self.K, device=self.device)
-        self.static = None  # a StaticSteps (bucketed, graph-capturable steps) when enabled
+        self.static = None  # a BucketedSteps (StaticSteps: graph-capturable; CompiledSteps) when enabled
 
     # -- admission and retirement --------------------------------------------------------------
     @property
@@ -138,11 +138,16 @@ class DecodeBatch:
         if self.static is not None:
             self.static.step(n, uniforms)
         else:
-            key_len = max(j.step for j in self.jobs) + 1
-            all_k = all(j.request.top_k > 0 for j in self.jobs)
-            max_k = max(j.request.top_k for j in self.jobs) if all_k else None
-            self.decode(n, uniforms, key_len, self.cache.cross_len, max_k)
+            self.decode_dynamic(n, uniforms)
         return self._advance_host()
+
+    def decode_dynamic(self, n: int, uniforms: torch.Tensor) -> None:
+        """``decode`` with the shapes the active jobs need: keys up to the furthest job's position,
+        the current condition length, and a host-side top-k bound when every job has one."""
+        key_len = max(j.step for j in self.jobs) + 1
+        all_k = all(j.request.top_k > 0 for j in self.jobs)
+        max_k = max(j.request.top_k for j in self.jobs) if all_k else None
+        self.decode(n, uniforms, key_len, self.cache.cross_len, max_k)
 
     def decode(self, n: int, uniforms: torch.Tensor, key_len: int, cross_len: int, max_k: int | None) -> None:
         """The device work of a step for slots [0, n): forward, guidance, sampling, write the new

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from soundry.engine.static_steps import DEFAULT_BUCKETS
+from soundry.engine.static_steps import DEFAULT_BUCKETS, BucketedSteps
 from soundry.models.packed import is_packed
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _step(batch, n: int, uniforms: torch.Tensor, key_marker: torch.Tensor, cross
     batch.decode(n, uniforms, key_marker.shape[0], cross_len, None)
 
 
-class CompiledSteps:
+class CompiledSteps(BucketedSteps):
     """Drop-in for ``DecodeBatch.static``: ``step(n, uniforms)``; compiled buckets when ready,
     the batch's ordinary dynamic step otherwise."""
 
@@ -61,8 +61,7 @@ class CompiledSteps:
         if is_packed(batch.lm):
             raise ValueError("compiled steps need plain nn.Linear weights (load the model with packed=False): "
                              "inductor lays out the weights it compiles itself")
-        self.batch = batch
-        self.buckets = sorted({b for b in buckets if b < batch.max_slots} | {batch.max_slots})
+        super().__init__(batch, buckets)
         self.options = dict(INDUCTOR_OPTIONS if options is None else options)
         self.cache_dir = cache_dir
         self.compiled: dict[int, tuple] = {}  # bucket -> (function, shape signature it was built for)
@@ -74,12 +73,8 @@ class CompiledSteps:
         self._marker = torch.empty(batch.cache.max_len)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
 
     # -- serving ----------------------------------------------------------------------------------
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
-
     def _signature(self, batch) -> tuple:
         return batch.cache.max_cond_len, batch.cache.max_len, batch.max_slots
 
@@ -89,12 +84,10 @@ class CompiledSteps:
         batch = self.batch
         key_len = max(j.step for j in batch.jobs) + 1
         if entry is None or entry[1] != self._signature(batch) or key_len >= batch.cache.max_len:
-            all_k = all(j.request.top_k > 0 for j in batch.jobs)
-            max_k = max(j.request.top_k for j in batch.jobs) if all_k else None
-            batch.decode(n, uniforms, key_len, batch.cache.cross_len, max_k)
+            batch.decode_dynamic(n, uniforms)
             return
-        if b > n:  # padding slots: restart their counters so their positions stay inside the cache
-            batch.steps[n:b].zero_()
+        self.reset_padding(n, b)
+        if b > n:
             uniforms = torch.cat([uniforms, uniforms.new_zeros(b - n, batch.K)])
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
         entry[0](batch, b, uniforms, self._marker[: max(2, key_len)], batch.cache.max_cond_len)
