@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from soundry.models.quantize import is_quantized
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 ROWS_HINT = 2  # rows of a batch-1 step with guidance: the layout oneDNN picks is tuned for it
 
@@ -81,4 +83,4 @@ def weight_layout(lm: nn.Module) -> str:
     ``plain`` (``nn.Linear``)."""
     if is_packed(lm):
         return "packed"
-    return "int8" if any(".quantized." in type(m).__module__ for m in lm.modules()) else "plain"
+    return "int8" if is_quantized(lm) else "plain"

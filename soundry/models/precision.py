@@ -13,6 +13,7 @@ from torch import nn
 
 from soundry.config import PRECISIONS
 from soundry.models.packed import can_pack, pack_linears_
+from soundry.models.quantize import is_quantized, quantize_lm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,8 +39,6 @@ def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, p
     in fp32/bf16, ``packed`` puts the linear weights in oneDNN's layout (``soundry.models.packed``)."""
     device = torch.device(device)
     if precision == "int8":
-        from soundry.models.quantize import quantize_lm
-
         return quantize_lm(lm.to(device, torch.float32), "int8")
     lm = lm.to(device, DTYPES[precision])
     if packed and can_pack(DTYPES[precision], device):
@@ -71,7 +70,7 @@ def check_precision(lm: nn.Module, precision: str, device: torch.device | str) -
 
 def describe_lm_precision(lm: nn.Module) -> str:
     """The precision a loaded LM actually runs in (fp32, bf16, fp16 or int8)."""
-    if any(".quantized." in type(m).__module__ for m in lm.modules()):
+    if is_quantized(lm):
         return "int8"
     dtype = next(p for p in lm.parameters() if p.is_floating_point()).dtype
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))

@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+def is_quantized(lm: nn.Module) -> bool:
+    """Whether ``quantize_lm`` has turned the LM's linear layers into int8 ones."""
+    return any(".quantized." in type(m).__module__ for m in lm.modules())
+
+
 def quantize_lm(lm: nn.Module, mode: str = "int8") -> nn.Module:
     if mode != "int8":
         raise ValueError(f"unknown quantisation {mode!r}; supported: int8")
