@@ -11,14 +11,12 @@ from soundry.api.deps import current_user, services
 from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError, ok
 from soundry.audio.decode import UndecodableAudio
-from soundry.models.registry import ALIASES, SPECS
+from soundry.models.registry import ALIASES, FAMILY_WINDOWS, SPECS
 from soundry.storage import StorageError
 from soundry.tasks.models import Upload, User
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 _MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers around the file
-# Context of each model family: an audio prompt must be shorter (audiocraft asserts it).
-_CONTEXT_SECONDS = {"audiogen": 10.0, "musicgen": 30.0}
 
 
 class UploadInfo(BaseModel):
@@ -123,7 +121,7 @@ def check_input_audio(svc, user: User, cfg) -> None:
     if cfg.continuation_start >= end:
         raise ApiError(422, "invalid_config", "configs.continuation_start must be before continuation_end")
     prompt = end - cfg.continuation_start
-    context = _CONTEXT_SECONDS[SPECS[ALIASES.get(cfg.model, cfg.model)].family]
+    context = FAMILY_WINDOWS[SPECS[ALIASES.get(cfg.model, cfg.model)].family][0]  # a prompt must be shorter
     if prompt >= min(cfg.duration, context):
         raise ApiError(422, "invalid_config",
                        f"configs.duration: the audio prompt is {prompt:.2f} s; the total duration must be longer "

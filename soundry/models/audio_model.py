@@ -12,8 +12,8 @@ from soundry.audio.convert import convert_audio
 from soundry.models.checkpoint import LMConfig
 from soundry.models.conditioner import TextConditioner
 from soundry.models.lm import TransformerLM
-
-DEFAULT_WINDOWS = {"audiogen": (10.0, 2.0), "musicgen": (30.0, 18.0)}  # max_duration, extend_stride
+from soundry.models.packed import weight_layout
+from soundry.models.registry import FAMILY_WINDOWS
 
 
 class TextPrompt(Protocol):
@@ -25,13 +25,12 @@ class AudioModel:
     """Everything one model needs to turn prompts into audio."""
 
     precision = "fp32"  # how the LM runs (soundry.models.precision); the loader sets it
-    weights = "plain"  # how its linear weights are held: packed | int8 | plain (soundry.models.packed.weight_layout)
 
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
                  codec, source: Path | None = None):
         self.name, self.family, self.cfg, self.source = name, family, cfg, source
         self.lm, self.conditioner, self.codec = lm, conditioner, codec
-        self.max_duration, self.extend_stride = DEFAULT_WINDOWS[family]
+        self.max_duration, self.extend_stride = FAMILY_WINDOWS[family]
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -41,6 +40,11 @@ class AudioModel:
     @property
     def frame_rate(self) -> float:
         return float(self.codec.frame_rate)
+
+    @property
+    def weights(self) -> str:
+        """How the LM holds its linear weights: ``packed``, ``int8`` or ``plain``."""
+        return weight_layout(self.lm)
 
     @property
     def channels(self) -> int:

@@ -12,7 +12,6 @@ from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
 from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
 from soundry.models.lm import TransformerLM, normalize_state_dict
-from soundry.models.packed import weight_layout
 from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.registry import ALIASES, SPECS, ModelNotAvailable, resolve_component, resolve_model_dir
 
@@ -103,7 +102,6 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
     model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
     model.precision = precision
-    model.weights = weight_layout(lm)
     return model
 
 

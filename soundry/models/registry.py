@@ -12,6 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Each family's generation window: its context (max_duration, seconds) and the stride of windows
+# beyond it (extend_stride), as audiocraft's AudioGen and MusicGen set them.
+FAMILY_WINDOWS = {"audiogen": (10.0, 2.0), "musicgen": (30.0, 18.0)}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
