@@ -53,3 +53,9 @@ def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(audio, -1.0, 1.0).T, sample_rate, format="FLAC", subtype="PCM_24")
     return buf.getvalue()
+
+
+def sample_range(length: int, rate: int, start: float = 0.0, end: float | None = None) -> slice:
+    """The samples of a ``length``-sample clip from ``start`` to ``end`` seconds (default: its end)."""
+    last = length if end is None else min(length, int(round(end * rate)))
+    return slice(int(round(start * rate)), last)

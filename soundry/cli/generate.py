@@ -93,11 +93,10 @@ def read_prompt(args: argparse.Namespace):
     """The --input-audio clip between --continuation-start and --continuation-end: ([C, N] tensor, rate)."""
     import torch
 
-    from soundry.audio.decode import decode_audio
+    from soundry.audio.decode import decode_audio, sample_range
 
     audio, rate = decode_audio(Path(args.input_audio).read_bytes(), max_seconds=3600.0)
-    first = int(round(args.continuation_start * rate))
-    last = audio.shape[1] if args.continuation_end is None else int(round(args.continuation_end * rate))
-    if not 0 <= first < min(last, audio.shape[1]):
+    span = sample_range(audio.shape[1], rate, args.continuation_start, args.continuation_end)
+    if not 0 <= span.start < span.stop:
         raise ValueError(f"the start/end select nothing of a {audio.shape[1] / rate:.2f} s clip")
-    return torch.from_numpy(audio[:, first:last].copy()), rate
+    return torch.from_numpy(audio[:, span].copy()), rate

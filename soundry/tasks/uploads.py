@@ -8,7 +8,7 @@ import logging
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from soundry.audio.decode import decode_audio, encode_flac
+from soundry.audio.decode import decode_audio, encode_flac, sample_range
 from soundry.storage import Storage
 from soundry.tasks.models import Upload, utcnow
 from soundry.tasks.store import TaskStore
@@ -60,9 +60,7 @@ class UploadStore:
         import soundfile as sf
 
         audio, rate = sf.read(io.BytesIO(self.storage.get(up.file_key)), dtype="float32", always_2d=True)
-        first = int(round(start * rate))
-        last = audio.shape[0] if end is None else min(audio.shape[0], int(round(end * rate)))
-        return np.ascontiguousarray(audio[first:last].T), rate
+        return np.ascontiguousarray(audio[sample_range(audio.shape[0], rate, start, end)].T), rate
 
     def delete(self, upload_id: str, user_id: int) -> bool:
         up = self.get(upload_id, user_id)
