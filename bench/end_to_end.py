@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
-from bench.machine import cpu_flags  # noqa: E402
+from bench.machine import cpu_flags, parse_args  # noqa: E402
 from soundry.engine.generate import generate  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.models import load_model  # noqa: E402
@@ -64,11 +64,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--duration", type=float, default=1.0, help="seconds of audio per clip")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
+    a = parse_args(ap, argv)
 
     with tempfile.TemporaryDirectory(prefix="soundry-e2e-") as tmp:
         release = write_random_release(Path(tmp) / "lm", "musicgen-small", COMPANION, dim=a.dim,

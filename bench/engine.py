@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
-from bench.machine import cpu_flags  # noqa: E402
+from bench.machine import cpu_flags, parse_args  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.compiled_steps import CompiledSteps  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
@@ -214,11 +214,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--torchao", action="store_true", help="also int8 through torchao's quantize_ (batch 1)")
     ap.add_argument("--plain", choices=["also", "no", "only"], default="also",
                     help="engine rows with plain nn.Linear weights beside the packed (service) layout")
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
+    a = parse_args(ap, argv)
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     batches = [int(b) for b in a.batch_sizes.split(",")]

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import parse_args  # noqa: E402
 from soundry.engine.generate import generate, teacher_logits  # noqa: E402
 from soundry.models import load_model  # noqa: E402
 from soundry.models.shapes import SHAPES, write_random_release  # noqa: E402
@@ -95,11 +96,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of greedy decoding (50 frames/s)")
     ap.add_argument("--shape", default="musicgen-small", choices=sorted(SHAPES), help="the real-size random LM")
     ap.add_argument("--no-real-size", action="store_true", help="only the tiny reference checkpoints")
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
+    a = parse_args(ap, argv)
     precisions = [p for p in a.precisions.split(",") if p]
     print(f"fidelity vs fp32: greedy {a.duration:g} s, teacher-forced on fp32's greedy tokens, "
           f"{torch.get_num_threads()} threads")

@@ -1,6 +1,21 @@
-"""What a benchmark ran on: the CPU's vector-instruction flags (AVX2 only, AVX-512, VNNI, AMX...)."""
+"""What every benchmark shares: its ``--threads`` option and torch set up for timing inference, and
+what it ran on (the CPU's vector-instruction flags: AVX2 only, AVX-512, VNNI, AMX...)."""
 
 from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap``'s arguments plus ``--threads``; applies the thread count and turns autograd off."""
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    return a
 
 
 def cpu_flags() -> str:
