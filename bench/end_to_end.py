@@ -9,6 +9,9 @@ machine's drift hits all alike), median of ``--repeats``:
 
 - ``soundry generate``: ``soundry.engine.generate.generate`` on the model loaded with the CPU
   weight layout the service uses (oneDNN-packed linears; ``soundry.models.packed``);
+- the same with the decode step compiled (``generate(compile=True)``, ``soundry.engine.compiled_steps``;
+  ``--no-compile`` leaves it out); its first call compiles, which the warm-up round absorbs and the
+  table reports apart (cold: a fresh inductor cache);
 - the same with plain ``nn.Linear`` weights (``packed=False``);
 - the eager reference-style baseline (``bench/eager_baseline.py``: cross-attention recomputed
   each step, cache grown by concatenation, plain weights), with the same text encoding
@@ -35,13 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.eager_baseline import EagerDecoder  # noqa: E402
-from bench.machine import cpu_flags, parse_args  # noqa: E402
+from bench.machine import cpu_flags, parse_args, tiny_companion  # noqa: E402
 from soundry.engine.generate import generate  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.models import load_model  # noqa: E402
 from soundry.models.shapes import write_random_release  # noqa: E402
 
-COMPANION = ROOT / "tests" / "data" / "musicgen-tiny"
 PROMPTS = ["calm piano with soft strings", "motorcycle engine revving", "rain on a tin roof", "a dog barking",
            "lofi hip hop beat", "wind through pine trees", "crowd cheering in a stadium", "church bells"]
 
@@ -64,19 +66,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--duration", type=float, default=1.0, help="seconds of audio per clip")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled row")
     a = parse_args(ap, argv)
 
     with tempfile.TemporaryDirectory(prefix="soundry-e2e-") as tmp:
-        release = write_random_release(Path(tmp) / "lm", "musicgen-small", COMPANION, dim=a.dim,
+        release = write_random_release(Path(tmp) / "lm", "musicgen-small", tiny_companion("musicgen-small"), dim=a.dim,
                                        num_heads=a.heads, num_layers=a.layers)
         packed = load_model(str(release), device="cpu", precision="fp32")
         plain = load_model(str(release), device="cpu", precision="fp32", packed=False)
 
+    compile_cache = tempfile.mkdtemp(prefix="soundry-inductor-")
     variants = {
         "soundry generate (packed weights)": lambda p: generate(packed, p, a.duration, seed=0).audio,
+        "soundry generate (packed, compiled)": lambda p: generate(packed, p, a.duration, seed=0, compile=True,
+                                                                  compile_cache=compile_cache).audio,
         "soundry generate (plain nn.Linear)": lambda p: generate(plain, p, a.duration, seed=0).audio,
         "eager reference-style baseline": lambda p: baseline_generate(plain, p, a.duration),
     }
+    if not a.compile:
+        del variants["soundry generate (packed, compiled)"]
     results = {"dim": a.dim, "heads": a.heads, "layers": a.layers, "duration": a.duration,
                "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "rows": []}
     print(f"release checkpoint dim {a.dim}, {a.heads} heads, {a.layers} layers (random weights); {a.duration:g} s "
@@ -85,12 +93,14 @@ def main(argv=None) -> dict:
     for b in (int(x) for x in a.batch_sizes.split(",")):
         prompts = (PROMPTS * math.ceil(b / len(PROMPTS)))[:b]
         samples: dict[str, list[float]] = {name: [] for name in variants}
-        for r in range(a.repeats + 1):  # the first round warms up
+        for r in range(a.repeats + 1):  # the first round warms up (and compiles)
             for name, fn in variants.items():
                 t0 = time.perf_counter()
                 audio = fn(prompts)
                 if r:
                     samples[name].append(time.perf_counter() - t0)
+                elif "compiled" in name:
+                    results.setdefault("first_call_seconds", {})[b] = round(time.perf_counter() - t0, 1)
                 assert audio.shape[0] == b and torch.isfinite(audio).all()
         base = statistics.median(samples["eager reference-style baseline"])
         for name, ts in samples.items():
@@ -98,6 +108,8 @@ def main(argv=None) -> dict:
             results["rows"].append({"name": name, "batch": b, "seconds": round(t, 4), "clips_per_s": round(b / t, 3),
                                     "speedup_vs_baseline": round(base / t, 2)})
             print(f"{name:36s} {b:5d} {t:8.3f} {b / t:8.2f} {base / t:11.2f}x")
+    for b, t in results.get("first_call_seconds", {}).items():
+        print(f"compiled, batch {b}: first call (compiling) {t} s")
     results["machine"] = platform.processor() or platform.machine()
     print(json.dumps(results))
     return results

@@ -10,10 +10,11 @@ MusicGen shapes), and the memory-bandwidth floor: (weight bytes + KV bytes) per 
 measured read bandwidth. Prints a table, then one JSON line. Text encoding and codec decoding are
 left out of every row (they run outside the decode loop).
 
-``--compile`` adds the engine's compiled CPU step (``soundry.engine.compiled_steps``) at each batch
-size, timed interleaved with the eager engine at that size (run by run, so the machine's drift hits
-both alike), and reports each bucket's compile time cold (empty inductor cache) and warm (dynamo
-reset, inductor's on-disk cache kept: what a restart pays). ``--torchao`` adds int8 through torchao's
+``--compile`` adds the engine's compiled CPU step (``soundry.engine.compiled_steps``, on the packed
+weights) at each batch size, timed interleaved with the eager packed engine at that size (run by
+run, so the machine's drift hits both alike), and reports the compile time of the graph that size
+uses, cold (empty inductor cache) and warm (dynamo reset, inductor's on-disk cache kept: what a
+restart pays). ``--torchao`` adds int8 through torchao's
 ``quantize_`` (if installed) beside ``torch.ao``'s ``quantize_dynamic``.
 """
 
@@ -78,16 +79,14 @@ def engine_steps_per_s(lm: TransformerLM, batch: int, steps: int, repeats: int, 
 
 
 def compiled_batch(lm: TransformerLM, batch: int, steps: int, cache_dir: Path) -> tuple[DecodeBatch, float, float]:
-    """A DecodeBatch whose bucket ``batch`` is compiled; returns it with the cold and warm compile
-    seconds (warm: dynamo's in-memory state reset, inductor's on-disk cache kept)."""
+    """A DecodeBatch whose step for ``batch`` requests is compiled; returns it with the cold and warm
+    compile seconds (warm: dynamo's in-memory state reset, inductor's on-disk cache kept)."""
     b = DecodeBatch(lm, batch, steps + 8, device="cpu")
     times = []
     for _ in range(2):
         torch._dynamo.reset()
-        b.static = CompiledSteps(b, buckets=(batch,), cache_dir=cache_dir)
         t0 = time.perf_counter()
-        if not b.static.start().wait() or b.static.state != "on":
-            raise RuntimeError(f"compiling bucket {batch} failed: {b.static.error}")
+        b.static = CompiledSteps(b, cache_dir=cache_dir).compile_now(batch)
         times.append(time.perf_counter() - t0)
     return b, times[0], times[1]
 
@@ -245,7 +244,7 @@ def main(argv=None) -> dict:
     lm_packed = lm_packed if lm_packed is not None and is_packed(lm_packed) else None
     static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")
     label = f"soundry engine ({results['dtype']}{', static/graphs' if static else ''})"
-    compile_rows = a.compile and device.type == "cpu" and dtype == torch.float32
+    compile_rows = a.compile and device.type == "cpu" and dtype == torch.float32 and lm_packed is not None
     cache_dir = Path(a.compile_cache or tempfile.mkdtemp(prefix="soundry-inductor-"))
     for b in batches:
         if not compile_rows:
@@ -258,12 +257,12 @@ def main(argv=None) -> dict:
             for name, sps in interleaved_steps_per_s(makers, b, a.steps, a.repeats, device).items():
                 add(name, b, sps)
             continue
-        cb, cold, warm = compiled_batch(lm_dev, b, a.steps, cache_dir)
-        results.setdefault("compile_seconds", []).append({"bucket": b, "cold": round(cold, 1), "warm": round(warm, 1)})
-        eager_batch = DecodeBatch(lm_dev, b, a.steps + 8, device=device)
+        cb, cold, warm = compiled_batch(lm_packed, b, a.steps, cache_dir)
+        results.setdefault("compile_seconds", []).append({"batch": b, "cold": round(cold, 1), "warm": round(warm, 1)})
+        eager_batch = DecodeBatch(lm_packed, b, a.steps + 8, device=device)
         sps = interleaved_steps_per_s({"eager": eager_batch, "compiled": cb}, b, a.steps, a.repeats, device)
-        add(label, b, sps["eager"])
-        add("soundry engine (float32, compiled)", b, sps["compiled"])
+        add(label.replace(")", ", packed)"), b, sps["eager"])
+        add("soundry engine (float32, packed, compiled)", b, sps["compiled"])
     if a.int8 and device.type == "cpu":
         qlm = quantize_lm(copy.deepcopy(lm).float(), "int8")
         for b in batches:
@@ -292,7 +291,7 @@ def main(argv=None) -> dict:
                                 "clips_steps_per_s": round(sps * b, 3), "seconds_per_clip": round(clip_steps / sps, 3),
                                 "bandwidth_floor_steps_per_s": round(floor, 3)})
     for c in results.get("compile_seconds", []):
-        print(f"compile bucket {c['bucket']}: cold {c['cold']} s, warm (inductor cache on disk) {c['warm']} s")
+        print(f"compile for batch {c['batch']}: cold {c['cold']} s, warm (inductor cache on disk) {c['warm']} s")
     print(json.dumps(results))
     return results
 

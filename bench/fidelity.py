@@ -31,12 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import parse_args  # noqa: E402
+from bench.machine import TEST_DATA, parse_args, tiny_companion  # noqa: E402
 from soundry.engine.generate import generate, teacher_logits  # noqa: E402
 from soundry.models import load_model  # noqa: E402
 from soundry.models.shapes import SHAPES, write_random_release  # noqa: E402
 
-TINY = Path(__file__).resolve().parent.parent / "tests" / "data"
 PROMPT = "a dog barks while rain falls on a tin roof"
 
 
@@ -103,11 +102,10 @@ def main(argv=None) -> list[dict]:
     print(HEADER)
     rows = []
     for kind in ("audiogen", "musicgen"):
-        rows += evaluate(f"{kind}-tiny (reference)", TINY / f"{kind}-tiny", precisions, a.duration)
+        rows += evaluate(f"{kind}-tiny (reference)", TEST_DATA / f"{kind}-tiny", precisions, a.duration)
     if not a.no_real_size:
         with tempfile.TemporaryDirectory(prefix="soundry-fidelity-") as tmp:
-            companion = TINY / ("audiogen-tiny" if a.shape.startswith("audiogen") else "musicgen-tiny")
-            release = write_random_release(Path(tmp) / a.shape, a.shape, companion)
+            release = write_random_release(Path(tmp) / a.shape, a.shape, tiny_companion(a.shape))
             rows += evaluate(f"{a.shape} (random)", release, precisions, a.duration)
     print(json.dumps({"duration": a.duration, "rows": rows}))
     return rows

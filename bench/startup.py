@@ -43,16 +43,16 @@ print(json.dumps({"precision": model.precision, "load_seconds": round(seconds, 1
 
 
 def main(argv=None) -> list[dict]:
+    from bench.machine import tiny_companion
     from soundry.models.shapes import SHAPES, write_random_release
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="audiogen-medium", choices=sorted(SHAPES))
     ap.add_argument("--precisions", default="fp32,bf16,fp16,int8")
     a = ap.parse_args(argv)
-    tiny = ROOT / "tests" / "data" / ("audiogen-tiny" if a.shape.startswith("audiogen") else "musicgen-tiny")
     rows = []
     with tempfile.TemporaryDirectory(prefix="soundry-startup-") as tmp:
-        release = write_random_release(Path(tmp) / a.shape, a.shape, tiny)
+        release = write_random_release(Path(tmp) / a.shape, a.shape, tiny_companion(a.shape))
         size = (release / "state_dict.bin").stat().st_size
         print(f"shape {a.shape}: checkpoint {size / 2**30:.2f} GiB (float16), loaded on the CPU, one process each")
         print(f"{'precision':9s} {'load s':>7s} {'peak RSS GiB':>13s} {'over imports':>13s}")

@@ -1,6 +1,6 @@
-"""The compiled CPU decode step (torch.compile, one graph per batch bucket, built in the background
-while the engine serves eagerly) samples exactly the tokens of the eager step. This is the one test
-that compiles (about a minute of CPU); the rest of the suite serves eagerly."""
+"""The compiled CPU decode step (torch.compile: a graph for one request and one for two or more,
+built in the background while the engine serves eagerly) samples exactly the tokens of the eager
+step. These are the tests that compile (about a minute of CPU); the rest of the suite serves eagerly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from soundry.engine import Engine, GenerationRequest
+from soundry.engine.generate import generate
 from soundry.models import load_model
 from tests.helpers_models import TINY
 
@@ -18,21 +20,24 @@ REQUESTS = [dict(prompt="wind through pine trees", seed=11, duration=0.5),
             dict(prompt="glass breaking", seed=13, duration=0.3, top_k=0, top_p=0.7, temperature=0.8)]
 
 
-def generate(engine: Engine) -> list[torch.Tensor]:
-    return [engine.submit(GenerationRequest(**r)).result(timeout=300).tokens for r in REQUESTS]
+def generate_together(engine: Engine) -> list[torch.Tensor]:
+    """Submit every request at once: the batch runs 3, then 2, then 1 of them (they end at different
+    steps), so both graphs and the eager fallback (top_k = 0) all serve."""
+    futures = [engine.submit(GenerationRequest(**r)) for r in REQUESTS]
+    return [f.result(timeout=300).tokens for f in futures]
 
 
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens_and_persists_its_cache(tmp_path):
-    model = load_model(str(TINY["musicgen"]), device="cpu", packed=False)  # as compile = true loads it
+    model = load_model(str(TINY["musicgen"]), device="cpu")  # packed weights, as the service loads them
     eager = Engine(model, max_batch=1).start()
-    try:
-        expected = generate(eager)
+    try:  # one at a time, eagerly: what every request must get whatever shares its batch
+        expected = [eager.submit(GenerationRequest(**r)).result(timeout=300).tokens for r in REQUESTS]
     finally:
         eager.stop()
 
     cache_dir = tmp_path / "compile-cache"
-    engine = Engine(model, max_batch=1, compile=True, compile_cache=cache_dir).start()
+    engine = Engine(model, max_batch=4, compile=True, compile_cache=cache_dir).start()
     try:
         deadline = time.monotonic() + 60
         while (engine._batch is None or engine._batch.static is None) and time.monotonic() < deadline:
@@ -41,12 +46,29 @@ def test_compiled_step_gives_the_eager_tokens_and_persists_its_cache(tmp_path):
         assert engine.compile_state in ("compiling", "on")
         assert steps.wait(timeout=600), "compilation did not finish in 10 minutes"
         assert engine.compile_state == "on", steps.error
-        assert sorted(steps.compile_seconds) == [1]
-        got = generate(engine)
-        assert steps.steps_compiled == sum(t.shape[-1] + max(model.cfg.delays) for t in got)
+        assert sorted(steps.compile_seconds) == [1, 2]  # one request; two or more
+        got = generate_together(engine)
+        # the top_k = 0 request (the shortest) runs its steps eagerly, and so does the batch with it
+        assert 0 < steps.steps_compiled < max(t.shape[-1] for t in got) + max(model.cfg.delays)
     finally:
         engine.stop()
     # tokens exactly equal: no tie tolerance is needed for these requests
     for e, g in zip(expected, got, strict=True):
         assert torch.equal(e, g)
     assert any(cache_dir.rglob("*")), "inductor wrote nothing to the configured cache directory"
+
+
+@pytest.mark.slow
+def test_generate_compiled_matches_eager_and_reuses_its_graphs(tmp_path):
+    model = load_model(str(TINY["audiogen"]), device="cpu")
+    prompts = ["rain on a tin roof", "a dog barking"]
+
+    def same_tokens(batch: list[str], duration: float) -> bool:
+        eager = generate(model, batch, duration, seed=5)
+        compiled = generate(model, batch, duration, seed=5, compile=True, compile_cache=tmp_path)
+        return torch.equal(eager.tokens, compiled.tokens)
+
+    assert same_tokens(prompts, 1.0) and same_tokens(prompts[:1], 0.6)  # compiles 2+, then 1
+    graphs = counters["stats"]["unique_graphs"]
+    assert same_tokens(prompts * 2, 1.4) and same_tokens(prompts[1:], 1.2)  # other sizes and lengths
+    assert counters["stats"]["unique_graphs"] == graphs, "another batch size or length compiled again"

@@ -63,6 +63,6 @@ def test_the_setting_reaches_the_loader(tmp_path, monkeypatch):
     compiled = EngineManager.from_settings(make_settings(tmp_path, compile=True))
     assert on._loader.keywords["packed"] is True
     assert off._loader.keywords["packed"] is False
-    assert compiled._loader.keywords["packed"] is False  # inductor packs the weights it compiles itself
+    assert compiled._loader.keywords["packed"] is True  # the compiled step calls the packed linears
     model = off._loader(str(TINY["audiogen"]))
     assert not is_packed(model.lm)

@@ -65,7 +65,7 @@ class DecodeBatch:
         self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
         self.jobs: list[Job] = []
         self._ar_k = torch.arange(self.K, device=self.device)
-        self.static = None  # a BucketedSteps (StaticSteps: graph-capturable; CompiledSteps) when enabled
+        self.static = None  # StaticSteps (CUDA graphs) or CompiledSteps (torch.compile on the CPU) when enabled
 
     # -- admission and retirement --------------------------------------------------------------
     @property
@@ -123,7 +123,7 @@ class DecodeBatch:
         """Delay-pattern inputs: slots [n], steps [n, S] → tokens [n, K, S] (special where invalid)."""
         t = steps[:, None, :] - 1 - self.delays[None, :, None]  # [n, K, S]
         valid = (t >= 0) & (t < self.lengths[slots].view(-1, 1, 1))
-        idx = t.clamp(0, self.max_frames - 1)
+        idx = t.clamp(0, self.codes.shape[2] - 1)
         tok = self.codes[slots.view(-1, 1, 1), self._ar_k.view(1, -1, 1), idx]
         return torch.where(valid, tok, torch.full_like(tok, self.card))
 
@@ -170,7 +170,7 @@ class DecodeBatch:
     def _write(self, slots: torch.Tensor, steps: torch.Tensor, new: torch.Tensor) -> None:
         t = steps[:, None] - self.delays[None, :]  # frame each codebook's new token belongs to
         valid = (t >= self.prompts[slots, None]) & (t < self.lengths[slots, None])
-        idx = t.clamp(0, self.max_frames - 1)
+        idx = t.clamp(0, self.codes.shape[2] - 1)
         ix = (slots[:, None], self._ar_k[None, :], idx)
         self.codes[ix] = torch.where(valid, new, self.codes[ix])
 

@@ -1,21 +1,27 @@
-"""CPU decode steps compiled by ``torch.compile`` (inductor), one graph per batch-size bucket.
+"""CPU decode steps compiled by ``torch.compile`` (inductor): two graphs serve every batch.
 
-A step runs for a bucket of B slots (the smallest bucket holding the active jobs; extra slots are
-free and only touch their own rows, as in ``StaticSteps``). The row count, the condition length
-and the sampler (no host-side top-k bound) are fixed per bucket; the self-attention key length
-stays dynamic (a symbolic size), so one graph serves every position. Inductor freezes the weights
-into the graph and, with ``max_autotune``, picks its C++ micro-GEMM where it beats MKL at these small
-row counts.
+One graph runs a single request (dynamo specialises a size of 1), the other any number of requests
+from 2 up: the row count, the self-attention key length and the cache's own sizes are symbolic, so
+neither a request's position, nor the batch size, nor a longer condition recompiles, and nothing is
+padded. The LM keeps its oneDNN-packed linears (``soundry.models.packed``): with freezing on,
+inductor calls that kernel as an external op and fuses what lies between (norms, attention,
+residuals, guidance, sampling) into a few C++ loops, which removes most of the eager step's
+per-operator overhead. Plain ``nn.Linear`` weights compile too (inductor then packs them itself).
 
-Compilation never blocks serving: a background thread compiles the buckets, smallest first, on a
-*scratch* copy of the batch state (same shapes, its own never-touched buffers, so it costs little
-memory and cannot disturb running requests), while the loop keeps stepping eagerly; a bucket is
-used once its graph exists. The compiled graph is guarded by the shapes it was built for; if the
-condition cache grows (a long prompt), steps run eagerly again rather than recompile on the loop.
-Inductor's caches go to ``cache_dir`` so a restart reuses the kernels and autotuning results.
+The sampler is compiled with a top-k bound (``TOPK_BOUND``, audiocraft's default top_k): a step in
+which some request has top_k = 0 or above the bound runs eagerly (it must sort the whole vocabulary),
+as does a step whose keys reach the end of the cache (a size equal to the cache's would specialise).
 
-Measured (bench/engine.py --compile, bench/RESULTS.md): on this project's 2-core AVX2 CPU the
-compiled step was *slower* than the eager one, so the service leaves it off unless ``compile = true``.
+Compilation never blocks serving: a background thread compiles both graphs on a *scratch* copy of
+the batch state (same shapes, its own never-touched buffers, so it costs little memory and cannot
+disturb running requests), while the loop keeps stepping eagerly; a graph is used once it exists.
+``compile_now`` does the same synchronously (``generate(compile=True)``). Inductor's caches go to
+``cache_dir`` so a restart reuses the kernels; dynamo's in-memory graphs are shared by every batch
+of the same model in the process (the guards check the weights' identity).
+
+Measured (bench/engine.py --compile, bench/end_to_end.py --compile; bench/RESULTS.md): on a 2-core
+AVX-512 CPU the compiled step is ~1.3x the eager packed step at batch 1 and 8 (dim 512, 8 layers);
+compiling takes ~10-20 s a graph cold.
 """
 
 from __future__ import annotations
@@ -29,12 +35,11 @@ from pathlib import Path
 
 import torch
 
-from soundry.engine.static_steps import DEFAULT_BUCKETS, BucketedSteps
-from soundry.models.packed import is_packed
-
 log = logging.getLogger(__name__)
 
-INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+TOPK_BOUND = 250
+MAX_SIZE = 1 << 20  # upper bound of the symbolic sizes (dynamo needs one with a lower bound)
+MAX_KEYS = 4096  # the key length's (dynamo guards it there); a 30 s context has ~1500 steps
 
 
 def use_cache_dir(cache_dir: Path | str | None) -> None:
@@ -44,62 +49,79 @@ def use_cache_dir(cache_dir: Path | str | None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
 
 
-def _step(batch, n: int, uniforms: torch.Tensor, key_marker: torch.Tensor, cross_len: int) -> None:
-    """The compiled function: the batch's device work for ``n`` slots; ``key_marker.shape[0]`` is
-    the self-attention key length (a tensor size, so inductor treats it as dynamic)."""
-    batch.decode(n, uniforms, key_marker.shape[0], cross_len, None)
+def _step(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
+    """The compiled function: the batch's device work for ``uniforms.shape[0]`` slots over
+    ``key_marker.shape[0]`` self-attention keys (tensor sizes, so inductor can keep them symbolic)."""
+    batch.decode(uniforms.shape[0], uniforms, key_marker.shape[0], batch.cache.max_cond_len, TOPK_BOUND)
 
 
-class CompiledSteps(BucketedSteps):
-    """Drop-in for ``DecodeBatch.static``: ``step(n, uniforms)``; compiled buckets when ready,
-    the batch's ordinary dynamic step otherwise."""
+# One compiled function for the process: dynamo keeps its graphs per model (guarded on the weights).
+_compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
 
-    def __init__(self, batch, buckets: tuple[int, ...] = DEFAULT_BUCKETS, options: dict | None = None,
-                 cache_dir: Path | str | None = None):
+
+def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
+    """Call the compiled step with freezing on (~12 us): the packed weights must be graph constants
+    for inductor's oneDNN linear, so should a guard ever fail, the recompile must freeze too. (It is
+    read from the global config; passed in ``torch.compile``'s options it does not take effect.)"""
+    with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
+        _compiled_step(batch, uniforms, key_marker)
+
+
+def _graph_for(n: int) -> int:
+    return 1 if n == 1 else 2
+
+
+class CompiledSteps:
+    """Drop-in for ``DecodeBatch.static``: ``step(n, uniforms)`` runs a compiled graph when one
+    exists for ``n`` and the step's requests fit it, the batch's ordinary dynamic step otherwise."""
+
+    def __init__(self, batch, cache_dir: Path | str | None = None):
         if batch.device.type != "cpu":
             raise ValueError("compiled steps are for the CPU; on a GPU the engine uses CUDA graphs")
-        if is_packed(batch.lm):
-            raise ValueError("compiled steps need plain nn.Linear weights (load the model with packed=False): "
-                             "inductor lays out the weights it compiles itself")
-        super().__init__(batch, buckets)
-        self.options = dict(INDUCTOR_OPTIONS if options is None else options)
+        self.batch = batch
         self.cache_dir = cache_dir
-        self.compiled: dict[int, tuple] = {}  # bucket -> (function, shape signature it was built for)
+        self.graphs = [1] + ([2] if batch.max_slots >= 2 else [])  # 1: one request; 2: two or more
+        self.ready: set[int] = set()
         self.compile_seconds: dict[int, float] = {}
         self.steps_compiled = 0  # steps that ran a compiled graph (the rest ran eagerly)
         self.state = "off"  # off | compiling | on | failed
         self.error: str | None = None
-        self._fn = torch.compile(_step, fullgraph=True, dynamic=False, options=self.options)
         self._marker = torch.empty(batch.cache.max_len)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # -- serving ----------------------------------------------------------------------------------
-    def _signature(self, batch) -> tuple:
-        return batch.cache.max_cond_len, batch.cache.max_len, batch.max_slots
+    def fits(self, n: int) -> bool:
+        """Whether the compiled graph for ``n`` requests exists and serves the current step."""
+        batch = self.batch
+        return (_graph_for(n) in self.ready
+                and max(j.step for j in batch.jobs) + 1 < min(batch.cache.max_len, MAX_KEYS)
+                and all(0 < j.request.top_k <= TOPK_BOUND for j in batch.jobs))
 
     def step(self, n: int, uniforms: torch.Tensor) -> None:
-        b = self.bucket(n)
-        entry = self.compiled.get(b)
         batch = self.batch
-        key_len = max(j.step for j in batch.jobs) + 1
-        if entry is None or entry[1] != self._signature(batch) or key_len >= batch.cache.max_len:
+        if not self.fits(n):
             batch.decode_dynamic(n, uniforms)
             return
-        self.reset_padding(n, b)
-        if b > n:
-            uniforms = torch.cat([uniforms, uniforms.new_zeros(b - n, batch.K)])
+        key_len = max(j.step for j in batch.jobs) + 1
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
-        entry[0](batch, b, uniforms, self._marker[: max(2, key_len)], batch.cache.max_cond_len)
+        _run_compiled(batch, uniforms, self._marker[: max(2, key_len)])
         self.steps_compiled += 1
 
     # -- compiling --------------------------------------------------------------------------------
     def start(self) -> CompiledSteps:
-        """Compile every bucket in a background thread (returns at once)."""
+        """Compile both graphs in a background thread (returns at once)."""
         if self._thread is None:
             self.state = "compiling"
             self._thread = threading.Thread(target=self._compile_all, name="soundry-compile", daemon=True)
             self._thread.start()
+        return self
+
+    def compile_now(self, n: int | None = None) -> CompiledSteps:
+        """Compile (or fetch from dynamo's and inductor's caches) the graph for ``n`` requests, or
+        both, in this thread; raise if compiling fails."""
+        self.state = "compiling"
+        self._compile_all(graphs=self.graphs if n is None else [_graph_for(n)], raise_errors=True)
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -110,40 +132,52 @@ class CompiledSteps(BucketedSteps):
         return True
 
     def stop(self) -> None:
-        """Compile no further buckets (a bucket already compiling finishes)."""
+        """Compile no further graphs (one already compiling finishes)."""
         self._stop.set()
 
-    def _compile_all(self) -> None:
+    def _compile_all(self, graphs: list[int] | None = None, raise_errors: bool = False) -> None:
         use_cache_dir(self.cache_dir)
         torch.set_grad_enabled(False)
         try:
             scratch = scratch_batch(self.batch)
-            for b in self.buckets:
+            for g in graphs or self.graphs:
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()
-                self._compile(scratch, b)
-                self.compile_seconds[b] = time.perf_counter() - t0
-                log.info("compiled the decode step for batch bucket %d in %.1f s", b, self.compile_seconds[b])
+                self._compile(scratch, g)
+                self.ready.add(g)
+                self.compile_seconds[g] = time.perf_counter() - t0
+                log.info("decode step for %s ready in %.1f s", "one request" if g == 1 else "2+ requests",
+                         self.compile_seconds[g])
             self.state = "on"
         except Exception as exc:  # keep serving eagerly
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("compiling the decode step failed; decoding eagerly")
+            if raise_errors:
+                raise
 
-    def _compile(self, scratch, b: int) -> None:
-        """Compile (or load from inductor's cache) bucket ``b`` by running it once on ``scratch``."""
+    @staticmethod
+    def _compile(scratch, g: int) -> None:
+        """Compile graph ``g`` (1: one request; 2: two or more) by running it once on ``scratch``."""
         cache = scratch.cache
-        for t in (cache.k, cache.v):  # what the compile run reads: 2 key positions of its rows
-            t[:, : 2 * b, :, :2].zero_()
-        for t in (cache.ck, cache.cv):
-            t[:, : 2 * b].zero_()
-        uniforms = torch.rand(b, scratch.K)
+        for t in cache.k + cache.v:  # what the compile run reads: 2 key positions of its rows
+            t[: 2 * g, :, :2].zero_()
+        for t in cache.ck + cache.cv:
+            t[: 2 * g].zero_()
+        uniforms = torch.rand(g, scratch.K)
         marker = torch.empty(2)
-        # below max_len: a slice of the whole cache length would be specialised as a no-op
-        torch._dynamo.mark_dynamic(marker, 0, min=2, max=cache.max_len - 1)
-        with torch._dynamo.config.patch(recompile_limit=max(64, 2 * len(self.buckets))):
-            self._fn(scratch, b, uniforms, marker, cache.max_cond_len)
-        self.compiled[b] = (self._fn, self._signature(scratch))
+        torch._dynamo.mark_dynamic(marker, 0, min=2, max=MAX_KEYS)
+        if g > 1:
+            torch._dynamo.mark_dynamic(uniforms, 0, min=2, max=MAX_SIZE)
+        for t in cache.tensors():  # rows, and positions / condition keys
+            torch._dynamo.mark_dynamic(t, 0)
+            torch._dynamo.mark_dynamic(t, 2)
+        torch._dynamo.mark_dynamic(cache.cross_mask, 0)
+        torch._dynamo.mark_dynamic(cache.cross_mask, 1)
+        for name in ("codes", "steps", "lengths", "prompts", "params"):
+            torch._dynamo.mark_dynamic(getattr(scratch, name), 0)
+        torch._dynamo.mark_dynamic(scratch.codes, 2)
+        _run_compiled(scratch, uniforms, marker)
 
 
 def scratch_batch(batch):
@@ -155,10 +189,11 @@ def scratch_batch(batch):
     for name in ("codes", "steps", "lengths", "prompts", "params"):
         setattr(scratch, name, torch.zeros_like(getattr(batch, name)))
     scratch.params[:, 0] = 1.0  # temperature 1: finite sampling in the compile run
+    scratch.params[:, 1] = TOPK_BOUND
     scratch.lengths.fill_(1)
     cache = scratch.cache = copy.copy(batch.cache)
     for name in ("k", "v", "ck", "cv"):
-        setattr(cache, name, torch.empty_like(getattr(batch.cache, name)))
+        setattr(cache, name, [torch.empty_like(t) for t in getattr(batch.cache, name)])
     cache.cross_mask = torch.zeros_like(batch.cache.cross_mask)
     cache.cross_mask[:, 0] = True
     return scratch

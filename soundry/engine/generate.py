@@ -61,14 +61,17 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
              temperature: float = 1.0, cfg_coef: float | None = None, seed: int | None = None,
              negative_prompts: list[str] | None = None, max_duration: float | None = None,
              extend_stride: float | None = None, progress: Callable[[int, int], None] | None = None,
-             prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None) -> GenerationOutput:
+             prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None,
+             compile: bool = False, compile_cache: str | None = None) -> GenerationOutput:
     """Generate a batch of clips as audiocraft's ``generate`` does (joint conditioning).
 
     With ``seed``, prompt i uses seed + i. ``progress(done, total)`` counts decode steps.
     ``prompt_audio`` ([C, N] for all prompts, or [B, C, N]) at ``prompt_sample_rate`` (default: the
     model's) makes it ``generate_continuation``: the clip is converted to the model's rate and
     channels, encoded, and continued; ``duration`` is the total, and the output starts with the
-    prompt's codes (its audio decodes all of them)."""
+    prompt's codes (its audio decodes all of them). ``compile`` (CPU) runs the decode steps compiled
+    (``soundry.engine.compiled_steps``): the first call for a model compiles for a while (inductor's
+    caches in ``compile_cache``), later ones in the process reuse the graphs."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     negs = negative_prompts or [None] * len(prompts)
     codes = [None] * len(prompts)
@@ -92,7 +95,13 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
     jobs = [make_job(model, req, cond, report if progress else None, md, extend_stride)
             for req, cond in zip(requests, model.conditions(requests, joint=True), strict=True)]
     # The KV cache sized for the longest window these jobs use, not the model's whole context.
-    batch = DecodeBatch(model.lm, len(jobs), max(w.length for j in jobs for w in j.windows), device=model.device)
+    # Compiled, at least 2 slots: a size of 1 would be specialised into the graph (the spare slot stays empty).
+    slots = max(2, len(jobs)) if compile else len(jobs)
+    batch = DecodeBatch(model.lm, slots, max(w.length for j in jobs for w in j.windows), device=model.device)
+    if compile:
+        from soundry.engine.compiled_steps import CompiledSteps
+
+        batch.static = CompiledSteps(batch, cache_dir=compile_cache).compile_now(len(jobs))
     for job in jobs:
         batch.admit(job)
     state["total"] = jobs[0].total_steps(batch.max_delay)

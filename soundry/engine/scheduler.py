@@ -21,7 +21,6 @@ from soundry.engine.batch import DecodeBatch, Job
 from soundry.engine.generate import make_job
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
-from soundry.models.packed import is_packed
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,8 @@ class Engine:
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
         self.static_steps = static_steps
-        # CPU, fp32: compile the step per bucket in the background (soundry.engine.compiled_steps),
-        # decoding eagerly until each bucket is ready; inductor's caches go to compile_cache
+        # CPU, fp32: compile the step in the background (soundry.engine.compiled_steps), decoding
+        # eagerly until its graphs are ready; inductor's caches go to compile_cache
         self.compile, self.compile_cache = compile, compile_cache
         self.stats = EngineStats()
         self._lock = threading.Condition()
@@ -150,10 +149,7 @@ class Engine:
         try:
             self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
             device = self._batch.device
-            if self.compile and is_packed(self.model.lm):  # inductor packs the weights it compiles itself
-                log.warning("compile is on but %s was loaded with packed weights; decoding eagerly "
-                            "(load it with packed=False to compile)", self.model.name)
-            elif self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
+            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
                 from soundry.engine.compiled_steps import CompiledSteps
 
                 self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()

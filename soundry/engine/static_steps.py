@@ -27,14 +27,18 @@ log = logging.getLogger(__name__)
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
-class BucketedSteps:
-    """What every fixed-shape step shares: batch-size buckets (the smallest holding the active jobs
-    runs; its extra slots are padding that only touches its own rows), and padding that stays sane."""
+class StaticSteps:
+    """Bucketed static-shape steps: the smallest bucket holding the active jobs runs; its extra slots
+    are padding that only touches its own rows and stays sane."""
 
-    def __init__(self, batch, buckets: tuple[int, ...] = DEFAULT_BUCKETS):
+    def __init__(self, batch, buckets: tuple[int, ...] = DEFAULT_BUCKETS, use_graphs: bool | None = None):
         self.batch = batch
         self.buckets = sorted({b for b in buckets if b < batch.max_slots} | {batch.max_slots})
         batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
+        self.use_graphs = batch.device.type == "cuda" if use_graphs is None else use_graphs
+        self.uniforms = {b: torch.zeros(b, batch.K, device=batch.device) for b in self.buckets}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.captured_cond_len = -1
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
@@ -43,15 +47,6 @@ class BucketedSteps:
         """Padding slots [n, b) advance too: restart them so their positions stay inside the cache."""
         if b > n:
             self.batch.steps[n:b].zero_()
-
-
-class StaticSteps(BucketedSteps):
-    def __init__(self, batch, buckets: tuple[int, ...] = DEFAULT_BUCKETS, use_graphs: bool | None = None):
-        super().__init__(batch, buckets)
-        self.use_graphs = batch.device.type == "cuda" if use_graphs is None else use_graphs
-        self.uniforms = {b: torch.zeros(b, batch.K, device=batch.device) for b in self.buckets}
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.captured_cond_len = -1
 
     def _run(self, b: int) -> None:
         cache = self.batch.cache

@@ -21,7 +21,7 @@ class ModelUnavailable(RuntimeError):
 
 class EngineManager:
     """``precision``, ``max_text_tokens`` and ``packed_weights`` go to the default loader; ``compile``
-    and ``compile_cache`` to each Engine (a compiled step packs its own weights: loaded plain then)."""
+    and ``compile_cache`` to each Engine."""
 
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
@@ -36,7 +36,7 @@ class EngineManager:
             from soundry.models import load_model
 
             loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens,
-                             packed=packed_weights and not compile)
+                             packed=packed_weights)
         self._loader = loader
 
     @classmethod
