@@ -17,7 +17,8 @@ machine's drift hits all alike), median of ``--repeats``:
   each step, cache grown by concatenation, plain weights), with the same text encoding
   (``AudioModel.conditions``) and codec decode (``AudioModel.decode``).
 
-Prints a table, the ratios, and one JSON line.
+``--precision bf16`` runs soundry's rows in bf16 (the baseline stays fp32, as the reference runs;
+the compiled row is fp32-only and left out). Prints a table, the ratios, and one JSON line.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled row")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="soundry's rows (baseline: fp32)")
     a = parse_args(ap, argv)
 
     with tempfile.TemporaryDirectory(prefix="soundry-e2e-") as tmp:
         release = write_random_release(Path(tmp) / "lm", "musicgen-small", tiny_companion("musicgen-small"), dim=a.dim,
                                        num_heads=a.heads, num_layers=a.layers)
-        packed = load_model(str(release), device="cpu", precision="fp32")
-        plain = load_model(str(release), device="cpu", precision="fp32", packed=False)
+        packed = load_model(str(release), device="cpu", precision=a.precision)
+        plain = load_model(str(release), device="cpu", precision=a.precision, packed=False)
+        reference = plain if a.precision == "fp32" else load_model(str(release), device="cpu", precision="fp32",
+                                                                   packed=False)
 
     compile_cache = tempfile.mkdtemp(prefix="soundry-inductor-")
     variants = {
@@ -81,15 +85,18 @@ def main(argv=None) -> dict:
         "soundry generate (packed, compiled)": lambda p: generate(packed, p, a.duration, seed=0, compile=True,
                                                                   compile_cache=compile_cache).audio,
         "soundry generate (plain nn.Linear)": lambda p: generate(plain, p, a.duration, seed=0).audio,
-        "eager reference-style baseline": lambda p: baseline_generate(plain, p, a.duration),
+        "eager reference-style baseline": lambda p: baseline_generate(reference, p, a.duration),
     }
-    if not a.compile:
+    if not a.compile or a.precision != "fp32":
         del variants["soundry generate (packed, compiled)"]
-    results = {"dim": a.dim, "heads": a.heads, "layers": a.layers, "duration": a.duration,
+    if a.precision != "fp32":
+        variants = {name.replace("(", f"({a.precision}, ", 1) if name.startswith("soundry") else name: fn
+                    for name, fn in variants.items()}
+    results = {"dim": a.dim, "heads": a.heads, "layers": a.layers, "duration": a.duration, "precision": a.precision,
                "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "rows": []}
     print(f"release checkpoint dim {a.dim}, {a.heads} heads, {a.layers} layers (random weights); {a.duration:g} s "
           f"clips; {torch.get_num_threads()} threads; median of {a.repeats}; cpu flags: {results['cpu_flags']}")
-    print(f"{'implementation':36s} {'batch':>5s} {'s/batch':>8s} {'clips/s':>8s} {'vs baseline':>12s}")
+    print(f"{'implementation':40s} {'batch':>5s} {'s/batch':>8s} {'clips/s':>8s} {'vs baseline':>12s}")
     for b in (int(x) for x in a.batch_sizes.split(",")):
         prompts = (PROMPTS * math.ceil(b / len(PROMPTS)))[:b]
         samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -107,7 +114,7 @@ def main(argv=None) -> dict:
             t = statistics.median(ts)
             results["rows"].append({"name": name, "batch": b, "seconds": round(t, 4), "clips_per_s": round(b / t, 3),
                                     "speedup_vs_baseline": round(base / t, 2)})
-            print(f"{name:36s} {b:5d} {t:8.3f} {b / t:8.2f} {base / t:11.2f}x")
+            print(f"{name:40s} {b:5d} {t:8.3f} {b / t:8.2f} {base / t:11.2f}x")
     for b, t in results.get("first_call_seconds", {}).items():
         print(f"compiled, batch {b}: first call (compiling) {t} s")
     results["machine"] = platform.processor() or platform.machine()
