@@ -8,9 +8,10 @@ inductor calls that kernel as an external op and fuses what lies between (norms,
 residuals, guidance, sampling) into a few C++ loops, which removes most of the eager step's
 per-operator overhead. Plain ``nn.Linear`` weights compile too (inductor then packs them itself).
 
-The sampler is compiled with a top-k bound (``TOPK_BOUND``, audiocraft's default top_k): a step in
-which some request has top_k = 0 or above the bound runs eagerly (it must sort the whole vocabulary),
-as does a step whose keys reach the end of the cache (a size equal to the cache's would specialise).
+The sampler is compiled with a top-k bound (``TOPK_BOUND``, audiocraft's default top_k; a full sort
+of the vocabulary costs ~1.5 ms a step at batch 8): a step in which some request has top_k = 0 or
+above the bound runs eagerly, as does a step whose keys reach the end of the cache (a key length
+equal to the cache's would be specialised).
 
 Compilation never blocks serving: a background thread compiles both graphs on a *scratch* copy of
 the batch state (same shapes, its own never-touched buffers, so it costs little memory and cannot
@@ -19,9 +20,10 @@ disturb running requests), while the loop keeps stepping eagerly; a graph is use
 ``cache_dir`` so a restart reuses the kernels; dynamo's in-memory graphs are shared by every batch
 of the same model in the process (the guards check the weights' identity).
 
-Measured (bench/engine.py --compile, bench/end_to_end.py --compile; bench/RESULTS.md): on a 2-core
-AVX-512 CPU the compiled step is ~1.3x the eager packed step at batch 1 and 8 (dim 512, 8 layers);
-compiling takes ~10-20 s a graph cold.
+Measured on a 2-core AVX-512 CPU (bench/RESULTS.md): the step alone ~1.26-1.28x the eager packed
+step at batch 1 and 8 on a dim-512, 8-layer LM (whole clips 1.07-1.13x, bench/end_to_end.py), and
+1.05-1.08x on musicgen-small, whose step is nearly all linear layers (bench/engine.py --compile);
+compiling takes ~25 s a graph (dim 512) to 65-90 s (musicgen-small).
 """
 
 from __future__ import annotations
@@ -59,12 +61,15 @@ def _step(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
 _compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
 
 
-def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
-    """Call the compiled step with freezing on (~12 us): the packed weights must be graph constants
-    for inductor's oneDNN linear, so should a guard ever fail, the recompile must freeze too. (It is
-    read from the global config; passed in ``torch.compile``'s options it does not take effect.)"""
-    with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
-        _compiled_step(batch, uniforms, key_marker)
+def _freeze_weights() -> None:
+    """Turn on inductor's freezing (weights become graph constants: inductor's oneDNN linear lowering
+    requires the packed weights as constants) and allow a recompile per model and graph.
+
+    Set process-wide rather than with ``config.patch`` around each call: a patch is undone on exit
+    while another engine's thread may be compiling, and passed in ``torch.compile``'s options the
+    flag does not take effect. soundry compiles nothing else."""
+    torch._inductor.config.freezing = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 def _graph_for(n: int) -> int:
@@ -78,6 +83,7 @@ class CompiledSteps:
     def __init__(self, batch, cache_dir: Path | str | None = None):
         if batch.device.type != "cpu":
             raise ValueError("compiled steps are for the CPU; on a GPU the engine uses CUDA graphs")
+        _freeze_weights()
         self.batch = batch
         self.cache_dir = cache_dir
         self.graphs = [1] + ([2] if batch.max_slots >= 2 else [])  # 1: one request; 2: two or more
@@ -105,7 +111,7 @@ class CompiledSteps:
             return
         key_len = max(j.step for j in batch.jobs) + 1
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
-        _run_compiled(batch, uniforms, self._marker[: max(2, key_len)])
+        _compiled_step(batch, uniforms, self._marker[: max(2, key_len)])
         self.steps_compiled += 1
 
     # -- compiling --------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ class CompiledSteps:
         for name in ("codes", "steps", "lengths", "prompts", "params"):
             torch._dynamo.mark_dynamic(getattr(scratch, name), 0)
         torch._dynamo.mark_dynamic(scratch.codes, 2)
-        _run_compiled(scratch, uniforms, marker)
+        _compiled_step(scratch, uniforms, marker)
 
 
 def scratch_batch(batch):
