@@ -11,7 +11,8 @@ written as a release directory with the tiny model's text encoder and codec). Ea
   top-1 agreement (share of positions whose argmax matches);
 - greedy decoding (top_k = 1, guidance 3.0) for ``--duration`` seconds: the frame of the first token
   that differs from fp32's (after it, each run conditions on its own history, so later tokens are
-  not comparable), and the share of equal tokens over the whole clip.
+  not comparable), and the share of equal tokens over the whole clip. ``P+compiled`` (fp32 or bf16)
+  takes these tokens from the compiled decode step (``generate(compile=True)``).
 
 Random weights give near-flat, structureless distributions: these numbers measure numerical drift,
 not perceived audio quality, which needs the released weights and listening tests.
@@ -39,12 +40,15 @@ from soundry.models.shapes import SHAPES, write_random_release  # noqa: E402
 PROMPT = "a dog barks while rain falls on a tin roof"
 
 
-def greedy(model, duration: float) -> torch.Tensor:
-    return generate(model, [PROMPT], duration=duration, top_k=1, top_p=0.0, cfg_coef=3.0, seed=0).tokens[0]
+def greedy(model, duration: float, compile: bool = False) -> torch.Tensor:
+    return generate(model, [PROMPT], duration=duration, top_k=1, top_p=0.0, cfg_coef=3.0, seed=0,
+                    compile=compile).tokens[0]
 
 
-def compare(reference, candidate, ref_tokens: torch.Tensor, duration: float) -> dict:
-    """Teacher-forced and free-running agreement of ``candidate`` with ``reference`` (fp32)."""
+def compare(reference, candidate, ref_tokens: torch.Tensor, duration: float, compile: bool = False) -> dict:
+    """Teacher-forced and free-running agreement of ``candidate`` with ``reference`` (fp32); with
+    ``compile`` the free-running tokens come from the compiled decode step (the teacher-forced
+    logits do not use the step)."""
     codes = ref_tokens[None]
     ref_logits, mask = teacher_logits(reference, codes, [PROMPT])
     cand_logits, _ = teacher_logits(candidate, codes, [PROMPT])
@@ -52,7 +56,7 @@ def compare(reference, candidate, ref_tokens: torch.Tensor, duration: float) -> 
     kl = (p.softmax(-1) * (p.log_softmax(-1) - q.log_softmax(-1))).sum(-1)
     top1 = (p.argmax(-1) == q.argmax(-1)).double().mean().item()
     t0 = time.perf_counter()
-    tokens = greedy(candidate, duration)
+    tokens = greedy(candidate, duration, compile)
     seconds = time.perf_counter() - t0
     differ = (tokens != ref_tokens).any(0).nonzero()
     frames = ref_tokens.shape[-1]
@@ -68,9 +72,13 @@ def evaluate(name: str, path: Path, precisions: list[str], duration: float) -> l
     ref_tokens = greedy(reference, duration)
     ref_seconds = time.perf_counter() - t0
     rows = []
-    for precision in precisions:
+    for variant in precisions:
+        precision, _, mode = variant.partition("+")  # e.g. "bf16+compiled"
+        if mode not in ("", "compiled"):
+            raise SystemExit(f"unknown variant {variant!r}: a precision, optionally +compiled")
         candidate = load_model(str(path), device="cpu", precision=precision)
-        row = {"model": name, "precision": precision, **compare(reference, candidate, ref_tokens, duration),
+        row = {"model": name, "precision": variant,
+               **compare(reference, candidate, ref_tokens, duration, compile=mode == "compiled"),
                "fp32_greedy_seconds": round(ref_seconds, 1)}
         rows.append(row)
         print(_format(row), flush=True)
@@ -78,20 +86,21 @@ def evaluate(name: str, path: Path, precisions: list[str], duration: float) -> l
     return rows
 
 
-HEADER = (f"{'model':22s} {'precision':9s} {'KL mean':>9s} {'KL max':>9s} {'top-1':>7s} "
+HEADER = (f"{'model':22s} {'precision':13s} {'KL mean':>9s} {'KL max':>9s} {'top-1':>7s} "
           f"{'frames':>6s} {'1st diff':>8s} {'tokens =':>8s}")
 
 
 def _format(r: dict) -> str:
     first = "none" if r["first_divergence_frame"] is None else str(r["first_divergence_frame"])
-    return (f"{r['model']:22s} {r['precision']:9s} {r['kl_mean']:9.2e} {r['kl_max']:9.2e} "
+    return (f"{r['model']:22s} {r['precision']:13s} {r['kl_mean']:9.2e} {r['kl_max']:9.2e} "
             f"{100 * r['top1_agreement']:6.2f}% {r['greedy_frames']:6d} {first:>8s} "
             f"{100 * r['greedy_token_agreement']:7.2f}%")
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--precisions", default="int8,bf16", help="compared with fp32 (any of int8, bf16, fp16)")
+    ap.add_argument("--precisions", default="int8,bf16", help="compared with fp32 (any of int8, bf16, fp16; "
+                    "fp32+compiled or bf16+compiled: greedy tokens from the compiled step)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of greedy decoding (50 frames/s)")
     ap.add_argument("--shape", default="musicgen-small", choices=sorted(SHAPES), help="the real-size random LM")
     ap.add_argument("--no-real-size", action="store_true", help="only the tiny reference checkpoints")

@@ -70,7 +70,7 @@ class Settings:
     keep_alive_seconds: float = 75.0  # idle keep-alive; longer than clients' and proxies' own (httpx 5 s, nginx 60 s)
     forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
-    compile: bool = False  # compile the CPU fp32 decode step (torch.compile); 1.05-1.3x here, minutes to build
+    compile: bool = False  # compile the CPU fp32/bf16 decode step (torch.compile); 1.05-1.5x here, minutes to build
     # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.packed), ~2x
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True

@@ -61,15 +61,14 @@ def _step(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
 _compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
 
 
-def _freeze_weights() -> None:
-    """Turn on inductor's freezing (weights become graph constants: inductor's oneDNN linear lowering
-    requires the packed weights as constants) and allow a recompile per model and graph.
-
-    Set process-wide rather than with ``config.patch`` around each call: a patch is undone on exit
-    while another engine's thread may be compiling, and passed in ``torch.compile``'s options the
-    flag does not take effect. soundry compiles nothing else."""
-    torch._inductor.config.freezing = True
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
+    """Call the compiled step with inductor's freezing on (~12 us a call): the packed weights must be
+    graph constants for inductor's oneDNN linear lowering, for the first compile and for any
+    recompile should a guard fail. Set for each call because torch's config overrides are
+    thread-local (the engine compiles in one thread and steps in another), and passed in
+    ``torch.compile``'s options freezing does not take effect (dynamo reads it while tracing)."""
+    with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
+        _compiled_step(batch, uniforms, key_marker)
 
 
 def _graph_for(n: int) -> int:
@@ -83,7 +82,6 @@ class CompiledSteps:
     def __init__(self, batch, cache_dir: Path | str | None = None):
         if batch.device.type != "cpu":
             raise ValueError("compiled steps are for the CPU; on a GPU the engine uses CUDA graphs")
-        _freeze_weights()
         self.batch = batch
         self.cache_dir = cache_dir
         self.graphs = [1] + ([2] if batch.max_slots >= 2 else [])  # 1: one request; 2: two or more
@@ -111,7 +109,7 @@ class CompiledSteps:
             return
         key_len = max(j.step for j in batch.jobs) + 1
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
-        _compiled_step(batch, uniforms, self._marker[: max(2, key_len)])
+        _run_compiled(batch, uniforms, self._marker[: max(2, key_len)])
         self.steps_compiled += 1
 
     # -- compiling --------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ class CompiledSteps:
         for name in ("codes", "steps", "lengths", "prompts", "params"):
             torch._dynamo.mark_dynamic(getattr(scratch, name), 0)
         torch._dynamo.mark_dynamic(scratch.codes, 2)
-        _compiled_step(scratch, uniforms, marker)
+        _run_compiled(scratch, uniforms, marker)
 
 
 def scratch_batch(batch):

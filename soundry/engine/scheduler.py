@@ -58,7 +58,7 @@ class Engine:
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
         self.static_steps = static_steps
-        # CPU, fp32: compile the step in the background (soundry.engine.compiled_steps), decoding
+        # CPU, fp32 or bf16: compile the step in the background (soundry.engine.compiled_steps), decoding
         # eagerly until its graphs are ready; inductor's caches go to compile_cache
         self.compile, self.compile_cache = compile, compile_cache
         self.stats = EngineStats()
@@ -149,7 +149,7 @@ class Engine:
         try:
             self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
             device = self._batch.device
-            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") == "fp32":
+            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") in ("fp32", "bf16"):
                 from soundry.engine.compiled_steps import CompiledSteps
 
                 self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()
