@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
                "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "rows": []}
     print(f"release checkpoint dim {a.dim}, {a.heads} heads, {a.layers} layers (random weights); {a.duration:g} s "
           f"clips; {torch.get_num_threads()} threads; median of {a.repeats}; cpu flags: {results['cpu_flags']}")
-    print(f"{'implementation':40s} {'batch':>5s} {'s/batch':>8s} {'clips/s':>8s} {'vs baseline':>12s}")
+    print(f"{'implementation':42s} {'batch':>5s} {'s/batch':>8s} {'clips/s':>8s} {'vs baseline':>12s}")
     for b in (int(x) for x in a.batch_sizes.split(",")):
         prompts = (PROMPTS * math.ceil(b / len(PROMPTS)))[:b]
         samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
             t = statistics.median(ts)
             results["rows"].append({"name": name, "batch": b, "seconds": round(t, 4), "clips_per_s": round(b / t, 3),
                                     "speedup_vs_baseline": round(base / t, 2)})
-            print(f"{name:40s} {b:5d} {t:8.3f} {b / t:8.2f} {base / t:11.2f}x")
+            print(f"{name:42s} {b:5d} {t:8.3f} {b / t:8.2f} {base / t:11.2f}x")
     for b, t in results.get("first_call_seconds", {}).items():
         print(f"compiled, batch {b}: first call (compiling) {t} s")
     results["machine"] = platform.processor() or platform.machine()
