@@ -1,4 +1,4 @@
-"""CPU decode steps compiled by ``torch.compile`` (inductor): two graphs serve every batch.
+"""CPU decode steps (fp32, bf16) compiled by ``torch.compile`` (inductor): two graphs serve every batch.
 
 One graph runs a single request (dynamo specialises a size of 1), the other any number of requests
 from 2 up: the row count, the self-attention key length and the cache's own sizes are symbolic, so
@@ -21,9 +21,11 @@ disturb running requests), while the loop keeps stepping eagerly; a graph is use
 of the same model in the process (the guards check the weights' identity).
 
 Measured on a 2-core AVX-512 CPU (bench/RESULTS.md): the step alone ~1.26-1.28x the eager packed
-step at batch 1 and 8 on a dim-512, 8-layer LM (whole clips 1.07-1.13x, bench/end_to_end.py), and
-1.05-1.08x on musicgen-small, whose step is nearly all linear layers (bench/engine.py --compile);
-compiling takes ~25 s a graph (dim 512) to 65-90 s (musicgen-small).
+step at batch 1 and 8 on a dim-512, 8-layer LM in fp32 (whole clips 1.07-1.13x, bench/end_to_end.py;
+1.29-1.46x in bf16), and 1.05-1.08x on musicgen-small, whose step is nearly all linear layers
+(bench/engine.py --compile); compiling takes ~25 s a graph (dim 512) to 65-90 s (musicgen-small).
+In fp32 the compiled step samples the eager step's tokens exactly; in bf16 fused kernels round
+differently (bench/fidelity.py measures both against fp32).
 """
 
 from __future__ import annotations
