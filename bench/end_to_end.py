@@ -17,7 +17,8 @@ machine's drift hits all alike), median of ``--repeats``:
   each step, cache grown by concatenation, plain weights), with the same text encoding
   (``AudioModel.conditions``) and codec decode (``AudioModel.decode``).
 
-``--precision bf16`` runs soundry's rows in bf16 (the baseline stays fp32, as the reference runs). Prints a table, the ratios, and one JSON line.
+``--precision bf16`` runs soundry's rows in bf16 (the baseline stays fp32, as the reference runs).
+Prints a table, the ratios, and one JSON line.
 """
 
 from __future__ import annotations
