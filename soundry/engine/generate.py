@@ -8,6 +8,7 @@ service uses ``make_job`` with the continuous-batching ``Engine`` instead.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
              negative_prompts: list[str] | None = None, max_duration: float | None = None,
              extend_stride: float | None = None, progress: Callable[[int, int], None] | None = None,
              prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None,
-             compile: bool = False, compile_cache: str | None = None) -> GenerationOutput:
+             compile: bool = False, compile_cache: Path | str | None = None) -> GenerationOutput:
     """Generate a batch of clips as audiocraft's ``generate`` does (joint conditioning).
 
     With ``seed``, prompt i uses seed + i. ``progress(done, total)`` counts decode steps.
