@@ -8,9 +8,9 @@ service uses ``make_job`` with the continuous-batching ``Engine`` instead.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
