@@ -87,8 +87,7 @@ class CompiledSteps:
         self.batch = batch
         self.cache_dir = cache_dir
         self.graphs = [1] + ([2] if batch.max_slots >= 2 else [])  # 1: one request; 2: two or more
-        self.ready: set[int] = set()
-        self.compile_seconds: dict[int, float] = {}
+        self.compile_seconds: dict[int, float] = {}  # graphs ready, with what each took to compile
         self.steps_compiled = 0  # steps that ran a compiled graph (the rest ran eagerly)
         self.state = "off"  # off | compiling | on | failed
         self.error: str | None = None
@@ -97,19 +96,19 @@ class CompiledSteps:
         self._stop = threading.Event()
 
     # -- serving ----------------------------------------------------------------------------------
-    def fits(self, n: int) -> bool:
-        """Whether the compiled graph for ``n`` requests exists and serves the current step."""
+    def fits(self, n: int, key_len: int) -> bool:
+        """Whether the compiled graph for ``n`` requests exists and serves a step over ``key_len`` keys."""
         batch = self.batch
-        return (_graph_for(n) in self.ready
-                and max(j.step for j in batch.jobs) + 1 < min(batch.cache.max_len, MAX_KEYS)
+        return (_graph_for(n) in self.compile_seconds
+                and key_len < min(batch.cache.max_len, MAX_KEYS)
                 and all(0 < j.request.top_k <= TOPK_BOUND for j in batch.jobs))
 
     def step(self, n: int, uniforms: torch.Tensor) -> None:
         batch = self.batch
-        if not self.fits(n):
+        key_len = max(j.step for j in batch.jobs) + 1
+        if not self.fits(n, key_len):
             batch.decode_dynamic(n, uniforms)
             return
-        key_len = max(j.step for j in batch.jobs) + 1
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
         _run_compiled(batch, uniforms, self._marker[: max(2, key_len)])
         self.steps_compiled += 1
@@ -151,7 +150,6 @@ class CompiledSteps:
                     return
                 t0 = time.perf_counter()
                 self._compile(scratch, g)
-                self.ready.add(g)
                 self.compile_seconds[g] = time.perf_counter() - t0
                 log.info("decode step for %s ready in %.1f s", "one request" if g == 1 else "2+ requests",
                          self.compile_seconds[g])
