@@ -34,19 +34,14 @@ class StaticSteps:
     def __init__(self, batch, buckets: tuple[int, ...] = DEFAULT_BUCKETS, use_graphs: bool | None = None):
         self.batch = batch
         self.buckets = sorted({b for b in buckets if b < batch.max_slots} | {batch.max_slots})
-        batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
         self.use_graphs = batch.device.type == "cuda" if use_graphs is None else use_graphs
         self.uniforms = {b: torch.zeros(b, batch.K, device=batch.device) for b in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.captured_cond_len = -1
+        batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
-
-    def reset_padding(self, n: int, b: int) -> None:
-        """Padding slots [n, b) advance too: restart them so their positions stay inside the cache."""
-        if b > n:
-            self.batch.steps[n:b].zero_()
 
     def _run(self, b: int) -> None:
         cache = self.batch.cache
@@ -55,7 +50,8 @@ class StaticSteps:
     def step(self, n: int, uniforms: torch.Tensor) -> None:
         b = self.bucket(n)
         self.uniforms[b][:n].copy_(uniforms)
-        self.reset_padding(n, b)
+        if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
+            self.batch.steps[n:b].zero_()
         graph = self.graphs.get(b) if self.captured_cond_len == self.batch.cache.max_cond_len else None
         if graph is not None:
             graph.replay()
