@@ -44,7 +44,7 @@ from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
 from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
 from soundry.models.packed import is_packed  # noqa: E402
-from soundry.models.precision import apply_precision, describe_lm_precision  # noqa: E402
+from soundry.models.precision import DTYPES, apply_precision, describe_lm_precision  # noqa: E402
 from soundry.models.quantize import quantize_lm  # noqa: E402
 from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
 
@@ -228,16 +228,17 @@ def main(argv=None) -> dict:
     clip_steps = int(CLIP_SECONDS * FRAME_RATE) + max(cfg.delays)
     avg_pos = clip_steps // 2
 
-    def add(name, batch, sps, int8=False):
-        elt = torch.empty((), dtype=dtype).element_size() if name.startswith(("soundry", "engine")) else 4
-        w, kv = step_bytes(lm, batch, avg_pos, 1 if int8 else elt, 4 if int8 else elt)  # int8: fp32 KV cache
+    elt = torch.empty((), dtype=dtype).element_size()  # the engine rows' weights and KV cache
+
+    def add(name, batch, sps, weight_bytes=4, kv_bytes=4):  # baselines: fp32; int8: 1-byte weights, fp32 KV
+        w, kv = step_bytes(lm, batch, avg_pos, weight_bytes, kv_bytes)
         rows.append((name, batch, sps, w + kv))
 
     if not a.no_eager and device.type == "cpu":
         add("eager baseline (fp32)", 1, eager_steps_per_s(lm, a.steps, a.repeats))
     if a.hf and a.shape.startswith("musicgen") and device.type == "cpu":
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
-    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    precision = next(name for name, dt in DTYPES.items() if dt == dtype)
     lm_dev = copy.deepcopy(lm).to(device, dtype)  # plain nn.Linear weights
     # The service's layout: on the CPU in fp32/bf16, linears prepacked for oneDNN (soundry.models.packed).
     lm_packed = apply_precision(copy.deepcopy(lm), precision, device) if a.plain != "only" else None
@@ -255,21 +256,21 @@ def main(argv=None) -> dict:
                 plain_label = label.replace(")", ", plain nn.Linear)") if lm_packed is not None else label
                 makers[plain_label] = partial(make_batch, lm_dev, b, a.steps, device, static)
             for name, sps in interleaved_steps_per_s(makers, b, a.steps, a.repeats, device).items():
-                add(name, b, sps)
+                add(name, b, sps, elt, elt)
             continue
         cb, cold, warm = compiled_batch(lm_packed, b, a.steps, cache_dir)
         results.setdefault("compile_seconds", []).append({"batch": b, "cold": round(cold, 1), "warm": round(warm, 1)})
         eager_batch = DecodeBatch(lm_packed, b, a.steps + 8, device=device)
         sps = interleaved_steps_per_s({"eager": eager_batch, "compiled": cb}, b, a.steps, a.repeats, device)
-        add(label.replace(")", ", packed)"), b, sps["eager"])
-        add("soundry engine (float32, packed, compiled)", b, sps["compiled"])
+        add(label.replace(")", ", packed)"), b, sps["eager"], elt, elt)
+        add("soundry engine (float32, packed, compiled)", b, sps["compiled"], elt, elt)
     if a.int8 and device.type == "cpu":
         qlm = quantize_lm(copy.deepcopy(lm).float(), "int8")
         for b in batches:
-            add("soundry engine (int8)", b, engine_steps_per_s(qlm, b, a.steps, a.repeats, device), int8=True)
+            add("soundry engine (int8)", b, engine_steps_per_s(qlm, b, a.steps, a.repeats, device), 1)
     if a.torchao and device.type == "cpu":
         add("engine int8 via torchao quantize_", 1,
-            engine_steps_per_s(torchao_int8(lm.float()), 1, a.steps, a.repeats, device), int8=True)
+            engine_steps_per_s(torchao_int8(lm.float()), 1, a.steps, a.repeats, device), 1)
 
     # The floor uses the higher of two bandwidth readings (before and after the runs): this VM's memory
     # bandwidth drifts, and the higher reading gives the stricter floor.
