@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from soundry.engine import Engine, GenerationRequest
 from soundry.engine.generate import generate
 from soundry.models import load_model
-from tests.helpers_models import TINY
+from tests.helpers_models import TINY, tiny_model
 
 REQUESTS = [dict(prompt="wind through pine trees", seed=11, duration=0.5),
             dict(prompt="a door slams", seed=12, duration=0.8, top_k=3),
@@ -29,7 +29,7 @@ def generate_together(engine: Engine) -> list[torch.Tensor]:
 
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens_and_persists_its_cache(tmp_path):
-    model = load_model(str(TINY["musicgen"]), device="cpu")  # packed weights, as the service loads them
+    model = tiny_model("musicgen")  # packed weights, as the service loads them
     eager = Engine(model, max_batch=1).start()
     try:  # one at a time, eagerly: what every request must get whatever shares its batch
         expected = [eager.submit(GenerationRequest(**r)).result(timeout=300).tokens for r in REQUESTS]
