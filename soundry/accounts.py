@@ -28,6 +28,7 @@ from soundry.tasks.store import TaskStore
 _hasher = PasswordHasher()
 KEY_PREFIX = "sk-"
 HMAC_SCHEME = "hmac-sha256$"
+MAX_USER_ID = 2**31 - 1  # users.id is an INTEGER column (32 bits on PostgreSQL)
 HASH_WAIT = 10.0  # seconds a login waits for a free argon2 slot before it is refused as busy
 
 
@@ -191,9 +192,9 @@ class Accounts:
         return self._user_of(self._claims(token, typ), typ)
 
     def _user_of(self, claims: dict, typ: str) -> User:
-        if claims.get("typ") != typ:
+        if claims.get("typ") != typ or (user_id := _user_id(claims.get("sub"))) is None:
             raise AuthError(f"invalid {typ} token")
-        user = self.user_by_id(int(claims["sub"]))
+        user = self.user_by_id(user_id)
         if user is None or not user.active:
             raise AuthError(f"invalid {typ} token")
         return user
@@ -202,6 +203,14 @@ class Accounts:
         if credential.startswith(KEY_PREFIX):
             return self.user_for_api_key(credential)
         return self.user_for_token(credential, "access")
+
+
+def _user_id(sub) -> int | None:
+    """A token's subject as a user id: only the form this module writes (``str(user.id)``: ASCII digits,
+    no sign, spaces or leading zeros) within the id column's range; anything else is None."""
+    if not isinstance(sub, str) or not sub.isascii() or not sub.isdigit() or len(sub) > 10 or str(int(sub)) != sub:
+        return None
+    return int(sub) if 0 < int(sub) <= MAX_USER_ID else None
 
 
 def profile(user: User) -> dict:

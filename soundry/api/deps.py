@@ -43,25 +43,31 @@ def busy(exc: AuthBusy) -> ApiError:
 
 
 def current_user(request: Request) -> User:
-    """The caller, from a bearer access token or API key. Refused credentials count against the client
-    address; an address over its budget gets 429 before anything is verified."""
+    """The caller, from a bearer access token or API key (see ``user_for_credential``)."""
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <access token or API key>'",
                        {"WWW-Authenticate": "Bearer"})
+    return user_for_credential(request, credential.strip(), "unauthorized", {"WWW-Authenticate": "Bearer"})
+
+
+def user_for_credential(request: Request, credential: str, code: str, headers: dict | None = None) -> User:
+    """The user of an access token or API key, however it was sent (``Authorization: Bearer``,
+    ``xi-api-key``). Refused credentials count against the client address; an address over its budget
+    gets 429 before anything is verified. A refusal answers 401 with ``code`` and ``headers``."""
     svc = services(request)
     address = client_address(request)
     if svc.limits is not None:
         svc.limits.check_bearer(address)
     try:
-        user = svc.accounts.user_for_bearer(credential.strip())
+        user = svc.accounts.user_for_bearer(credential)
     except AuthBusy as exc:
         raise busy(exc) from None
     except AuthError as exc:
         if svc.limits is not None:
             svc.limits.bearer_failed(address)
-        raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
+        raise ApiError(401, code, str(exc), headers) from None
     if svc.limits is not None:
         svc.limits.check_request(user.id)
     return user

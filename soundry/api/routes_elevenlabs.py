@@ -20,8 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from soundry.accounts import AuthError
-from soundry.api.deps import services
+from soundry.api.deps import services, user_for_credential
 from soundry.api.envelope import ApiError
 from soundry.api.live import first_audio, task_end
 from soundry.api.routes_tasks import parse_json_body
@@ -71,19 +70,13 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def _user(request: Request) -> User:
-    svc = services(request)
     key = request.headers.get("xi-api-key", "").strip()
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if not key and scheme.lower() == "bearer":
         key = credential.strip()
     if not key:
         raise ApiError(401, "invalid_api_key", "send a soundry API key in the xi-api-key header")
-    try:
-        user = svc.accounts.user_for_bearer(key)
-    except AuthError as exc:
-        raise ApiError(401, "invalid_api_key", str(exc)) from None
-    svc.limits.check_request(user.id)
-    return user
+    return user_for_credential(request, key, "invalid_api_key")  # refusals count, as on every route
 
 
 def _model(model_id: str | None, default: str) -> str:
@@ -129,10 +122,8 @@ async def _generate(request: Request, output_format: str):
     cfg = Configs(model=_model(body.model_id, svc.settings.default_model), duration=duration,
                   cfg_coef=round(cfg_coef_for(influence), 6), output_format="flac", normalization="none",
                   loop=bool(body.loop))
-    svc.limits.check_new_task(user.id, duration)
-    task = svc.store.create(Task(user_id=user.id, prompt=body.text, negative_prompt="", config=cfg.model_dump(),
-                                 model=cfg.model, webhook=""))
-    svc.queue.enqueue(task.id, task.model)
+    # The database and the broker block: they run on the thread pool, never on the event loop.
+    task = await run_in_threadpool(_store_and_enqueue, svc, user, body.text, cfg)
     headers = {"X-Soundry-Task-Id": task.id, "Cache-Control": "no-cache"}
     if not cfg.loop:
         channel = await first_audio(request, task.id)
@@ -140,7 +131,7 @@ async def _generate(request: Request, output_format: str):
             return StreamingResponse(_live(request, task.id, channel, fmt), media_type=fmt.media_type, headers=headers)
     done = await task_end(request, task.id)
     if done is None:  # the client left
-        _cancel(svc, task.id)
+        await run_in_threadpool(_cancel, svc, task.id)
         return Response(status_code=204)
     if done.status == "COMPLETED":
         audio, rate = await run_in_threadpool(_stored_audio, svc, done)
@@ -172,6 +163,14 @@ async def _live(request: Request, task_id: str, channel: AudioChannel, fmt) -> A
         if not channel.complete:
             _cancel(svc, task_id)
         raise
+
+
+def _store_and_enqueue(svc, user: User, text: str, cfg: Configs) -> Task:
+    svc.limits.check_new_task(user.id, cfg.duration)
+    task = svc.store.create(Task(user_id=user.id, prompt=text, negative_prompt="", config=cfg.model_dump(),
+                                 model=cfg.model, webhook=""))
+    svc.queue.enqueue(task.id, task.model)
+    return task
 
 
 def _stored_audio(svc, task: Task) -> tuple[np.ndarray, int]:
