@@ -28,6 +28,7 @@ class Settings:
     s3_region: str = "us-east-1"
     lease_seconds: float = 30.0  # a worker renews its tasks' leases; a dead worker's tasks are retaken after this
     reconcile_interval: float = 30.0  # how often a worker re-sends stale tasks
+    max_task_attempts: int = 3  # starts of one task whose process died (OOM, crash) before it fails for good
     webhook_attempts: int = 5  # deliveries tried per webhook (backoff doubles from webhook_backoff seconds)
     webhook_backoff: float = 2.0
     webhook_timeout: float = 10.0  # overall deadline of one delivery attempt: resolve, connect, send, status line
@@ -68,6 +69,11 @@ class Settings:
     event_stream_seconds: float = 1800.0  # a progress stream ends after this (the client reconnects)
     max_concurrent_requests: int = 1024  # requests in progress per API process; beyond: 503 + Retry-After
     keep_alive_seconds: float = 75.0  # idle keep-alive; longer than clients' and proxies' own (httpx 5 s, nginx 60 s)
+    header_timeout: float = 30.0  # a request head not complete this long after its first byte: connection closed
+    body_timeout: float = 60.0  # a request body that stalls this long between chunks: 408, connection closed
+    max_unauthenticated_requests_per_address: int = 64  # in progress per client address until authenticated; 429
+    max_audio_streams_per_user: int = 8  # open audio streams (…/stream) per task owner, per API process (429)
+    max_audio_streams: int = 512  # open audio streams in all, per API process (beyond: 503)
     forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
     compile: bool = False  # compile the CPU fp32/bf16 decode step (torch.compile); 1.05-1.5x here, minutes to build

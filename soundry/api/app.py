@@ -24,6 +24,7 @@ from soundry.api.openapi import install_openapi
 from soundry.api.server import ConcurrencyCap
 from soundry.api.streams import EventStreams
 from soundry.config import Settings
+from soundry.data_dir_lock import DataDirLock
 from soundry.storage import open_storage
 from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
@@ -76,7 +77,8 @@ def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookS
     from soundry.tasks.runner import TaskRunner
 
     engines = EngineManager.from_settings(settings)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live)
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live,
+                        max_attempts=settings.max_task_attempts)
     attach_webhooks(runner, webhooks)
     return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
@@ -112,6 +114,9 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        data_lock = None
+        if run_worker and svc.engines is not None:  # an embedded worker: this data directory is ours alone
+            data_lock = DataDirLock(settings.data_dir).acquire()
         if run_worker and hasattr(svc.queue, "start"):
             svc.queue.start()
         if run_worker and svc.webhooks.resume():
@@ -129,6 +134,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
             svc.queue.stop()
         if svc.engines is not None:
             svc.engines.stop()
+        if data_lock is not None:
+            data_lock.release()
 
     app = FastAPI(title="soundry", version=__version__, lifespan=lifespan,
                   description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")

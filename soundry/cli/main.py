@@ -207,7 +207,14 @@ def serve(settings, host: str, port: int) -> int:
 
     from soundry.api.app import create_app
     from soundry.api.server import uvicorn_config
+    from soundry.data_dir_lock import DataDirInUse, DataDirLock
 
+    if not settings.broker_url and settings.worker:  # the app takes the lock for real when it starts
+        try:
+            DataDirLock(settings.data_dir).check_free()
+        except DataDirInUse as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     bootstrap_first_user(settings)
     print(f"  soundry: data in {settings.data_dir}; API at http://{host}:{port}/v1 ; docs at "
           f"http://{host}:{port}/docs", flush=True)

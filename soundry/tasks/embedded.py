@@ -25,8 +25,9 @@ class EmbeddedQueue:
 
     def start(self) -> None:
         self.runner.start()
-        n = self.runner.store.requeue_interrupted()  # a restart re-runs what was in flight
-        if n:
+        # What a dead process left PROCESSING is taken once its lease lapses (runnable_ids below), never
+        # while its worker is alive: another server or worker may share this database.
+        if n := self.runner.store.requeue_lapsed():
             log.info("re-queued %d interrupted tasks", n)
         self._thread = threading.Thread(target=self._dispatch, name="soundry-dispatch", daemon=True)
         self._thread.start()
@@ -54,7 +55,7 @@ class EmbeddedQueue:
                     room = self.concurrency - len(self._inflight)
                 if room <= 0:
                     continue
-                for task_id in self.runner.store.pending_ids(limit=room):
+                for task_id in self.runner.store.runnable_ids(limit=room):
                     with self._lock:
                         if task_id in self._inflight:
                             continue

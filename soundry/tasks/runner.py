@@ -36,8 +36,10 @@ def new_worker_id() -> str:
 
 class TaskRunner:
     def __init__(self, store: TaskStore, storage: Storage, engines: EngineManager, worker_id: str | None = None,
-                 progress_interval: float = 0.5, lease_seconds: float = 30.0, live: LiveAudio | None = None):
+                 progress_interval: float = 0.5, lease_seconds: float = 30.0, live: LiveAudio | None = None,
+                 max_attempts: int = 3):
         self.store, self.storage, self.engines = store, storage, engines
+        self.max_attempts = max_attempts  # starts of one task before it fails (each lost start: a dead process)
         self.uploads = UploadStore(store, storage)
         self.worker_id, self.progress_interval = worker_id or new_worker_id(), progress_interval
         self.lease_seconds = lease_seconds
@@ -56,9 +58,15 @@ class TaskRunner:
         return self
 
     def stop(self) -> None:
+        """Stop housekeeping and hand this worker's unfinished tasks back for the next start."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        try:
+            if n := self.store.release(self.worker_id):
+                log.info("handed %d unfinished tasks back to the queue", n)
+        except Exception:
+            log.exception("handing unfinished tasks back failed (their leases will lapse)")
 
     def _housekeeping(self) -> None:
         last_renewal = time.monotonic()
@@ -101,9 +109,10 @@ class TaskRunner:
         return self.live.open(task_id, rate, int(round(request.duration * rate)))
 
     def claim(self, task_id: str):
-        """Claim the task, waiting while another live worker holds it; None once it is finished."""
+        """Claim the task, waiting while another live worker holds it; None once it is finished. A task
+        that used up its attempts comes back FAILED (the claim failed it)."""
         while True:
-            task = self.store.claim(task_id, self.worker_id, self.lease_seconds)
+            task = self.store.claim(task_id, self.worker_id, self.lease_seconds, self.max_attempts)
             if task is not None:
                 return task
             current = self.store.get(task_id)
@@ -116,11 +125,15 @@ class TaskRunner:
         task = self.claim(task_id)
         if task is None:
             return "SKIPPED"
-        try:
-            status = self._run(task)
-        finally:
-            if self.live is not None:
-                self.live.close(task_id)
+        if task.status == "FAILED":
+            log.error("task %s failed: %s", task_id, task.error)
+            status = "FAILED"
+        else:
+            try:
+                status = self._run(task)
+            finally:
+                if self.live is not None:
+                    self.live.close(task_id)
         for hook in self.hooks:
             try:
                 hook(task_id, status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 
 from sqlalchemy import and_, case, create_engine, func, make_url, or_, select, update
 from sqlalchemy.engine import Engine as SAEngine
@@ -15,17 +16,42 @@ from soundry.tasks.models import FINAL_STATUSES, Task, utcnow
 
 def _private_sqlite_file(url: str) -> None:
     """Create the SQLite file readable by its owner only (SQLite gives its -wal and -shm files the same
-    mode), and take group/other access away from existing ones."""
+    mode), and take group/other access away from existing ones.
+
+    An existing database file is never opened here: closing any descriptor of it drops every POSIX lock
+    this process holds on it (SQLite's documented pitfall), and another process's SQLite then believes
+    it is the last connection and deletes the WAL under us. Only a file that did not exist is created
+    (O_EXCL: no connection of ours can hold it); permissions of existing files change by path."""
     path = make_url(url).database
     if not path or path == ":memory:" or path.startswith("file:"):
         return
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
     for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-        if os.path.exists(name) and os.stat(name).st_mode & 0o077:
-            os.chmod(name, 0o600)
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
+_engines: dict[str, SAEngine] = {}
+_engines_lock = threading.Lock()
 
 
 def make_engine(url: str) -> SAEngine:
+    """The process's one SQLAlchemy engine for ``url``: every store, command and app of a process shares it,
+    so a SQLite file is opened by one connection pool per process."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _new_engine(url)
+        return engine
+
+
+def _new_engine(url: str) -> SAEngine:
     kwargs: dict = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         _private_sqlite_file(url)
@@ -39,6 +65,11 @@ def make_engine(url: str) -> SAEngine:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
     return engine
+
+
+def _lapsed(now: dt.datetime):
+    """PROCESSING under a lease that lapsed, or under none (its worker died; another may take it over)."""
+    return and_(Task.status == "PROCESSING", or_(Task.lease_until.is_(None), Task.lease_until < now))
 
 
 class TaskStore:
@@ -117,11 +148,11 @@ class TaskStore:
             rows = s.execute(select(Task.id, Task.status, Task.worker).where(Task.id.in_(task_ids)))
             return {tid: (status, worker) for tid, status, worker in rows}
 
-    def pending_ids(self, model: str | None = None, limit: int = 100) -> list[str]:
+    def runnable_ids(self, limit: int = 100) -> list[str]:
+        """Tasks a worker may start now, oldest first: PENDING, or PROCESSING under a lease that lapsed
+        (its worker died; the claim takes it over atomically)."""
         with self.session() as s:
-            q = select(Task.id).where(Task.status == "PENDING")
-            if model:
-                q = q.where(Task.model == model)
+            q = select(Task.id).where(or_(Task.status == "PENDING", _lapsed(utcnow())))
             return list(s.scalars(q.order_by(Task.created_at).limit(limit)))
 
     def stale_tasks(self, models: list[str] | None = None, pending_for: float = 600.0,
@@ -131,7 +162,7 @@ class TaskStore:
         with self.session() as s:
             q = select(Task.id, Task.model).where(or_(
                 and_(Task.status == "PENDING", Task.created_at < now - dt.timedelta(seconds=pending_for)),
-                and_(Task.status == "PROCESSING", Task.lease_until < now)))
+                _lapsed(now)))
             if models:
                 q = q.where(Task.model.in_(models))
             return [tuple(row) for row in s.execute(q.order_by(Task.created_at).limit(limit))]
@@ -142,14 +173,23 @@ class TaskStore:
             s.add(task)
         return task
 
-    def claim(self, task_id: str, worker: str, lease_seconds: float = 30.0) -> Task | None:
+    def claim(self, task_id: str, worker: str, lease_seconds: float = 30.0, max_attempts: int = 0) -> Task | None:
         """PENDING (or PROCESSING by a worker whose lease lapsed) → PROCESSING by ``worker``, atomically.
 
-        None if another live worker holds it or it is finished or canceled."""
+        None if another live worker holds it or it is finished or canceled. A task already started
+        ``max_attempts`` times (each start whose process died counts: out of memory, a crash) is not
+        started again: it becomes FAILED with that reason, and is returned so that the caller reports it."""
         now = utcnow()
+        claimable = or_(Task.status == "PENDING", _lapsed(now))
         with self.session() as s, s.begin():
-            res = s.execute(update(Task).where(Task.id == task_id, or_(
-                Task.status == "PENDING", and_(Task.status == "PROCESSING", Task.lease_until < now))).values(
+            if max_attempts > 0:
+                res = s.execute(update(Task).where(Task.id == task_id, claimable, Task.attempts >= max_attempts)
+                                .values(status="FAILED", finished_at=now, worker="", error=(
+                                    f"the task was started {max_attempts} times and its process stopped each time "
+                                    "before it finished (out of memory, or a crash); it is not retried again")))
+                if res.rowcount == 1:
+                    return s.get(Task, task_id)
+            res = s.execute(update(Task).where(Task.id == task_id, claimable).values(
                 status="PROCESSING", started_at=now, worker=worker, attempts=Task.attempts + 1, percent=0,
                 lease_until=now + dt.timedelta(seconds=lease_seconds)))
             if res.rowcount != 1:
@@ -213,12 +253,17 @@ class TaskStore:
         with self.session() as s, s.begin():
             s.execute(update(Task).where(Task.id == task_id).values(webhook_state=state))
 
-    def requeue_interrupted(self, worker: str | None = None) -> int:
-        """PROCESSING tasks (of a worker, or all) back to PENDING — after a crash or restart."""
+    def release(self, worker: str) -> int:
+        """A worker that stops cleanly hands its PROCESSING tasks back (PENDING, this start not counted), so
+        the next start runs them at once instead of waiting for their leases to lapse."""
         with self.session() as s, s.begin():
-            q = update(Task).where(Task.status == "PROCESSING")
-            if worker:
-                q = q.where(Task.worker == worker)
-            return s.execute(q.values(status="PENDING", percent=0, worker="")).rowcount
+            return s.execute(update(Task).where(Task.status == "PROCESSING", Task.worker == worker).values(
+                status="PENDING", percent=0, worker="", lease_until=None,
+                attempts=case((Task.attempts > 0, Task.attempts - 1), else_=0))).rowcount
 
-
+    def requeue_lapsed(self) -> int:
+        """PROCESSING tasks whose lease lapsed (their worker died) back to PENDING. A task whose worker is
+        alive renews its lease and is left alone, whichever process or machine runs it."""
+        with self.session() as s, s.begin():
+            return s.execute(update(Task).where(_lapsed(utcnow())).values(
+                status="PENDING", percent=0, worker="")).rowcount

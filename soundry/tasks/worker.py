@@ -77,7 +77,8 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
         from soundry.tasks.live_redis import RedisLiveWriter
 
         live = RedisLiveWriter(settings.broker_url)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live).start()
+    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live,
+                        max_attempts=settings.max_task_attempts).start()
     webhooks = attach_webhooks(runner, WebhookSender(store, settings))
     distributed.set_runner(runner)
     queue = distributed.CeleryQueue(settings.broker_url)
