@@ -152,33 +152,45 @@ class Accounts:
             return s.execute(update(User).where(User.username == username).values(active=active)).rowcount == 1
 
     # -- JWTs ----------------------------------------------------------------------------------------
-    def issue_tokens(self, user: User) -> dict:
+    def _new_tokens(self, user: User) -> tuple[dict, RefreshToken]:
+        """A new access/refresh pair and the refresh token's row (for the caller's transaction to add)."""
         now = int(time.time())
         access = jwt.encode({"sub": str(user.id), "typ": "access", "iat": now, "exp": now + self.access_ttl},
                             self._jwt_key, algorithm="HS256")
         jti = secrets.token_hex(16)
         refresh = jwt.encode({"sub": str(user.id), "typ": "refresh", "iat": now, "exp": now + self.refresh_ttl,
                               "jti": jti}, self._jwt_key, algorithm="HS256")
-        with self.store.session() as s, s.begin():
-            s.add(RefreshToken(jti=jti, user_id=user.id,
-                               expires_at=utcnow() + dt.timedelta(seconds=self.refresh_ttl)))
-        return {"access_token": access, "refresh_token": refresh, "expires_in": self.access_ttl}
+        row = RefreshToken(jti=jti, user_id=user.id, expires_at=utcnow() + dt.timedelta(seconds=self.refresh_ttl))
+        return {"access_token": access, "refresh_token": refresh, "expires_in": self.access_ttl}, row
 
-    def rotate_refresh_token(self, token: str) -> User:
-        """Spend a refresh token (once). A second use means it leaked: every refresh token of the user
-        is revoked, so whoever holds one must log in again."""
+    def issue_tokens(self, user: User) -> dict:
+        tokens, row = self._new_tokens(user)
+        with self.store.session() as s, s.begin():
+            s.add(row)
+        return tokens
+
+    def rotate_refresh_token(self, token: str) -> tuple[User, dict]:
+        """Spend a refresh token (once) for a new pair. A second use means it leaked: every refresh token of
+        the user is revoked, so whoever holds one must log in again.
+
+        Spend and issue are one transaction under the user's lock (TaskStore.lock_user), and so is a reuse's
+        revocation: a concurrent reuse waits for the winner's new token and revokes it too."""
         claims = self._claims(token, "refresh")
         user = self._user_of(claims, "refresh")
+        tokens, row = self._new_tokens(user)
         with self.store.session() as s, s.begin():
+            self.store.lock_user(s, user.id)
             spent = s.execute(update(RefreshToken).where(
                 RefreshToken.jti == str(claims.get("jti", "")), RefreshToken.user_id == user.id,
                 RefreshToken.used_at.is_(None)).values(used_at=utcnow())).rowcount
-            if spent != 1:
+            if spent == 1:
+                s.add(row)
+            else:
                 s.execute(update(RefreshToken).where(RefreshToken.user_id == user.id,
                                                      RefreshToken.used_at.is_(None)).values(used_at=utcnow()))
         if spent != 1:
             raise AuthError("refresh token already used or revoked; log in again")
-        return user
+        return user, tokens
 
     def _claims(self, token: str, typ: str) -> dict:
         try:

@@ -25,7 +25,8 @@ from limits.strategies import MovingWindowRateLimiter
 
 from soundry.api.envelope import ApiError
 from soundry.config import Settings
-from soundry.tasks.store import TaskStore
+from soundry.tasks.models import Task
+from soundry.tasks.store import LimitExceeded, TaskStore
 
 log = logging.getLogger(__name__)
 NAMESPACE = "soundry"
@@ -113,17 +114,22 @@ class Limits:
         if self.requests and not self._call(self.limiter.hit, self.requests, NAMESPACE, *key):
             raise self._refuse(self.requests, key, f"over {self.settings.requests_per_minute} requests per minute")
 
-    def check_new_task(self, user_id: int, duration: float) -> None:
+    def create_task(self, task: Task) -> Task:
+        """Store a new task if the global queue and its owner's caps allow it; 503 or 429 (with Retry-After)
+        otherwise. The counts and the insert are one transaction (TaskStore.create_within_limits): every
+        route that creates tasks comes here, and concurrent creates cannot pass a cap together."""
         s = self.settings
-        if s.max_queue and self.store.count("PENDING") >= s.max_queue:
-            raise ApiError(503, "queue_full", f"the queue is full ({s.max_queue} tasks waiting); try again later",
-                           _retry(30))
-        active, seconds = self.store.active_load(user_id)
-        if s.max_active_tasks_per_user and active >= s.max_active_tasks_per_user:
-            raise ApiError(429, "too_many_tasks", f"you have {active} unfinished tasks; the limit is "
-                                                  f"{s.max_active_tasks_per_user}", _retry(10))
-        cap = s.max_queued_audio_seconds_per_user
-        if cap and seconds + duration > cap:
-            raise ApiError(429, "too_much_audio_queued", f"your unfinished tasks ask for {seconds:g} s of audio; "
+        try:
+            return self.store.create_within_limits(task, s.max_active_tasks_per_user,
+                                                   s.max_queued_audio_seconds_per_user, s.max_queue)
+        except LimitExceeded as exc:
+            if exc.kind == "queue":
+                raise ApiError(503, "queue_full", f"the queue is full ({s.max_queue} tasks waiting); try again "
+                                                  "later", _retry(30)) from None
+            if exc.kind == "tasks":
+                raise ApiError(429, "too_many_tasks", f"you have {exc.count} unfinished tasks; the limit is "
+                                                      f"{s.max_active_tasks_per_user}", _retry(10)) from None
+            cap = s.max_queued_audio_seconds_per_user
+            raise ApiError(429, "too_much_audio_queued", f"your unfinished tasks ask for {exc.seconds:g} s of audio; "
                                                          f"with this one that would pass the limit of {cap:g} s",
-                           _retry(10))
+                           _retry(10)) from None

@@ -166,9 +166,8 @@ async def _live(request: Request, task_id: str, channel: AudioChannel, fmt) -> A
 
 
 def _store_and_enqueue(svc, user: User, text: str, cfg: Configs) -> Task:
-    svc.limits.check_new_task(user.id, cfg.duration)
-    task = svc.store.create(Task(user_id=user.id, prompt=text, negative_prompt="", config=cfg.model_dump(),
-                                 model=cfg.model, webhook=""))
+    task = svc.limits.create_task(Task(user_id=user.id, prompt=text, negative_prompt="", config=cfg.model_dump(),
+                                       model=cfg.model, webhook=""))
     svc.queue.enqueue(task.id, task.model)
     return task
 

@@ -80,9 +80,8 @@ async def create_task(request: Request, user: User = Depends(current_user)):
 def _store_and_enqueue(svc, user: User, req: CreateTask) -> Task:
     cfg = req.configs
     check_input_audio(svc, user, cfg)
-    svc.limits.check_new_task(user.id, cfg.duration)
-    task = svc.store.create(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
-                                 config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
+    task = svc.limits.create_task(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
+                                       config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
     svc.queue.enqueue(task.id, task.model)
     return task
 

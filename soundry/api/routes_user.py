@@ -42,10 +42,10 @@ def login(request: Request):
 def refresh_token(request: Request, refresh_token: str = Form(..., min_length=1, max_length=4096,
                                                                 description="the refresh token from login")):
     try:
-        user = services(request).accounts.rotate_refresh_token(refresh_token)
+        user, tokens = services(request).accounts.rotate_refresh_token(refresh_token)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
-    return _tokens(request, user)
+    return ok(request, {**profile(user), **tokens})
 
 
 @router.post("/me", summary="The caller's profile (POST, as FlexStack clients call it)", operation_id="me_post",

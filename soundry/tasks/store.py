@@ -6,12 +6,23 @@ import datetime as dt
 import os
 import threading
 
-from sqlalchemy import and_, case, create_engine, func, make_url, or_, select, update
+from sqlalchemy import and_, case, create_engine, func, make_url, or_, select, text, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import sessionmaker
 
 from soundry.tasks import migrate
-from soundry.tasks.models import FINAL_STATUSES, Task, utcnow
+from soundry.tasks.models import FINAL_STATUSES, Task, User, utcnow
+
+QUEUE_LOCK = 0x50D7E  # PostgreSQL advisory lock held by a create that counts the whole queue
+
+
+class LimitExceeded(Exception):
+    """A new task refused by a cap: ``kind`` is "queue", "tasks" or "audio"; ``count``/``seconds`` are what
+    is already there (PENDING tasks in all for "queue"; the user's unfinished tasks and their seconds else)."""
+
+    def __init__(self, kind: str, count: int, seconds: float = 0.0):
+        super().__init__(f"{kind} limit reached ({count} tasks, {seconds:g} s)")
+        self.kind, self.count, self.seconds = kind, count, seconds
 
 
 def _private_sqlite_file(url: str) -> None:
@@ -170,6 +181,38 @@ class TaskStore:
     # -- writes ------------------------------------------------------------------------------------
     def create(self, task: Task) -> Task:
         with self.session() as s, s.begin():
+            s.add(task)
+        return task
+
+    @staticmethod
+    def lock_user(s, user_id: int) -> None:
+        """Take the user's write lock; must be the transaction's FIRST statement. An UPDATE of the user's
+        row takes SQLite's database write lock before any snapshot is read (WAL) and the row's lock on
+        PostgreSQL, so transactions that start with it run one at a time per user and each sees the
+        previous one's writes."""
+        s.execute(update(User).where(User.id == user_id).values(active=User.active))
+
+    def create_within_limits(self, task: Task, max_unfinished: int = 0, max_seconds: float = 0.0,
+                             max_pending: int = 0) -> Task:
+        """Insert ``task`` unless that would pass a cap (0 = none): PENDING tasks in all, the owner's unfinished
+        tasks, the owner's requested seconds of audio. The counts and the insert are one transaction under
+        the owner's lock (and, for the queue cap on PostgreSQL, a global one; SQLite's write lock is global
+        already), so concurrent creates cannot all pass one check. Raises LimitExceeded."""
+        with self.session() as s, s.begin():
+            self.lock_user(s, task.user_id)
+            if max_pending:
+                if self.engine.dialect.name == "postgresql":
+                    s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": QUEUE_LOCK})
+                pending = int(s.scalar(select(func.count(Task.id)).where(Task.status == "PENDING")) or 0)
+                if pending >= max_pending:
+                    raise LimitExceeded("queue", pending)
+            rows = s.execute(select(Task.config).where(Task.user_id == task.user_id,
+                                                       Task.status.in_(("PENDING", "PROCESSING")))).all()
+            active, seconds = len(rows), sum(float(r[0].get("duration", 0)) for r in rows)
+            if max_unfinished and active >= max_unfinished:
+                raise LimitExceeded("tasks", active, seconds)
+            if max_seconds and seconds + float(task.config.get("duration", 0)) > max_seconds:
+                raise LimitExceeded("audio", active, seconds)
             s.add(task)
         return task
 
