@@ -62,6 +62,7 @@ class Settings:
     rate_limit_storage: str = ""  # memory:// or redis://…; "" = the broker when it is Redis, else memory://
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
+    upload_decode_concurrency: int = 2  # uploads decoded at once per process; more wait 5 s, then 503
     # -- bounded work per request and per connection (docs/reliability.md) --
     max_text_tokens: int = 256  # tokens of a prompt the text encoder sees; longer prompts are truncated
     max_event_streams_per_user: int = 4  # open progress streams (…/events) per user, per API process

@@ -49,7 +49,7 @@ def build_services(settings: Settings, queue=None) -> Services:
     if queue is None:
         live = live_audio(settings.broker_url)
         queue, engines = make_queue(settings, store, storage, webhooks, live)
-    uploads = UploadStore(store, storage, settings.upload_retention_hours * 3600)
+    uploads = UploadStore(store, storage, settings.upload_retention_hours * 3600, settings.upload_decode_concurrency)
     return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), uploads,
                     live)
 

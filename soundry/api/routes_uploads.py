@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request as StarletteRequest
+from starlette.types import Message
 
-from soundry.api.body import read_bounded_body
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError, ok
@@ -14,6 +16,7 @@ from soundry.audio.decode import UndecodableAudio
 from soundry.models.registry import ALIASES, FAMILY_WINDOWS, SPECS
 from soundry.storage import StorageError
 from soundry.tasks.models import Upload, User
+from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 _MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers around the file
@@ -36,26 +39,54 @@ def _view(up: Upload) -> dict:
             "expires_at": up.expires_at.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+_FORMATS = "WAV, FLAC, Ogg (Vorbis or Opus) or MP3"
+_ENCODING = "audio/wav, audio/x-wav, audio/flac, audio/ogg, audio/mpeg, application/octet-stream"
+_ANSWERS = {400: "not multipart/form-data, malformed, more than one file or 8 fields, or no field named `file`",
+            413: "the body is larger than `max_upload_bytes` (20 MiB) plus the multipart overhead",
+            422: f"`invalid_audio`: the file is not {_FORMATS} audio libsndfile can decode, or it is over "
+                 "`max_upload_seconds` (120 s), over 2 channels, outside 8–192 kHz, empty or not finite",
+            429: "`too_many_uploads`: the user keeps `max_uploads_per_user` (50) uploads; or the rate limit",
+            503: "`busy`: every decode slot (`upload_decode_concurrency`) stayed taken; retry after `Retry-After` "
+                 "seconds (also `storage_unavailable`, or the server is overloaded)"}
+
+
+def _upload_answers() -> dict:
+    out = answers(UploadInfo, 201, 401, *_ANSWERS)
+    for code, text in _ANSWERS.items():
+        out[code]["description"] = text
+    return out
+
+
 @router.post("/uploads", status_code=201, summary="Upload an audio clip to continue from",
-             description="multipart/form-data with one file field `file` (wav, flac, ogg or mp3). The clip is "
-                         "decoded and kept for `upload_retention_hours`; pass its `id` as `configs.input_audio`.",
-             responses=answers(UploadInfo, 201, 400, 401, 413, 422, 429, 503),
-             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                 "type": "object", "required": ["file"],
-                 "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+             description=f"multipart/form-data with one file field `file`: {_FORMATS} (libsndfile decodes it; "
+                         "anything else is refused with 422 `invalid_audio`). The clip is decoded and kept, as "
+                         "FLAC, for `upload_retention_hours`; pass its `id` as `configs.input_audio`.",
+             responses=_upload_answers(),
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+                 "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
+                            "properties": {"file": {"type": "string", "format": "binary",
+                                                    "contentMediaType": "audio/*",
+                                                    "description": f"the clip: {_FORMATS}"}}},
+                 "encoding": {"file": {"contentType": _ENCODING}}}}}})
 async def create_upload(request: Request, user: User = Depends(current_user)):
     svc = services(request)
     s = svc.settings
-    data, filename = await _read_file_field(request, s.max_upload_bytes)
-    if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:
-        raise ApiError(429, "too_many_uploads", f"you have {s.max_uploads_per_user} uploads; delete some "
-                                                "(DELETE /v1/uploads/{id}) or wait for them to expire")
+    if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:  # early; create() decides
+        raise ApiError(429, "too_many_uploads", too_many_uploads(s.max_uploads_per_user))
+    form, field = await _read_file_field(request, s.max_upload_bytes)
     try:
-        up = await run_in_threadpool(svc.uploads.create, user.id, filename, data, s.max_upload_seconds)
+        up = await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
+                                     s.max_upload_seconds, s.max_uploads_per_user)
     except UndecodableAudio as exc:
         raise ApiError(422, "invalid_audio", f"file: {exc}") from None
+    except TooManyUploads as exc:
+        raise ApiError(429, "too_many_uploads", str(exc)) from None
+    except DecodersBusy as exc:
+        raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
     except StorageError:
         raise ApiError(503, "storage_unavailable", "the upload could not be stored; try again later") from None
+    finally:
+        await form.close()
     return ok(request, _view(up), status_code=201)
 
 
@@ -79,31 +110,41 @@ def _own_upload(request: Request, upload_id: str, user: User) -> Upload:
     return up
 
 
-async def _read_file_field(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """The ``file`` part of a multipart body, refusing bodies over the limit while they stream in
-    (Starlette would otherwise spool any size to disk before we could look)."""
-    from starlette.requests import Request as StarletteRequest
-
+async def _read_file_field(request: Request, max_bytes: int) -> tuple[FormData, UploadFile]:
+    """The form and its ``file`` part, parsed as the body streams in: Starlette spools the file to a temporary
+    file (past 1 MiB), and a body past the limit is refused (413) as soon as it passes it. The caller closes
+    the form."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, "bad_request", "send the clip as multipart/form-data with a file field named 'file'")
     limit = max_bytes + _MULTIPART_OVERHEAD
     too_big = ApiError(413, "payload_too_large", f"uploads are limited to {max_bytes // (1 << 20)} MiB")
-    body = await read_bounded_body(request, limit, too_big)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    received = 0
 
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def bounded_receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise too_big
+        return message
 
     try:
-        form = await StarletteRequest(request.scope, replay).form(max_files=1, max_fields=8)
+        form = await StarletteRequest(request.scope, bounded_receive).form(max_files=1, max_fields=8)
+    except ApiError:
+        raise
     except Exception as exc:  # malformed multipart, too many parts
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
     field = form.get("file")
     if field is None or isinstance(field, str):
+        await form.close()
         raise ApiError(400, "bad_request", "the multipart body has no file field named 'file'")
-    data = await field.read()
-    if len(data) > max_bytes:
+    if (field.size or 0) > max_bytes:
+        await form.close()
         raise too_big
-    return data, field.filename or ""
+    return form, field
 
 
 def check_input_audio(svc, user: User, cfg) -> None:

@@ -4,33 +4,70 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
+import threading
+import uuid
+from typing import BinaryIO
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
-from soundry.audio.decode import decode_audio, encode_flac, sample_range
+from soundry.audio.decode import decode_to_flac, sample_range
 from soundry.storage import Storage
-from soundry.tasks.models import Upload, utcnow
+from soundry.tasks.models import Upload, User, utcnow
 from soundry.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
 
-class UploadStore:
-    def __init__(self, store: TaskStore, storage: Storage, retention_seconds: float = 24 * 3600.0):
-        self.session, self.storage, self.retention = store.session, storage, retention_seconds
+class TooManyUploads(Exception):
+    """The user keeps as many uploads as allowed (429)."""
 
-    def create(self, user_id: int, filename: str, data: bytes, max_seconds: float) -> Upload:
-        """Decode ``data`` (raises ``UndecodableAudio``), store it as FLAC and record it.
-        Nothing is kept when decoding or storing fails."""
-        audio, rate = decode_audio(data, max_seconds)
-        upload = Upload(user_id=user_id, filename=filename[:256], file_key="", sample_rate=rate,
-                        channels=int(audio.shape[0]), duration=audio.shape[1] / rate, size=len(data),
+
+class DecodersBusy(Exception):
+    """Every decode slot stayed busy (503 with Retry-After)."""
+
+
+def too_many_uploads(cap: int) -> str:
+    return f"you have {cap} uploads; delete some (DELETE /v1/uploads/{{id}}) or wait for them to expire"
+
+
+class UploadStore:
+    DECODE_WAIT = 5.0  # seconds an upload waits for a decode slot before it is refused as busy
+
+    def __init__(self, store: TaskStore, storage: Storage, retention_seconds: float = 24 * 3600.0,
+                 decode_concurrency: int = 2):
+        self.session, self.storage, self.retention = store.session, storage, retention_seconds
+        self._decode_slots = threading.BoundedSemaphore(max(1, decode_concurrency))
+
+    def create(self, user_id: int, filename: str, src: BinaryIO, size: int, max_seconds: float,
+               max_uploads: int) -> Upload:
+        """Decode the file ``src`` (``size`` bytes as sent; raises ``UndecodableAudio``) block by block into
+        FLAC, store it and record it, unless the user already keeps ``max_uploads`` (``TooManyUploads``).
+        At most ``decode_concurrency`` decodes run at once; a caller that waits ``DECODE_WAIT`` seconds for a
+        slot gets ``DecodersBusy``. Nothing is kept when decoding, storing or the cap refuses it."""
+        if not self._decode_slots.acquire(timeout=self.DECODE_WAIT):
+            raise DecodersBusy("the server is busy decoding other uploads; try again in a few seconds")
+        try:
+            with tempfile.TemporaryFile() as flac:
+                rate, channels, frames = decode_to_flac(src, flac, max_seconds)
+                flac.seek(0)
+                data = flac.read()  # compressed: the one copy of the clip held in memory
+        finally:
+            self._decode_slots.release()
+        # the id is set here: the column default only applies at the insert, after the file is named
+        upload = Upload(id=uuid.uuid4().hex, user_id=user_id, filename=filename[:256], file_key="", sample_rate=rate,
+                        channels=channels, duration=frames / rate, size=size,
                         expires_at=utcnow() + dt.timedelta(seconds=self.retention))
         upload.file_key = f"uploads/{user_id}/{upload.id}.flac"
-        self.storage.put(upload.file_key, encode_flac(audio, rate), "audio/flac")
+        self.storage.put(upload.file_key, data, "audio/flac")
         try:
             with self.session() as s, s.begin():
+                # The count and the insert are one step: updating the user's row first takes SQLite's write
+                # lock before the snapshot is read (a row lock on PostgreSQL), so parallel uploads queue here.
+                s.execute(update(User).where(User.id == user_id).values(active=User.active))
+                if self._count(s, user_id) >= max_uploads:
+                    raise TooManyUploads(too_many_uploads(max_uploads))
                 s.add(upload)
         except Exception:
             self.storage.delete(upload.file_key)
@@ -47,7 +84,11 @@ class UploadStore:
 
     def count(self, user_id: int) -> int:
         with self.session() as s:
-            return int(s.scalar(select(func.count(Upload.id)).where(Upload.user_id == user_id)) or 0)
+            return self._count(s, user_id)
+
+    @staticmethod
+    def _count(s, user_id: int) -> int:
+        return int(s.scalar(select(func.count(Upload.id)).where(Upload.user_id == user_id)) or 0)
 
     def read(self, upload_id: str, user_id: int, start: float = 0.0, end: float | None = None
              ) -> tuple[np.ndarray, int]:
@@ -59,8 +100,12 @@ class UploadStore:
 
         import soundfile as sf
 
-        audio, rate = sf.read(io.BytesIO(self.storage.get(up.file_key)), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(audio[sample_range(audio.shape[0], rate, start, end)].T), rate
+        with sf.SoundFile(io.BytesIO(self.storage.get(up.file_key))) as f:  # only the part is decoded
+            part = sample_range(f.frames, f.samplerate, start, end)
+            first = min(part.start, f.frames)
+            f.seek(first)
+            audio = f.read(max(0, part.stop - first), dtype="float32", always_2d=True)
+            return np.ascontiguousarray(audio.T), int(f.samplerate)
 
     def delete(self, upload_id: str, user_id: int) -> bool:
         up = self.get(upload_id, user_id)
