@@ -36,7 +36,12 @@ class Settings:
     webhook_concurrency_per_user: int = 2  # of those, at most this many for one user
     webhook_allow_cidrs: list[str] = field(default_factory=list)  # non-public networks webhooks may reach
     stale_pending_seconds: float = 600.0  # a task PENDING this long is re-sent (its message may be lost)
-    public_url: str = ""  # base for download links; default: the request's own base URL
+    # base of the links soundry signs (downloads, streams, webhooks' url_download): set it behind a proxy.
+    # Unset: a request's Host header if it names one of allowed_hosts, else the address the connection
+    # reached (never an unchecked Host header: a spoofed one would get a link to the attacker's host).
+    public_url: str = ""
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names trusted for links ("*.example.org" too)
+    listen_url: str = ""  # set by serve: http://HOST:PORT it listens on (base of links sent outside a request)
     secret: str = ""  # at least 32 bytes; per-purpose keys derive from it; default: generated into DATA_DIR/secret
     default_model: str = "audiogen"
     max_duration: float = 300.0

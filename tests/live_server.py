@@ -12,6 +12,7 @@ import uvicorn
 from soundry.api.app import create_app
 from soundry.api.server import uvicorn_config
 from soundry.config import Settings
+from soundry.tasks.result import listened_url
 
 
 @dataclass
@@ -39,6 +40,7 @@ def free_port() -> int:
 def start_live_server(settings: Settings, username: str = "carol", password: str = "carol's password") -> LiveServer:
     app = create_app(settings)
     port = free_port()
+    settings.listen_url = listened_url("127.0.0.1", port)  # as serve does
     server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

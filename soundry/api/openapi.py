@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from soundry.api.schemas import CreateTask
+from soundry.api.schemas import NON_BLANK_PATTERN, TEXT_PATTERN, CreateTask
 from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
 from soundry.config import Settings
 
@@ -17,11 +17,6 @@ CREATE = ("/v1/ai/audio_generation", "post")
 TASK_LINKS = {"GetTask": ("/v1/ai/audio_generation/{task_id}", "get", "the task's state and result"),
               "CancelTask": ("/v1/ai/audio_generation/{task_id}/cancel", "post", "cancel it"),
               "TaskEvents": ("/v1/ai/audio_generation/{task_id}/events", "get", "follow its progress")}
-# What the text validators refuse, as JSON Schema patterns (control characters other than tab, line
-# feed and carriage return; a prompt must have a non-blank character).
-_TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]"
-TEXT_PATTERN = f"^{_TEXT}*$"
-NON_BLANK_PATTERN = f"^{_TEXT}*[^\\s\\u0000-\\u001F\\u0085]{_TEXT}*$"
 
 
 def create_task_schemas(settings: Settings) -> dict[str, dict]:

@@ -24,7 +24,7 @@ from soundry.api.deps import services, user_for_credential
 from soundry.api.envelope import ApiError
 from soundry.api.live import first_audio, task_end
 from soundry.api.routes_tasks import parse_json_body
-from soundry.api.schemas import Configs, check_prompt
+from soundry.api.schemas import NON_BLANK_PATTERN, Configs, check_prompt
 from soundry.audio.chunk_encode import OUTPUT_FORMATS, ChunkEncoder, parse_output_format
 from soundry.models.registry import MODEL_NAMES
 from soundry.tasks.live_audio import AudioChannel
@@ -43,10 +43,11 @@ def cfg_coef_for(prompt_influence: float) -> float:
 
 
 class SoundGeneration(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "text": "glass shattering on a tiled floor", "duration_seconds": 2.0, "prompt_influence": 0.3}]})
 
-    text: str = Field(..., min_length=1, description="what to generate")
+    text: str = Field(..., min_length=1, description="what to generate",
+                      json_schema_extra={"pattern": NON_BLANK_PATTERN})
     duration_seconds: float | None = Field(None, ge=0.5, le=30.0, allow_inf_nan=False,
                                            description=f"0.5 to 30; null means {DEFAULT_DURATION:g} s")
     prompt_influence: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=(

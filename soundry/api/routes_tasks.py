@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -172,10 +173,11 @@ def cancel_task(request: Request, task_id: str, user: User = Depends(current_use
 
 
 @router.get("/files/{name}", summary="Download a finished task's audio (signed link, no auth header)",
-            responses={**answers(None, 200, 403, 404, 422), 200: {"content": {"audio/wav": {}, "audio/flac": {},
+            responses={**answers(None, 200, 403, 404, 410, 422), 200: {"content": {"audio/wav": {}, "audio/flac": {},
                                                                             "audio/ogg": {}, "audio/mpeg": {}}}},
             response_class=FileResponse)
 def download(request: Request, name: str, expires: int = Query(...), sig: str = Query(..., max_length=128)):
+    # a sync route: FastAPI runs it on the thread pool (it reads the database and looks the file up)
     svc = services(request)
     task_id, _, ext = name.partition(".")
     reason = verify(svc.settings.secret, task_id, ext, expires, sig)
@@ -188,14 +190,22 @@ def download(request: Request, name: str, expires: int = Query(...), sig: str = 
 
 
 def stored_file_response(svc, task: Task):
-    """A COMPLETED task's stored audio file as the answer."""
+    """A COMPLETED task's stored audio file as the answer; 410 when the file is no longer stored
+    (deleted by an operator or a retention rule). Blocking (it looks the file up): call it on the thread pool."""
     from soundry.audio.encode import FORMATS
 
     ext = task.file_format
     media = next((v[2] for v in FORMATS.values() if v[3] == ext), "application/octet-stream")
     path = svc.storage.local_path(task.file_key)
     filename = f"soundry-{task.id}.{ext}"
+    gone = ApiError(410, "gone", f"the audio of task {task.id} is no longer stored; create the task again")
     if path is not None:
-        return FileResponse(path, media_type=media, filename=filename)
+        try:
+            stat = os.stat(path)  # given to FileResponse, which then does not look again
+        except OSError:
+            raise gone from None
+        return FileResponse(path, media_type=media, filename=filename, stat_result=stat)
+    if not task.file_key or not svc.storage.exists(task.file_key):
+        raise gone
     return StreamingResponse(svc.storage.iter_chunks(task.file_key), media_type=media,
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -1,4 +1,6 @@
-"""Request bodies and their validation (unknown keys and out-of-range values are rejected)."""
+"""Request bodies and their validation: unknown keys, out-of-range values and values of the wrong JSON
+type (strict: ``"5"`` and ``true`` are not numbers, ``5.5`` is not an integer, ``0`` is not a boolean)
+are rejected."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from soundry.tasks.models import FEEDBACK_MAX_CHARS, RATING_RANGE
 class Configs(BaseModel):
     """Generation settings. Defaults follow FlexStack's page (model audiogen, 5 s, top_k 15, top_p 0.9)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field("audiogen", description=f"one of {', '.join(MODEL_NAMES)}")
     duration: float = Field(5.0, gt=0, description="seconds; beyond the model's context it is generated in windows")
@@ -45,7 +47,7 @@ class Configs(BaseModel):
 
 
 class CreateTask(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "prompt": "motorcycle engine revving", "configs": {"model": "audiogen", "duration": 5, "top_k": 15,
                                                            "top_p": 0.9}}]})
 
@@ -57,7 +59,7 @@ class CreateTask(BaseModel):
         "an http(s) URL: when the task completes, fails or is canceled, soundry POSTs its result there, "
         "signed with your webhook secret (see /v1/user/me) in X-Soundry-Signature: t=<unix>,v1=<hex HMAC-SHA256 "
         "of '<t>.<body>'>. Its host must resolve to public addresses only (loopback, private and link-local "
-        "ones are refused unless the operator allows them)"), examples=["https://example.com/hooks/soundry"])
+        "ones are refused unless the operator allows them), e.g. https://hooks.your-domain.example/soundry"))
 
     @field_validator("webhook")
     @classmethod
@@ -77,12 +79,24 @@ class CreateTask(BaseModel):
         return check_prompt(v, info.field_name, allow_blank=info.field_name == "negative_prompt")
 
 
+# What check_prompt refuses, as JSON Schema patterns for the OpenAPI document: control characters (C0
+# other than tab, line feed and carriage return; DEL; C1); a non-blank text has a visible character.
+_TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]"
+TEXT_PATTERN = f"^{_TEXT}*$"
+NON_BLANK_PATTERN = f"^{_TEXT}*[^\\s\\u0000-\\u001F\\u007F-\\u009F]{_TEXT}*$"
+
+
+def _control(c: str) -> bool:
+    """C0 controls other than tab, line feed and carriage return; DEL; C1 controls (U+0080-U+009F)."""
+    return (ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) <= 0x9F
+
+
 def check_prompt(v: str, name: str = "prompt", allow_blank: bool = False) -> str:
-    """A prompt must have visible text (unless ``allow_blank``), no control characters (tabs and
-    newlines are fine) and no unpaired surrogates."""
+    """A text field must have visible text (unless ``allow_blank``), no control characters (C0, DEL
+    and C1; tabs and newlines are fine) and no unpaired surrogates."""
     if not allow_blank and not v.strip():
         raise ValueError(f"{name} must not be blank")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in v):
+    if any(_control(c) for c in v):
         raise ValueError(f"{name} contains control characters")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
         raise ValueError(f"{name} contains unpaired surrogates (not valid Unicode text)")
@@ -92,13 +106,19 @@ def check_prompt(v: str, name: str = "prompt", allow_blank: bool = False) -> str
 class Feedback(BaseModel):
     """A rating of one of the caller's finished tasks (FlexStack's ``submit_feedback``)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "task_id": "5ae07defb1a146b3b8d536357cd76ba1", "rating": 4, "feedback": "great engine sound"}]})
 
     task_id: str = Field(..., min_length=1, max_length=64)
     rating: float = Field(..., ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False,
                           description=f"{RATING_RANGE[0]:g} (worst) to {RATING_RANGE[1]:g} (best); fractions allowed")
-    feedback: str = Field("", max_length=FEEDBACK_MAX_CHARS, description="free text; empty allowed")
+    feedback: str = Field("", max_length=FEEDBACK_MAX_CHARS, description="free text; empty allowed",
+                          json_schema_extra={"pattern": TEXT_PATTERN})
+
+    @field_validator("feedback")
+    @classmethod
+    def _plain_text(cls, v: str) -> str:
+        return check_prompt(v, "feedback", allow_blank=True)
 
     @field_validator("rating", mode="before")
     @classmethod

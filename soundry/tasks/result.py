@@ -15,6 +15,27 @@ def public_config(task: Task) -> dict:
     return {**task.config, "task_name": task_name, "task_type": "TEXT-TO-AUDIO", "queue_name": queue}
 
 
+DEFAULT_BASE = "http://127.0.0.1:8000"  # serve's default address
+WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # listening everywhere: name this machine
+
+
+def origin(scheme: str, host: str, port: int) -> str:
+    """``scheme://host[:port]``: an IPv6 address in brackets, the scheme's default port left out."""
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == {"http": 80, "https": 443}.get(scheme) else f":{port}")
+
+
+def listened_url(host: str, port: int) -> str:
+    """The base URL of a server listening on ``host:port`` (a wildcard address: this machine's loopback)."""
+    return origin("http", WILDCARDS.get(host, host), port)
+
+
+def base_without_request(settings: Settings) -> str:
+    """The base of links sent outside a request (webhooks): ``public_url``, else the address ``serve``
+    listens on (a Celery worker knows neither: set ``public_url`` there)."""
+    return settings.public_url or settings.listen_url or DEFAULT_BASE
+
+
 def download_url(task: Task, settings: Settings, base_url: str) -> str | None:
     if task.status != "COMPLETED" or not task.file_key:
         return None

@@ -27,7 +27,7 @@ import httpx
 from soundry.config import Settings
 from soundry.signing import webhook_secret, webhook_signature
 from soundry.tasks.models import Task
-from soundry.tasks.result import task_payload
+from soundry.tasks.result import base_without_request, task_payload
 from soundry.tasks.store import TaskStore
 from soundry.tasks.webhook_target import WebhookRefused, resolve_target
 
@@ -148,7 +148,7 @@ class WebhookSender:
 
     async def deliver(self, task: Task) -> tuple[bool, str]:
         """One attempt: (delivered?, why not). Raises WebhookRefused for an address that may not be used."""
-        base = self.settings.public_url or "http://127.0.0.1:8000"
+        base = base_without_request(self.settings)
         body = json.dumps(task_payload(task, self.settings, base), separators=(",", ":")).encode()
         secret = webhook_secret(self.settings.secret, task.user_id)
         headers = {"Content-Type": "application/json", "User-Agent": "soundry-webhook",
