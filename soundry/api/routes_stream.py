@@ -37,10 +37,11 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
                         "element, ffplay or VLC (the task's `url_stream` needs no auth header). The answer starts "
                         "when the first second of audio exists. A task "
                         "that has finished (or whose worker gets tasks from RabbitMQ) answers its stored file, in "
-                        "its `output_format`, once it is COMPLETED. FAILED or CANCELED tasks answer 409. The live "
+                        "its `output_format`, once it is COMPLETED (410 if that file is no longer stored). FAILED or "
+                        "CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
                         "stored file (see docs/streaming.md).",
-            responses={**answers(None, 200, 401, 403, 404, 409, 422, 429), 200: {"content": {
+            responses={**answers(None, 200, 401, 403, 404, 409, 410, 422, 429), 200: {"content": {
                 "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}}}})
 async def stream_task(request: Request, task_id: str,
                       expires: int | None = Query(None, description="with `sig`: the task's signed `url_stream`"),
@@ -65,7 +66,7 @@ async def stream_task(request: Request, task_id: str,
     if task.status != "COMPLETED":
         reason = f": {task.error}" if task.error else ""
         raise ApiError(409, "no_audio", f"task {task.id} is {task.status}{reason}")
-    return stored_file_response(svc, task)
+    return await run_in_threadpool(stored_file_response, svc, task)  # 410 when the file is gone
 
 
 async def _wav(channel: AudioChannel) -> AsyncIterator[bytes]:
