@@ -62,7 +62,9 @@ class _ProgressWatch:
 
 
 def test_sigkill_during_generation_then_restart_completes_everything(tmp_path):
-    env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}"}
+    # the restart takes the killed server's task over once its lease lapses: a short one here
+    env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}",
+           "SOUNDRY_LEASE_SECONDS": "3"}
     data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
     assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
     key = _cli(data, "users", "token", "kim", env=env).stdout.strip()

@@ -1,0 +1,207 @@
+"""One data directory, many processes, as an operator runs them: admin commands beside a live server, a
+second server on the same data directory, a task whose process keeps dying; leases on both databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from soundry.tasks.models import Task
+from tests.helpers_models import TINY
+from tests.live_server import free_port
+from tests.test_crash import ROOT, _cli, _serve
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}",
+            **extra}
+
+
+def _wait_final(api: str, headers: dict, task_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = httpx.get(f"{api}/ai/audio_generation/{task_id}", headers=headers, timeout=30).json()["data"]["data"]
+        if info["status"] in ("COMPLETED", "FAILED", "CANCELED"):
+            return info
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} did not finish in {timeout} s")
+
+
+def _wait_processing(api: str, headers: dict, task_id: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = httpx.get(f"{api}/ai/audio_generation/{task_id}", headers=headers, timeout=30).json()["data"]["data"]
+        if info["status"] == "PROCESSING":
+            return
+        assert info["status"] == "PENDING", info
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not start in {timeout} s")
+
+
+class _Traffic(threading.Thread):
+    """A user's requests in a loop (create, result, /metrics, ElevenLabs, profile) while the operator works;
+    every answer that is not 2xx is kept."""
+
+    def __init__(self, api: str, key: str):
+        super().__init__(daemon=True)
+        self.api, self.headers = api, {"Authorization": f"Bearer {key}"}
+        self.key, self.failures, self.task_ids, self.sound_generations = key, [], [], 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        base = self.api.removesuffix("/v1")
+        with httpx.Client(timeout=60) as c:
+            while not self.stop.is_set():
+                answers = []
+                r = c.post(f"{self.api}/ai/audio_generation", headers=self.headers,
+                           json={"prompt": "rain", "configs": {"duration": 0.3, "seed": 1}})
+                answers.append(r)
+                if r.status_code == 201:
+                    self.task_ids.append(r.json()["data"]["task_id"])
+                    answers.append(c.get(f"{self.api}/ai/audio_generation/{self.task_ids[-1]}", headers=self.headers))
+                answers.append(c.get(f"{base}/metrics"))
+                answers.append(c.get(f"{self.api}/user/me", headers=self.headers))
+                answers.append(c.post(f"{self.api}/sound-generation", headers={"xi-api-key": self.key},
+                                      json={"text": "a door", "duration_seconds": 0.5}))
+                self.sound_generations += answers[-1].status_code == 200  # a task in the history too
+                self.failures += [f"{a.request.method} {a.request.url.path}: {a.status_code} {a.text[:300]}"
+                                  for a in answers if not 200 <= a.status_code < 300]
+                time.sleep(0.1)
+
+
+def test_admin_commands_beside_a_running_server_break_nothing(tmp_path):
+    env, data, port, log = _env(), tmp_path / "data", free_port(), tmp_path / "server.log"
+    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
+    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
+    api = f"http://127.0.0.1:{port}/v1"
+    server = _serve(data, port, env, log)
+    traffic = _Traffic(api, key)
+    try:
+        traffic.start()
+        bob_key = None
+        for args in (["users", "create", "bob", "--password", "bob's password"], ["users", "token", "bob"],
+                     ["users", "list"], ["users", "disable", "bob"], ["users", "enable", "bob"],
+                     ["users", "token", "bob"], ["migrate"]):
+            done = _cli(data, *args, env=env)
+            assert done.returncode == 0, (args, done.stderr)
+            if args[:2] == ["users", "token"]:
+                bob_key = done.stdout.strip()
+            # SQLite's WAL belongs to the live server: a command that exits must not delete it
+            assert (data / "soundry.db-wal").exists(), args
+        assert _cli(data, "users", "revoke-key", bob_key, env=env).returncode == 0
+        time.sleep(1.0)  # a few more rounds of traffic after the last command
+    finally:
+        traffic.stop.set()
+        traffic.join(120)
+    try:
+        assert traffic.failures == []
+        assert len(traffic.task_ids) >= 3
+        headers = {"Authorization": f"Bearer {key}"}
+        for tid in traffic.task_ids:  # nothing lost
+            assert _wait_final(api, headers, tid)["status"] == "COMPLETED"
+        history = httpx.get(f"{api}/user/history", headers=headers, params={"limit": 1}, timeout=30).json()["data"]
+        assert history["total"] == len(traffic.task_ids) + traffic.sound_generations  # nothing duplicated
+        assert httpx.get(f"{api}/user/me", headers={"Authorization": f"Bearer {bob_key}"},
+                         timeout=30).status_code == 401  # the revocation took effect in the live server
+        check = subprocess.run([sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); "
+                                "print(c.execute('PRAGMA integrity_check').fetchone()[0])", str(data / "soundry.db")],
+                               capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert check.stdout.strip() == "ok"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_and_steals_nothing(tmp_path):
+    env, data, log = _env(), tmp_path / "data", tmp_path / "server.log"
+    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
+    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
+    port = free_port()
+    api, headers = f"http://127.0.0.1:{port}/v1", {"Authorization": f"Bearer {key}"}
+    first = _serve(data, port, env, log)
+    try:
+        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
+                       json={"prompt": "a long one", "configs": {"duration": 30, "seed": 3}})
+        task_id = r.json()["data"]["task_id"]
+        _wait_processing(api, headers, task_id)
+        second = subprocess.run([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
+                                 "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=180)
+        assert second.returncode != 0
+        assert f"in use by soundry serve (pid {first.pid}" in second.stderr, second.stderr[-2000:]
+        info = _wait_final(api, headers, task_id)
+        assert info["status"] == "COMPLETED", info
+        assert first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(30)
+
+
+def test_a_task_whose_process_keeps_dying_fails_with_the_reason_and_the_service_stays_up(tmp_path):
+    """SIGKILLed while running it, three times (as the kernel's OOM killer would): the next start fails the
+    task with the reason instead of running it again, and serves the rest."""
+    env = _env(SOUNDRY_LEASE_SECONDS="2", SOUNDRY_MAX_TASK_ATTEMPTS="3")
+    data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
+    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
+    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
+    api, headers = f"http://127.0.0.1:{port}/v1", {"Authorization": f"Bearer {key}"}
+    server = _serve(data, port, env, log)
+    try:
+        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
+                       json={"prompt": "the killer", "configs": {"duration": 60, "seed": 3}})
+        task_id = r.json()["data"]["task_id"]
+        for _ in range(3):
+            _wait_processing(api, headers, task_id)
+            server.send_signal(signal.SIGKILL)
+            server.wait(30)
+            server = _serve(data, port, env, log)
+        info = _wait_final(api, headers, task_id)
+        assert info["status"] == "FAILED", info
+        assert "started 3 times" in info["error_description"], info
+        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
+                       json={"prompt": "after", "configs": {"duration": 0.5}})
+        assert _wait_final(api, headers, r.json()["data"]["task_id"])["status"] == "COMPLETED"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_leases_decide_who_runs_a_task(tmp_path, kind):
+    """A task under a live lease is never re-queued nor claimed by another worker (a second process's start
+    included); a lapsed (or missing) lease is; each start counts, and the start after the last allowed one
+    fails the task with the reason."""
+    from soundry.accounts import Accounts
+    from soundry.tasks.store import TaskStore
+    from tests.databases import database
+
+    with database(kind, tmp_path) as url:
+        store = TaskStore(url)
+        user = Accounts(store, "s" * 32).create_user("lee", "lee's password")
+        task = store.create(Task(user_id=user.id, prompt="x", config={"duration": 1}, model="audiogen"))
+        assert store.claim(task.id, "worker-a", lease_seconds=60, max_attempts=2).worker == "worker-a"
+        assert store.requeue_lapsed() == 0 and store.runnable_ids() == []
+        assert store.claim(task.id, "worker-b", lease_seconds=60, max_attempts=2) is None
+        assert store.get(task.id).worker == "worker-a"
+        assert store.renew_leases("worker-a", -1) == 1  # worker-a dies: its lease lapses
+        assert store.runnable_ids() == [task.id]
+        assert store.requeue_lapsed() == 1 and store.get(task.id).status == "PENDING"
+        assert store.claim(task.id, "worker-b", lease_seconds=-1, max_attempts=2).attempts == 2
+        failed = store.claim(task.id, "worker-c", lease_seconds=60, max_attempts=2)
+        assert failed.status == "FAILED" and "started 2 times" in failed.error
+        # a clean stop hands its tasks back without counting the start
+        other = store.create(Task(user_id=user.id, prompt="y", config={"duration": 1}, model="audiogen"))
+        store.claim(other.id, "worker-d", lease_seconds=60)
+        assert store.release("worker-d") == 1
+        again = store.get(other.id)
+        assert (again.status, again.attempts, again.worker) == ("PENDING", 0, "")
+        store.engine.dispose()
