@@ -210,3 +210,62 @@ def test_continuation_and_text_only_requests_share_a_batch(kind):
     assert torch.equal(together[1], alone[0]) and torch.equal(together[0], alone[1])
     assert torch.equal(together[1][:, : codes.shape[-1]], codes)
     assert together[1].shape[-1] == together[0].shape[-1] == 50
+
+
+class _RecordingGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU: capture runs the step eagerly, replay is counted
+    (a real replay would read the tensors captured, whatever the cache holds now)."""
+
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+    def pool(self):
+        return None
+
+
+def test_graphs_never_replay_over_a_reallocated_condition_cache(model, monkeypatch):
+    """A long prompt grows the condition cache and its leaving shrinks it back to the same length, in new
+    tensors: the graphs captured on the old ones must not replay (wrong audio, no error), only the eager
+    static step until the batch is empty and they are captured again."""
+    import contextlib
+
+    from soundry.engine.batch import DecodeBatch
+    from soundry.engine.static_steps import StaticSteps
+
+    class _Stream:
+        def __init__(self, *a, **kw):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordingGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+
+    long_prompt = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
+    batch = DecodeBatch(model.lm, max_slots=2, max_frames=model.max_frames())
+    batch.static = steps = StaticSteps(batch, use_graphs=True)
+    steps.prepare()
+    replays = lambda: sum(g.replays for g in steps.graphs.values())  # noqa: E731
+    short, long = req("rain", 8, duration=0.6), req(long_prompt, 9, duration=0.6)
+    jobs = [make_job(model, r, c) for r, c in zip([short, long], model.conditions([short, long]), strict=True)]
+    batch.admit(jobs[0])
+    batch.step()
+    assert replays() == 1  # the captured graph serves while its tensors are the cache's
+    batch.admit(jobs[1])  # grows the condition cache: new tensors
+    batch.step()
+    batch.remove(jobs[1])  # shrinks it back to the captured length, in new tensors again
+    assert batch.cache.max_cond_len == batch.cache.base_cond_len
+    batch.step()
+    assert replays() == 1  # no replay over the freed tensors
+    batch.remove(jobs[0])
+    steps.prepare()  # the batch is empty: captured again, on the current tensors
+    batch.admit(make_job(model, short, model.conditions([short])[0]))
+    batch.step()
+    assert replays() == 1  # (the new graphs' first replay)

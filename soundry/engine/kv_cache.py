@@ -27,6 +27,7 @@ class KVCache:
         self.k = self._zeros(max_len)
         self.v = self._zeros(max_len)
         self.base_cond_len = max_cond_len
+        self.version = 0  # +1 whenever the cross-attention tensors are reallocated (captured graphs go stale)
         self._alloc_cross(max_cond_len)
         self.cond_lens = [0] * max_rows  # condition length stored in each row (0: free)
         self.cross_len = 1  # keys a step attends to: the longest condition of an occupied row
@@ -49,6 +50,7 @@ class KVCache:
                 new[:, :, :n] = old[:, :, :n]
             mask[:, :n] = self.cross_mask[:, :n]
         self.ck, self.cv, self.cross_mask = ck, cv, mask
+        self.version += 1
 
     @property
     def max_cond_len(self) -> int:

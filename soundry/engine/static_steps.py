@@ -9,9 +9,12 @@ captured once in a ``torch.cuda.CUDAGraph`` and replayed; the per-request unifor
 the graph's input buffer before each replay, so nothing is synchronised with the host.
 
 Graphs are captured while the batch is empty (capture warms up by running the step, which writes
-into the slots). If a long prompt forces the condition cache to grow, the graphs are dropped, steps
-run eagerly with the same static shapes, and the graphs are captured again the next time the
-batch is empty.
+into the slots). A graph replays the addresses it captured, so it is valid only while the cache
+tensors it read are the same ones: graphs are keyed on the cache's ``version``, which changes whenever
+the condition cache is reallocated (a long prompt grows it; its leaving shrinks it back). After such a
+change steps run eagerly with the same static shapes, and the graphs are captured again the next time
+the batch is empty. (Keying them on the condition length alone replayed over freed memory once a long
+prompt had come and gone: the lengths matched again, the tensors did not.)
 
 On the CPU (``use_graphs=False``) the same static steps run eagerly; the tests use that to check
 that padding and full-length attention give exactly the tokens of the dynamic step.
@@ -37,7 +40,7 @@ class StaticSteps:
         self.use_graphs = batch.device.type == "cuda" if use_graphs is None else use_graphs
         self.uniforms = {b: torch.zeros(b, batch.K, device=batch.device) for b in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.captured_cond_len = -1
+        self.captured_version = -1  # the cache version the graphs were captured on
         batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
 
     def bucket(self, n: int) -> int:
@@ -52,7 +55,7 @@ class StaticSteps:
         self.uniforms[b][:n].copy_(uniforms)
         if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
             self.batch.steps[n:b].zero_()
-        graph = self.graphs.get(b) if self.captured_cond_len == self.batch.cache.max_cond_len else None
+        graph = self.graphs.get(b) if self.captured_version == self.batch.cache.version else None
         if graph is not None:
             graph.replay()
         else:
@@ -60,7 +63,7 @@ class StaticSteps:
 
     def prepare(self) -> None:
         """Capture (or recapture) the graphs; call only while no job is in the batch."""
-        if not self.use_graphs or self.batch.jobs or self.captured_cond_len == self.batch.cache.max_cond_len:
+        if not self.use_graphs or self.batch.jobs or self.captured_version == self.batch.cache.version:
             return
         self.graphs.clear()
         stream = torch.cuda.Stream(device=self.batch.device)
@@ -77,5 +80,5 @@ class StaticSteps:
             pool = graph.pool()
             self.graphs[b] = graph
         self.batch.steps.zero_()
-        self.captured_cond_len = self.batch.cache.max_cond_len
+        self.captured_version = self.batch.cache.version
         log.info("captured CUDA graphs for batch buckets %s", self.buckets)
