@@ -10,11 +10,11 @@ import uuid
 from typing import BinaryIO
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
 from soundry.audio.decode import decode_to_flac, sample_range
 from soundry.storage import Storage
-from soundry.tasks.models import Upload, User, utcnow
+from soundry.tasks.models import Upload, utcnow
 from soundry.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,8 @@ class UploadStore:
         self.storage.put(upload.file_key, data, "audio/flac")
         try:
             with self.session() as s, s.begin():
-                # The count and the insert are one step: updating the user's row first takes SQLite's write
-                # lock before the snapshot is read (a row lock on PostgreSQL), so parallel uploads queue here.
-                s.execute(update(User).where(User.id == user_id).values(active=User.active))
+                # the count and the insert are one step: parallel uploads of a user queue on its lock
+                TaskStore.lock_user(s, user_id)
                 if self._count(s, user_id) >= max_uploads:
                     raise TooManyUploads(too_many_uploads(max_uploads))
                 s.add(upload)
