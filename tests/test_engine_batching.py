@@ -246,7 +246,7 @@ def test_graphs_never_replay_over_a_reallocated_condition_cache(model, monkeypat
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: _Stream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordingGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, **kw: contextlib.nullcontext())
 
     long_prompt = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
     batch = DecodeBatch(model.lm, max_slots=2, max_frames=model.max_frames())
@@ -269,3 +269,24 @@ def test_graphs_never_replay_over_a_reallocated_condition_cache(model, monkeypat
     batch.admit(make_job(model, short, model.conditions([short])[0]))
     batch.step()
     assert replays() == 1  # (the new graphs' first replay)
+
+
+def test_a_failed_capture_falls_back_to_the_dynamic_step_loudly(model, monkeypatch, caplog):
+    """Capture that raises (another thread's work during a global-mode capture, say): the engine logs it
+    and decodes with the dynamic step, the same tokens, instead of static steps without graphs."""
+    from soundry.engine.static_steps import StaticSteps
+
+    def broken(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(StaticSteps, "prepare", broken)
+    request = req("dog barking in the distance", 1)
+    expected = run_alone(model, request)
+    engine = Engine(model, max_batch=2, static_steps=True).start()
+    try:
+        assert torch.equal(engine.submit(GenerationRequest(**{**request.__dict__, "id": "x"})).result(120).tokens,
+                           expected)
+        assert engine._batch.static is None
+    finally:
+        engine.stop()
+    assert "dynamic step from now on" in caplog.text

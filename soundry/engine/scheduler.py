@@ -191,12 +191,14 @@ class Engine:
                 self._step()
 
     def _prepare_static(self) -> None:
-        """(Re)capture the step graphs while the batch is empty; on failure, keep serving eagerly."""
+        """(Re)capture the step graphs while the batch is empty. On failure the engine falls back to the
+        dynamic step for good, loudly: static steps without graphs attend over the whole cache and are
+        slower than the dynamic one."""
         try:
             self._batch.static.prepare()
         except Exception:
-            log.exception("capturing CUDA graphs failed; decoding without them")
-            self._batch.static.use_graphs = False
+            log.exception("capturing CUDA graphs failed; this engine decodes with the dynamic step from now on")
+            self._batch.static = None
 
     def _admit(self, items: list[tuple[GenerationRequest, Future, Progress | None]]) -> None:
         try:

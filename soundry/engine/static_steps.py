@@ -23,11 +23,16 @@ that padding and full-length attention give exactly the tokens of the dynamic st
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
 log = logging.getLogger(__name__)
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# One capture at a time in a process (two engines, one per model, capture beside each other otherwise);
+# each captures in thread-local mode, so work of other threads (the codec, prompt encoding on API threads,
+# a lazy load) is not forbidden while it runs.
+_CAPTURE_LOCK = threading.Lock()
 
 
 class StaticSteps:
@@ -73,12 +78,13 @@ class StaticSteps:
                 self._run(b)
         torch.cuda.current_stream(self.batch.device).wait_stream(stream)
         pool = None
-        for b in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._run(b)
-            pool = graph.pool()
-            self.graphs[b] = graph
+        with _CAPTURE_LOCK:
+            for b in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    self._run(b)
+                pool = graph.pool()
+                self.graphs[b] = graph
         self.batch.steps.zero_()
         self.captured_version = self.batch.cache.version
         log.info("captured CUDA graphs for batch buckets %s", self.buckets)
