@@ -98,6 +98,16 @@ def test_xi_api_key_refusals_are_throttled(tmp_path, tiny_models):
         assert c.post("/v1/sound-generation", json=body, headers={"xi-api-key": key}).status_code == 429
 
 
+def test_refused_refresh_tokens_are_throttled(tmp_path, tiny_models):
+    with TestClient(create_app(make_settings(tmp_path, bearer_failures_per_address=3), start_worker=False)) as c:
+        svc = c.app.state.services
+        refresh = svc.accounts.issue_tokens(svc.accounts.create_user("eve", PASSWORD))["refresh_token"]
+        for bad in ("not-a-jwt", refresh + "x", refresh[:-4]):
+            assert c.post("/v1/user/refresh_token", data={"refresh_token": bad}).status_code == 401
+        r = c.post("/v1/user/refresh_token", data={"refresh_token": refresh})  # even a good one, from this address
+        assert r.status_code == 429 and r.json()["errors"] == ["rate_limited"], r.text
+
+
 def test_elevenlabs_create_runs_off_the_event_loop(app_client):
     c, calls = app_client, []
     _refuse_enqueue(c)

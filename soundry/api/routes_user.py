@@ -36,14 +36,17 @@ def login(request: Request):
 
 
 @router.post("/refresh_token", summary="Exchange a refresh token (form field) for new tokens",
-             responses=answers(Tokens, 200, 401, 422),
+             responses=answers(Tokens, 200, 401, 422, 429),
              description="Refresh tokens rotate: each can be used once and the answer carries a new one. "
                          "Reusing a spent token is refused and revokes every refresh token of that user.")
 def refresh_token(request: Request, refresh_token: str = Form(..., min_length=1, max_length=4096,
                                                                 description="the refresh token from login")):
+    svc, address = services(request), client_address(request)
+    svc.limits.check_bearer(address)  # a refused refresh token counts as any refused credential does
     try:
-        user, tokens = services(request).accounts.rotate_refresh_token(refresh_token)
+        user, tokens = svc.accounts.rotate_refresh_token(refresh_token)
     except AuthError as exc:
+        svc.limits.bearer_failed(address)
         raise ApiError(401, "unauthorized", str(exc)) from None
     return ok(request, {**profile(user), **tokens})
 
