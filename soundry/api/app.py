@@ -21,8 +21,8 @@ from soundry.api.envelope import ApiError, error_response, ok
 from soundry.api.limits import Limits
 from soundry.api.metrics import install_metrics
 from soundry.api.openapi import install_openapi
-from soundry.api.server import ConcurrencyCap
-from soundry.api.streams import EventStreams
+from soundry.api.server import BodyTimeout, ConcurrencyCap, InFlight
+from soundry.api.streams import AudioStreams, EventStreams
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
 from soundry.storage import open_storage
@@ -141,6 +141,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                   description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")
     app.state.services = svc
     app.state.event_streams = EventStreams(settings)
+    app.state.audio_streams = AudioStreams(settings)
+    in_flight = InFlight(settings.max_concurrent_requests, settings.max_unauthenticated_requests_per_address)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):
@@ -181,7 +183,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
              responses={503: {"model": ErrorEnvelope, "description": "not ready (`data` says which check failed); "
                                                                       "retry after `Retry-After`"}},
              description="503 until the database answers and, in embedded mode, the default model is loaded or "
-                         "known to be unavailable (then tasks for it fail with the reason given here).")
+                         "known to be unavailable (then tasks for it fail with the reason given here), and "
+                         "not while the server is overloaded (as many requests in progress as it takes).")
     def readyz(request: Request):
         checks: dict = {}
         try:
@@ -196,7 +199,9 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                                        f"unavailable: {failures[name]}" if name in failures else "loading")
         else:
             checks["default_model"] = "served by workers"
-        ready = checks["database"] == "ok" and checks["default_model"] != "loading"
+        checks["requests"] = (f"overloaded: {in_flight.active} in progress, the limit is {in_flight.limit}"
+                              if in_flight.overloaded else f"{in_flight.active} in progress")
+        ready = checks["database"] == "ok" and checks["default_model"] != "loading" and not in_flight.overloaded
         if not ready:
             return error_response(request, 503, "not_ready", "; ".join(f"{k}: {v}" for k, v in checks.items()),
                                   {"Retry-After": "5"}, data=checks)
@@ -204,7 +209,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
 
     install_openapi(app, settings)
     install_metrics(app, svc)
-    app.add_middleware(ConcurrencyCap, limit=settings.max_concurrent_requests)
+    app.add_middleware(ConcurrencyCap, in_flight=in_flight)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
     app.include_router(routes_user.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_uploads.router)

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from soundry.accounts import Accounts, AuthBusy, AuthError
 from soundry.api.envelope import ApiError
+from soundry.api.server import authenticated
 from soundry.config import Settings
 from soundry.storage import Storage
 from soundry.tasks.models import User
@@ -68,6 +69,7 @@ def user_for_credential(request: Request, credential: str, code: str, headers: d
         if svc.limits is not None:
             svc.limits.bearer_failed(address)
         raise ApiError(401, code, str(exc), headers) from None
+    authenticated(request)  # no longer counted against the address's unauthenticated requests
     if svc.limits is not None:
         svc.limits.check_request(user.id)
     return user

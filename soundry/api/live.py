@@ -61,7 +61,7 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
                 ended = task is None or task.status in FINAL_STATUSES
             if channel is not None:
                 await channel.refresh()  # chunks written before the task ended are all visible now
-                if channel.chunks:
+                if channel.samples:
                     return channel
                 if channel.closed:
                     break

@@ -22,6 +22,7 @@ from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError
 from soundry.api.live import first_audio
 from soundry.api.routes_tasks import _own_task, stored_file_response
+from soundry.api.streams import ReleasingResponse
 from soundry.audio.chunk_encode import pcm16, wav_header
 from soundry.signing import verify
 from soundry.tasks.live_audio import AudioChannel
@@ -40,8 +41,10 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
                         "its `output_format`, once it is COMPLETED (410 if that file is no longer stored). FAILED or "
                         "CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
-                        "stored file (see docs/streaming.md).",
-            responses={**answers(None, 200, 401, 403, 404, 409, 410, 422, 429), 200: {"content": {
+                        "stored file (see docs/streaming.md). Open streams are capped per task owner "
+                        "(`max_audio_streams_per_user`, 429 `too_many_streams`) and in all (`max_audio_streams`, 503), "
+                        "whether asked for with a header or the signed link.",
+            responses={**answers(None, 200, 401, 403, 404, 409, 410, 422, 429, 503), 200: {"content": {
                 "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}}}})
 async def stream_task(request: Request, task_id: str,
                       expires: int | None = Query(None, description="with `sig`: the task's signed `url_stream`"),
@@ -58,10 +61,17 @@ async def stream_task(request: Request, task_id: str,
         task = await run_in_threadpool(svc.store.get, task_id)
         if task is None:
             raise ApiError(404, "not_found", f"no task {task_id}")
-    channel = await first_audio(request, task.id)
+    slots = request.app.state.audio_streams  # counted against the task's owner, however the link was sent
+    slots.reserve(task.user_id)
+    try:
+        channel = await first_audio(request, task.id)
+    except BaseException:
+        slots.release(task.user_id)
+        raise
     if channel is not None:
-        return StreamingResponse(_wav(channel), media_type="audio/wav",
+        return ReleasingResponse(lambda: slots.release(task.user_id), _wav(channel), media_type="audio/wav",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    slots.release(task.user_id)  # what is left is the stored file, a download like any other
     task = await run_in_threadpool(svc.store.get, task.id)
     if task.status != "COMPLETED":
         reason = f": {task.error}" if task.error else ""

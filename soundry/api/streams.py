@@ -8,6 +8,7 @@ away. Their database reads run on a small limiter of their own (``POLL_THREADS``
 streams never take the shared thread pool that every other request needs; when many streams are
 open they poll more slowly instead. Counts are per API process (the events of one task are
 watched from one connection, so a process-local count is what bounds a process's work).
+Audio streams (``…/stream``) are counted the same way (``AudioStreams``), against the task's owner.
 """
 
 from __future__ import annotations
@@ -30,33 +31,52 @@ from soundry.tasks.models import FINAL_STATUSES
 POLL_THREADS = 4
 
 
-class EventStreams:
-    """The open progress streams of this process. Used from the event loop only (no locking)."""
+class OpenStreams:
+    """Open long-lived responses of one kind in this process, counted per user and in all: at most
+    ``per_user`` (429 beyond) and ``total`` (503 beyond), 0 = no cap. Used from the event loop only."""
 
-    def __init__(self, settings: Settings, interval: float = 0.5, keepalive: float = 15.0):
-        self.per_user, self.total = settings.max_event_streams_per_user, settings.max_event_streams
-        self.lifetime, self.interval, self.keepalive = settings.event_stream_seconds, interval, keepalive
+    def __init__(self, per_user: int, total: int, what: str, alternative: str, retry_after: int):
+        self.per_user, self.total, self.what, self.alternative = per_user, total, what, alternative
+        self.retry_after = retry_after
         self._open: Counter[int] = Counter()
-        self._limiter: anyio.CapacityLimiter | None = None
 
     def open_count(self, user_id: int | None = None) -> int:
         return self._open[user_id] if user_id is not None else sum(self._open.values())
 
     def reserve(self, user_id: int) -> None:
         """Count a new stream for the user, or refuse it (429 over the user's cap, 503 over the total)."""
-        retry = {"Retry-After": str(max(1, math.ceil(self.interval * 10)))}
+        retry = {"Retry-After": str(self.retry_after)}
         if self.per_user and self._open[user_id] >= self.per_user:
-            raise ApiError(429, "too_many_streams", f"you have {self._open[user_id]} progress streams open; the "
+            raise ApiError(429, "too_many_streams", f"you have {self._open[user_id]} {self.what} open; the "
                                                     f"limit is {self.per_user}: close one first", retry)
         if self.total and self.open_count() >= self.total:
-            raise ApiError(503, "too_many_streams", "the server has too many progress streams open; poll "
-                                                    "GET /v1/ai/audio_generation/{task_id} or retry later", retry)
+            raise ApiError(503, "too_many_streams", f"the server has too many {self.what} open; "
+                                                    f"{self.alternative}", retry)
         self._open[user_id] += 1
 
     def release(self, user_id: int) -> None:
         self._open[user_id] -= 1
         if self._open[user_id] <= 0:
             del self._open[user_id]
+
+
+class AudioStreams(OpenStreams):
+    """Open audio streams (``…/stream``), counted against the task's owner (a signed link needs no
+    header, but it names the task and so its owner)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings.max_audio_streams_per_user, settings.max_audio_streams, "audio streams",
+                         "download the task's url_download once it is COMPLETED, or retry later", 5)
+
+
+class EventStreams(OpenStreams):
+    """The open progress streams of this process. Used from the event loop only (no locking)."""
+
+    def __init__(self, settings: Settings, interval: float = 0.5, keepalive: float = 15.0):
+        super().__init__(settings.max_event_streams_per_user, settings.max_event_streams, "progress streams",
+                         "poll GET /v1/ai/audio_generation/{task_id} or retry later", max(1, math.ceil(interval * 10)))
+        self.lifetime, self.interval, self.keepalive = settings.event_stream_seconds, interval, keepalive
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def _read(self, fn: Callable[[], dict]) -> dict:
         if self._limiter is None:  # created on the event loop's thread, where it is used
@@ -66,7 +86,7 @@ class EventStreams:
     def response(self, request: Request, user_id: int, read: Callable[[], dict]) -> StreamingResponse:
         """The stream of a task whose result object ``read()`` returns (blocking; run on the limiter),
         for a user who holds a reservation: released however the response ends."""
-        return _ReleasingResponse(lambda: self.release(user_id), self._events(request, read),
+        return ReleasingResponse(lambda: self.release(user_id), self._events(request, read),
                                   media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -93,7 +113,7 @@ class EventStreams:
                 return
 
 
-class _ReleasingResponse(StreamingResponse):
+class ReleasingResponse(StreamingResponse):
     """A streaming response that calls ``on_close`` when it ends, whether it finished, failed, or
     was cancelled by the client's disconnect (even before its first byte)."""
 

@@ -2,13 +2,19 @@
 
 The runner opens a channel when it starts a task and closes it when the task ends. The engine
 decodes a stream only once somebody listens (``wanted``); it then starts from the first frame, and
-the channel keeps every chunk until the task ends, so a listener that joins late hears it all.
+the channel keeps every chunk until the task ends, so a listener that joins late hears it all. The
+chunks are kept in an unnamed temporary file (``TMPDIR``), not in memory: a channel holds only their
+offsets, so a long task's live audio costs disk (at most its clip: duration x rate x channels x 4
+bytes), and the file goes when the channel does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
+import weakref
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -17,25 +23,42 @@ import numpy as np
 class AudioChannel:
     """One task's streamed audio: chunks [C, n] float32 at ``sample_rate``, ``total_samples`` in all."""
 
-    poll_interval = 0.02  # seconds between a listener's looks (memory only: cheap)
+    poll_interval = 0.02  # seconds between a listener's looks (the page cache: cheap)
 
-    def __init__(self, sample_rate: int, total_samples: int):
+    def __init__(self, sample_rate: int, total_samples: int, directory: str | None = None):
         self.sample_rate, self.total_samples = sample_rate, total_samples
-        self.chunks: list[np.ndarray] = []
         self.samples = 0
         self.closed = False
         self.listeners = 0
         self._lock = threading.Lock()
+        self._index: list[tuple[int, int, int]] = []  # per chunk: byte offset in the file, channels, samples
+        self._end = 0
+        fd, path = tempfile.mkstemp(prefix="soundry-live-", dir=directory)
+        os.unlink(path)  # unnamed: nobody else opens it, and it goes with its descriptor
+        self._fd = fd
+        weakref.finalize(self, os.close, fd)
 
     @property
     def wanted(self) -> bool:
         return self.listeners > 0
 
+    @property
+    def chunk_count(self) -> int:
+        return len(self._index)
+
     def push(self, audio: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(audio, dtype=np.float32)
         with self._lock:
             if not self.closed:
-                self.chunks.append(np.asarray(audio, dtype=np.float32))
-                self.samples += audio.shape[-1]
+                os.pwrite(self._fd, chunk.tobytes(), self._end)
+                self._index.append((self._end, chunk.shape[0], chunk.shape[-1]))
+                self._end += chunk.nbytes
+                self.samples += chunk.shape[-1]
+
+    def chunk(self, i: int) -> np.ndarray:
+        """The ``i``-th chunk pushed, read back from the file."""
+        offset, channels, n = self._index[i]
+        return np.frombuffer(os.pread(self._fd, channels * n * 4, offset), dtype=np.float32).reshape(channels, n)
 
     def close(self) -> None:
         self.closed = True
@@ -62,11 +85,11 @@ class AudioChannel:
             sent = 0
             while True:
                 with self._lock:
-                    new, closed = self.chunks[sent:], self.closed
-                for chunk in new:
-                    yield chunk
-                sent += len(new)
-                if (closed or self.complete) and sent == len(self.chunks):
+                    count, closed = len(self._index), self.closed
+                for i in range(sent, count):
+                    yield self.chunk(i)
+                sent = count
+                if (closed or self.complete) and sent == self.chunk_count:
                     return
                 await asyncio.sleep(poll)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 TTL = 3600
 LISTEN_TTL = 10
 WANTED_CHECK = 0.5  # seconds between a worker's checks for listeners
+READ_BATCH = 16  # entries (about a second each) a reader fetches at once: what it holds in memory
 
 
 def _stream_key(task_id: str) -> str:
@@ -87,7 +89,7 @@ class RedisChannelReader:
     def __init__(self, client, task_id: str):
         self.client, self.key = client, _stream_key(task_id)
         self.sample_rate = self.total_samples = self.samples = 0
-        self.chunks: list[np.ndarray] = []
+        self.chunks: deque[np.ndarray] = deque()  # read from Redis, not yet sent (a reader serves one listener)
         self.closed = False
         self._last_id = "0-0"
 
@@ -105,7 +107,7 @@ class RedisChannelReader:
         """Read the entries written since the last call; renew the listening key."""
         pipe = self.client.pipeline()
         pipe.set(self.key + ":listening", "1", ex=LISTEN_TTL)
-        pipe.xread({self.key: self._last_id}, count=1000)
+        pipe.xread({self.key: self._last_id}, count=READ_BATCH)
         _, entries = await pipe.execute()
         for _key, items in entries or []:
             for entry_id, fields in items:
@@ -122,12 +124,12 @@ class RedisChannelReader:
     async def audio(self, poll: float = poll_interval, stall: float = 120.0) -> AsyncIterator[np.ndarray]:
         """Every chunk from the first until the end marker; gives up after ``stall`` s without one
         (a worker that died mid-task writes no end)."""
-        sent, last_new = 0, time.monotonic()
+        last_new = time.monotonic()
         while True:
-            for chunk in self.chunks[sent:]:
-                yield chunk
-            if len(self.chunks) > sent:
-                sent, last_new = len(self.chunks), time.monotonic()
+            if self.chunks:
+                last_new = time.monotonic()
+            while self.chunks:
+                yield self.chunks.popleft()
             if self.closed or self.complete or time.monotonic() - last_new > stall:
                 return
             await asyncio.sleep(poll)
