@@ -161,6 +161,17 @@ def test_text_fields_refuse_del_and_c1_controls(app_client, char):
     assert r.status_code == 422 and "feedback" in r.json()["error_description"], r.text
 
 
+def test_an_upload_whose_name_has_control_characters_is_refused(app_client):
+    c = app_client
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, dtype=np.float32), 16000, format="WAV")
+    for char in CONTROLS:  # (httpx percent-encodes C0 in a multipart file name: DEL and C1 arrive as they are)
+        r = c.post("/v1/uploads", headers=c.headers, files={"file": (f"clip{char}.wav", buf.getvalue(), "audio/wav")})
+        assert r.status_code == 422 and "file name" in r.json()["error_description"], r.text
+    r = c.post("/v1/uploads", headers=c.headers, files={"file": ("clip é.wav", buf.getvalue(), "audio/wav")})
+    assert r.status_code == 201 and r.json()["data"]["filename"] == "clip é.wav", r.text
+
+
 def test_the_documented_text_patterns_match_the_validation(tmp_path, tiny_models):
     """The OpenAPI document's patterns refuse what the validators refuse, character by character."""
     from pydantic import ValidationError

@@ -12,6 +12,7 @@ from starlette.types import Message
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError, ok
+from soundry.api.schemas import check_prompt
 from soundry.audio.decode import UndecodableAudio
 from soundry.models.registry import ALIASES, FAMILY_WINDOWS, SPECS
 from soundry.storage import StorageError
@@ -74,6 +75,11 @@ async def create_upload(request: Request, user: User = Depends(current_user)):
     if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:  # early; create() decides
         raise ApiError(429, "too_many_uploads", too_many_uploads(s.max_uploads_per_user))
     form, field = await _read_file_field(request, s.max_upload_bytes)
+    try:
+        check_prompt(field.filename or "", "the file name", allow_blank=True)  # it is shown back, as text
+    except ValueError as exc:
+        await form.close()
+        raise ApiError(422, "invalid_request", f"file: {exc}") from None
     try:
         up = await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
                                      s.max_upload_seconds, s.max_uploads_per_user)
