@@ -321,6 +321,20 @@ def test_a_webhooks_link_names_the_address_serve_listens_on(tmp_path, tiny_model
 
 
 # -- the contract ------------------------------------------------------------------------------------
+def test_the_elevenlabs_schema_states_this_servers_limits(tmp_path, tiny_models):
+    with TestClient(create_app(make_settings(tmp_path, max_prompt_chars=50, max_duration=10),
+                               start_worker=False)) as c:
+        svc = c.app.state.services
+        key = svc.accounts.create_api_key(svc.accounts.create_user("ann", PASSWORD))
+        post = c.get("/openapi.json").json()["paths"]["/v1/sound-generation"]["post"]
+        props = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert props["text"]["maxLength"] == 50
+        assert [o["maximum"] for o in props["duration_seconds"]["anyOf"] if "maximum" in o] == [10]
+        for body in ({"text": "a" * 51}, {"text": "rain", "duration_seconds": 10.5}):  # what the schema refuses
+            r = c.post("/v1/sound-generation", json=body, headers={"xi-api-key": key})
+            assert r.status_code == 422, r.text
+
+
 def test_the_documented_examples_are_accepted_without_dns(app_client, monkeypatch):
     """Every example the OpenAPI document gives for the create body is one the server accepts, here
     with no DNS at all (a fuzzer sends the examples as they are)."""

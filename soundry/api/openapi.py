@@ -6,6 +6,8 @@ clients and stateful fuzzers follow a task."""
 
 from __future__ import annotations
 
+import copy
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -14,6 +16,7 @@ from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
 from soundry.config import Settings
 
 CREATE = ("/v1/ai/audio_generation", "post")
+ELEVENLABS = "/v1/sound-generation"
 TASK_LINKS = {"GetTask": ("/v1/ai/audio_generation/{task_id}", "get", "the task's state and result"),
               "CancelTask": ("/v1/ai/audio_generation/{task_id}/cancel", "post", "cancel it"),
               "TaskEvents": ("/v1/ai/audio_generation/{task_id}/events", "get", "follow its progress")}
@@ -30,6 +33,19 @@ def create_task_schemas(settings: Settings) -> dict[str, dict]:
     schemas["Configs"]["properties"]["duration"]["maximum"] = settings.max_duration
     schemas["CreateTask"] = body
     return schemas
+
+
+def _elevenlabs_limits(doc: dict, settings: Settings) -> None:
+    """The ElevenLabs body with this server's limits on ``text`` and ``duration_seconds`` (the route
+    refuses longer ones)."""
+    content = doc["paths"].get(ELEVENLABS, {}).get("post", {}).get("requestBody", {}).get("content", {})
+    if "application/json" not in content:
+        return
+    schema = content["application/json"]["schema"] = copy.deepcopy(content["application/json"]["schema"])
+    schema["properties"]["text"]["maxLength"] = settings.max_prompt_chars
+    for option in schema["properties"]["duration_seconds"].get("anyOf", []):
+        if "maximum" in option:
+            option["maximum"] = min(option["maximum"], settings.max_duration)
 
 
 def _document_common_answers(doc: dict) -> None:
@@ -63,6 +79,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             name: {"operationId": doc["paths"][path][method]["operationId"], "description": text,
                    "parameters": {"task_id": "$response.body#/data/task_id"}}
             for name, (path, method, text) in TASK_LINKS.items()}
+        _elevenlabs_limits(doc, settings)
         _document_common_answers(doc)
         app.openapi_schema = doc
         return doc
