@@ -90,3 +90,36 @@ def test_stream_refusals(server):
     task_id = _create(server, headers, 0.5)
     r = httpx.get(f"{base}/{task_id}/stream", headers={"Authorization": f"Bearer {other_key}"})
     assert r.status_code == 404
+
+
+def test_live_audio_is_kept_on_disk_not_in_memory_and_a_late_listener_hears_it_all():
+    """A long task's live audio (here 120 s at 16 kHz, 7.7 MB as float32) is not held in the
+    process's memory, and a listener that joins after it all was pushed still gets every sample."""
+    import asyncio
+    import tracemalloc
+
+    from soundry.tasks.live_audio import LiveAudio
+
+    rate, seconds = 16000, 120
+    live = LiveAudio()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        channel = live.open("t" * 32, rate, rate * seconds)
+        for i in range(seconds):  # one chunk a second, as the engine pushes them
+            channel.push(np.full((1, rate), i / seconds, dtype=np.float32))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"live audio held in memory after {seconds} s pushed: {held / 1e6:.2f} MB (the audio: "
+          f"{seconds * rate * 4 / 1e6:.1f} MB)")
+    assert held < 1_000_000  # the old channel kept every chunk in a list: 7.7 MB
+    live.close("t" * 32)
+
+    async def listen() -> list[np.ndarray]:
+        channel.attach()
+        return [chunk async for chunk in channel.audio()]
+
+    heard = asyncio.run(listen())
+    assert len(heard) == seconds and all(c.shape == (1, rate) for c in heard)
+    assert all(np.all(c == np.float32(i / seconds)) for i, c in enumerate(heard))
