@@ -11,6 +11,7 @@ bytes), and the file goes when the channel does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 import threading
@@ -18,6 +19,8 @@ import weakref
 from collections.abc import AsyncIterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class AudioChannel:
@@ -33,10 +36,16 @@ class AudioChannel:
         self._lock = threading.Lock()
         self._index: list[tuple[int, int, int]] = []  # per chunk: byte offset in the file, channels, samples
         self._end = 0
-        fd, path = tempfile.mkstemp(prefix="soundry-live-", dir=directory)
-        os.unlink(path)  # unnamed: nobody else opens it, and it goes with its descriptor
-        self._fd = fd
-        weakref.finalize(self, os.close, fd)
+        self._directory = directory
+        self._fd: int | None = None  # made at the first chunk (only tasks somebody listens to have chunks)
+
+    def _file(self) -> int:
+        if self._fd is None:
+            fd, path = tempfile.mkstemp(prefix="soundry-live-", dir=self._directory)
+            os.unlink(path)  # unnamed: nobody else opens it, and it goes with its descriptor
+            self._fd = fd
+            weakref.finalize(self, os.close, fd)
+        return self._fd
 
     @property
     def wanted(self) -> bool:
@@ -49,8 +58,15 @@ class AudioChannel:
     def push(self, audio: np.ndarray) -> None:
         chunk = np.ascontiguousarray(audio, dtype=np.float32)
         with self._lock:
-            if not self.closed:
-                os.pwrite(self._fd, chunk.tobytes(), self._end)
+            if self.closed:
+                return
+            try:
+                if os.pwrite(self._file(), chunk.tobytes(), self._end) != chunk.nbytes:
+                    raise OSError("short write (is the disk full?)")
+            except OSError as exc:  # e.g. a full disk: the stream ends short, the task goes on
+                log.warning("live audio stream stopped: %s", exc)
+                self.closed = True
+            else:
                 self._index.append((self._end, chunk.shape[0], chunk.shape[-1]))
                 self._end += chunk.nbytes
                 self.samples += chunk.shape[-1]
