@@ -50,7 +50,8 @@ def _elevenlabs_limits(doc: dict, settings: Settings) -> None:
 
 def _document_common_answers(doc: dict) -> None:
     """Answers any route can give, in the envelope: 400 for a malformed body, 422 (FastAPI documents
-    its own HTTPValidationError shape, which this API never sends), and 503 when overloaded."""
+    its own HTTPValidationError shape, which this API never sends), 408 for a stalled body, 429 for an
+    address with too many unauthenticated requests in progress, and 503 when overloaded."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
     for path, item in doc["paths"].items():
         for op in item.values():
@@ -59,7 +60,12 @@ def _document_common_answers(doc: dict) -> None:
                 answers["422"]["content"] = error
             if "requestBody" in op:
                 answers.setdefault("400", {"description": "malformed body", "content": error})
+                answers.setdefault("408", {"description": "request_timeout: the body stalled for `body_timeout` "
+                                                          "seconds; the connection is closed", "content": error})
             if path not in UNCOUNTED and not path.endswith(UNCOUNTED_SUFFIXES):
+                answers.setdefault("429", {"description": "rate_limited (among others): this address has too many "
+                                                          "unauthenticated requests in progress; retry after "
+                                                          "`Retry-After` seconds", "content": error})
                 answers.setdefault("503", {"description": "overloaded: retry after `Retry-After` seconds",
                                            "content": error})
     for unused in ("HTTPValidationError", "ValidationError"):
