@@ -321,6 +321,45 @@ def test_a_webhooks_link_names_the_address_serve_listens_on(tmp_path, tiny_model
 
 
 # -- the contract ------------------------------------------------------------------------------------
+WEBHOOKS = ["https://hooks.example.org/soundry?t=1", "HTTP://203.0.113.7:8080/x", "http://user:pw@h.example/",
+            "", "ftp://h.example/", "http://", "http://a b/", "http://@/", "http://:80/", "https://h.example/\n",
+            "hooks.example.org/x", "javascript:alert(1)"]
+
+
+def test_the_create_schema_says_what_validation_accepts(tmp_path, tiny_models):
+    """The create body's schema states the rules the validator applies: the webhook's syntax, the model
+    names, continuation_start/end only with input_audio, integers that may be written 5.0."""
+    from pydantic import ValidationError
+
+    from soundry.api.schemas import CreateTask
+    from soundry.models.registry import MODEL_NAMES
+
+    schemas = create_app(make_settings(tmp_path), start_worker=False).openapi()["components"]["schemas"]
+    pattern = re.compile(schemas["CreateTask"]["properties"]["webhook"]["pattern"])  # strings only; null is fine
+    for url in WEBHOOKS:
+        try:
+            CreateTask.model_validate({"prompt": "x", "webhook": url})
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert accepted == (pattern.fullmatch(url) is not None), url  # (ECMA's $: the very end)
+    configs = schemas["Configs"]
+    assert configs["properties"]["model"]["enum"] == list(MODEL_NAMES)
+    assert configs["dependentRequired"] == {"continuation_start": ["input_audio"], "continuation_end": ["input_audio"]}
+    for name in ("top_k", "seed"):
+        assert getattr(CreateTask.model_validate({"prompt": "x", "configs": {name: 5.0}}).configs, name) == 5
+
+
+def test_continuation_without_input_audio_is_refused_even_at_zero(app_client):
+    c = app_client
+    _refuse_enqueue(c)
+    for extra in ({"continuation_start": 0}, {"continuation_start": 0.0, "continuation_end": 1}):
+        r = c.post("/v1/ai/audio_generation", headers=c.headers,
+                   json={**GOOD, "configs": {**GOOD["configs"], **extra}})
+        assert r.status_code == 422 and "need configs.input_audio" in r.json()["error_description"], r.text
+    assert c.svc.store.count() == 0
+
+
 def test_the_elevenlabs_schema_states_this_servers_limits(tmp_path, tiny_models):
     with TestClient(create_app(make_settings(tmp_path, max_prompt_chars=50, max_duration=10),
                                start_worker=False)) as c:

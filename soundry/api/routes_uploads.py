@@ -156,7 +156,7 @@ async def _read_file_field(request: Request, max_bytes: int) -> tuple[FormData, 
 def check_input_audio(svc, user: User, cfg) -> None:
     """Refuse (404/422, naming the field) a ``configs.input_audio`` the task could not use."""
     if cfg.input_audio is None:
-        if cfg.continuation_start or cfg.continuation_end is not None:
+        if "continuation_start" in cfg.model_fields_set or cfg.continuation_end is not None:  # as the schema says
             raise ApiError(422, "invalid_config", "configs.continuation_start/end need configs.input_audio")
         return
     up = svc.uploads.get(cfg.input_audio, user.id)

@@ -4,27 +4,47 @@ are rejected."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from soundry.audio import FORMATS, NORMALIZATIONS
 from soundry.models.registry import MODEL_NAMES
 from soundry.tasks.models import FEEDBACK_MAX_CHARS, RATING_RANGE
 
+# An absolute http(s) URL with a host name or IPv4 address (or empty), as the OpenAPI document's pattern;
+# the validator also takes an IPv6 literal ([2001:db8::1]), which the pattern leaves out. Whether the host
+# resolves to addresses a webhook may reach is checked when the task is created (422), which no schema says.
+_URL = r"[Hh][Tt][Tt][Pp][Ss]?://(?:[^\s/?#@\[\]]*@)?{host}(?::[0-9]{{1,5}})?(?:[/?#]\S*)?"
+WEBHOOK_PATTERN = "^$|^" + _URL.format(host="[A-Za-z0-9.-]+") + "$"
+_WEBHOOK_SYNTAX = re.compile(_URL.format(host=r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"))
+
+
+def _integral(v):
+    """A JSON number without a fraction (``5.0``) is an integer, as JSON Schema says; ``5.5``, ``"5"`` and
+    ``true`` are not."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
 
 class Configs(BaseModel):
     """Generation settings. Defaults follow FlexStack's page (model audiogen, 5 s, top_k 15, top_p 0.9)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"dependentRequired": {
+        "continuation_start": ["input_audio"], "continuation_end": ["input_audio"]}})
 
-    model: str = Field("audiogen", description=f"one of {', '.join(MODEL_NAMES)}")
+    model: str = Field("audiogen", description=f"one of {', '.join(MODEL_NAMES)}",
+                       json_schema_extra={"enum": list(MODEL_NAMES)})
     duration: float = Field(5.0, gt=0, description="seconds; beyond the model's context it is generated in windows")
-    top_k: StrictInt = Field(15, ge=0, le=2048, description="0 disables top-k")
+    top_k: JsonInt = Field(15, ge=0, le=2048, description="0 disables top-k")
     top_p: float = Field(0.9, ge=0.0, le=1.0, description="0 disables nucleus filtering; both filters apply")
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance strength")
-    seed: StrictInt | None = Field(None, ge=0, le=2**62, description="makes the task reproducible")
+    seed: Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_integral)] | None = Field(
+        None, description="makes the task reproducible")
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
     normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
     target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
@@ -59,7 +79,8 @@ class CreateTask(BaseModel):
         "an http(s) URL: when the task completes, fails or is canceled, soundry POSTs its result there, "
         "signed with your webhook secret (see /v1/user/me) in X-Soundry-Signature: t=<unix>,v1=<hex HMAC-SHA256 "
         "of '<t>.<body>'>. Its host must resolve to public addresses only (loopback, private and link-local "
-        "ones are refused unless the operator allows them), e.g. https://hooks.your-domain.example/soundry"))
+        "ones are refused unless the operator allows them), e.g. https://hooks.your-domain.example/soundry"),
+        json_schema_extra={"pattern": WEBHOOK_PATTERN})
 
     @field_validator("webhook")
     @classmethod
@@ -69,8 +90,8 @@ class CreateTask(BaseModel):
         from urllib.parse import urlparse
 
         parsed = urlparse(v)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("webhook must be an absolute http:// or https:// URL")
+        if not _WEBHOOK_SYNTAX.fullmatch(v) or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("webhook must be an absolute http:// or https:// URL with a host name or address")
         return v
 
     @field_validator("prompt", "negative_prompt")
