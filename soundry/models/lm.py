@@ -103,6 +103,11 @@ class TransformerLM(nn.Module):
     """Weights and per-step math of the LM. Parameter names match the release state dict
     (after ``normalize_state_dict``)."""
 
+    # Mixed precision (``soundry.models.precision``): with half-precision weights the residual stream,
+    # the LayerNorms and the output heads stay in this dtype (float32), as under audiocraft's autocast.
+    # None: everything in the weights' dtype.
+    residual_dtype: torch.dtype | None = None
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         if not cfg.norm_first:
@@ -149,6 +154,9 @@ class TransformerLM(nn.Module):
         steps = torch.arange(S, device=device)
         positions = start[:, None] + steps[None, :]  # [R, S]
         x = self.embed(tokens)
+        cd = x.dtype  # what the linear layers take; residual adds promote their outputs back to x's dtype
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
         x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
         keys = torch.arange(key_len, device=device)
         self_mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # [R, 1, S, T]
@@ -157,7 +165,7 @@ class TransformerLM(nn.Module):
         h_idx = torch.arange(self.layers[0].self_attn.num_heads, device=device)[None, :, None]
         p_idx = positions[:, None, :]
         for i, layer in enumerate(self.layers):
-            h = layer.norm1(x)
+            h = layer.norm1(x).to(cd)
             q, k, v = layer.self_attn.qkv(h)
             kc, vc = cache.self_kv(i)
             kc[r_idx, h_idx, p_idx] = k
@@ -165,13 +173,13 @@ class TransformerLM(nn.Module):
             attn = attend(q, kc[rows, :, :key_len], vc[rows, :, :key_len], self_mask)
             x = x + layer.self_attn.output(attn)
             if layer.has_cross:
-                h = layer.norm_cross(x)
+                h = layer.norm_cross(x).to(cd)
                 ck, cv = cache.cross_kv(i)
                 lc = cache.cross_len if cross_len is None else cross_len
                 attn = attend(layer.cross_attention.q_only(h), ck[rows, :, :lc], cv[rows, :, :lc],
                               None if cmask is None else cmask[..., :lc])
                 x = x + layer.cross_attention.output(attn)
-            x = x + layer.feed_forward(layer.norm2(x))
+            x = x + layer.feed_forward(layer.norm2(x).to(cd))
         return x
 
 

@@ -1,6 +1,10 @@
 """Precision of the LM, a served setting: ``auto | fp32 | bf16 | fp16 | int8``.
 
-``auto`` is bf16 on a GPU and fp32 on the CPU. ``int8`` quantises the LM's linear layers (CPU only,
+``auto`` is bf16 on a GPU that supports it (``torch.cuda.is_bf16_supported()``; fp32 on one that does
+not) and fp32 on the CPU. In bf16 and fp16 the linear layers, embeddings and KV cache are half precision
+while the residual stream, every LayerNorm and the output heads stay float32 (``keep_fp32_``): what
+audiocraft's autocast computes, and what keeps guidance (which multiplies the logits' difference by ~3)
+from amplifying half-precision rounding of the residual and the logits. ``int8`` quantises the LM's linear layers (CPU only,
 see ``soundry.models.quantize``). The text encoder and codec always run in float32; only the LM,
 which is where the decode time goes, changes. ``check_precision`` runs one tiny forward right after
 loading, so a precision the device cannot run fails at load with a sentence, not mid-request.
@@ -28,10 +32,33 @@ def resolve_precision(precision: str | None, device: torch.device | str) -> str:
     if p not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if p == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+        if torch.device(device).type != "cuda":
+            return "fp32"
+        return "bf16" if _cuda_bf16_supported(device) else "fp32"
     if p == "int8" and torch.device(device).type != "cpu":
         raise PrecisionError("precision int8 runs on the CPU only; on a GPU use bf16 (or auto)")
     return p
+
+
+def _cuda_bf16_supported(device: torch.device | str) -> bool:
+    """Whether the GPU has bf16 kernels (Ampere and later). Without CUDA there is nothing to ask (the
+    load fails anyway, with torch's own message)."""
+    if not torch.cuda.is_available():
+        return True
+    with torch.cuda.device(torch.device(device)):
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def keep_fp32_(lm: nn.Module) -> nn.Module:
+    """Mixed precision in place: every LayerNorm and the output heads (``lm.linears``) back in float32,
+    and the residual stream in float32 (``TransformerLM.residual_dtype``); the other weights keep
+    their half-precision dtype."""
+    for module in lm.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.float()
+    lm.linears.float()
+    lm.residual_dtype = torch.float32
+    return lm
 
 
 def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool = True) -> nn.Module:
@@ -40,8 +67,11 @@ def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, p
     device = torch.device(device)
     if precision == "int8":
         return quantize_lm(lm.to(device, torch.float32), "int8")
-    lm = lm.to(device, DTYPES[precision])
-    if packed and can_pack(DTYPES[precision], device):
+    dtype = DTYPES[precision]
+    lm = lm.to(device, dtype)
+    if dtype != torch.float32:
+        keep_fp32_(lm)
+    if packed and can_pack(dtype, device) and can_pack(torch.float32, device):
         pack_linears_(lm)
     return lm
 
