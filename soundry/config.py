@@ -44,6 +44,7 @@ class Settings:
     listen_url: str = ""  # set by serve: http://HOST:PORT it listens on (base of links sent outside a request)
     secret: str = ""  # at least 32 bytes; per-purpose keys derive from it; default: generated into DATA_DIR/secret
     default_model: str = "audiogen"
+    cog_model: str = "musicgen"  # the model Cog's local API (POST /predictions) runs
     max_duration: float = 300.0
     max_prompt_chars: int = 2000
     max_batch: int = 16

@@ -14,7 +14,16 @@ from starlette.routing import Match
 
 from soundry import __version__
 from soundry.accounts import Accounts
-from soundry.api import routes_elevenlabs, routes_feedback, routes_stream, routes_tasks, routes_uploads, routes_user
+from soundry.api import (
+    routes_cog,
+    routes_elevenlabs,
+    routes_feedback,
+    routes_replicate,
+    routes_stream,
+    routes_tasks,
+    routes_uploads,
+    routes_user,
+)
 from soundry.api.deps import Services
 from soundry.api.docs_models import ErrorEnvelope
 from soundry.api.envelope import ApiError, error_response, ok
@@ -217,5 +226,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app.include_router(routes_feedback.router)
     app.include_router(routes_stream.router)
     app.include_router(routes_elevenlabs.router)
+    app.include_router(routes_replicate.router)
+    app.include_router(routes_cog.router)
     mount_playground(app)
     return app

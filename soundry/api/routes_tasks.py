@@ -173,11 +173,28 @@ def cancel_task(request: Request, task_id: str, user: User = Depends(current_use
 
 
 @router.get("/files/{name}", summary="Download a finished task's audio (signed link, no auth header)",
-            responses={**answers(None, 200, 403, 404, 410, 422), 200: {"content": {"audio/wav": {}, "audio/flac": {},
-                                                                            "audio/ogg": {}, "audio/mpeg": {}}}},
+            description="With `expires` and `sig`: the audio. Without both, with an Authorization header: "
+                        "Replicate's `files.get` (the file object of an upload, or a problem-details error).",
+            responses={**answers(None, 200, 403, 404, 410, 422), 200: {"content": {
+                "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}, "application/json": {
+                    "schema": {"$ref": "#/components/schemas/FileView"}}}},
+                **{c: {"description": "an error (Replicate's problem details when unsigned)", "content": {
+                    "application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/ErrorEnvelope"},
+                                                              {"$ref": "#/components/schemas/Problem"}]}}}}
+                   for c in (401, 404, 429)}},
             response_class=FileResponse)
-def download(request: Request, name: str, expires: int = Query(...), sig: str = Query(..., max_length=128)):
-    # a sync route: FastAPI runs it on the thread pool (it reads the database and looks the file up)
+async def download(request: Request, name: str, expires: int | None = Query(None),
+                   sig: str | None = Query(None, max_length=128)):
+    if expires is None and sig is None:
+        from soundry.api.routes_replicate import get_file
+
+        return await get_file(request, name)
+    if expires is None or sig is None:
+        raise ApiError(422, "invalid_request", "a signed link has both expires and sig")
+    return await run_in_threadpool(_download, request, name, expires, sig)
+
+
+def _download(request: Request, name: str, expires: int, sig: str):
     svc = services(request)
     task_id, _, ext = name.partition(".")
     reason = verify(svc.settings.secret, task_id, ext, expires, sig)

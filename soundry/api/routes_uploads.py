@@ -116,12 +116,12 @@ def _own_upload(request: Request, upload_id: str, user: User) -> Upload:
     return up
 
 
-async def _read_file_field(request: Request, max_bytes: int) -> tuple[FormData, UploadFile]:
-    """The form and its ``file`` part, parsed as the body streams in: Starlette spools the file to a temporary
+async def _read_file_field(request: Request, max_bytes: int, name: str = "file") -> tuple[FormData, UploadFile]:
+    """The form and its file part ``name``, parsed as the body streams in: Starlette spools the file to a temporary
     file (past 1 MiB), and a body past the limit is refused (413) as soon as it passes it. The caller closes
     the form."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "bad_request", "send the clip as multipart/form-data with a file field named 'file'")
+        raise ApiError(400, "bad_request", f"send the clip as multipart/form-data with a file field named '{name}'")
     limit = max_bytes + _MULTIPART_OVERHEAD
     too_big = ApiError(413, "payload_too_large", f"uploads are limited to {max_bytes // (1 << 20)} MiB")
     declared = request.headers.get("content-length", "")
@@ -143,10 +143,10 @@ async def _read_file_field(request: Request, max_bytes: int) -> tuple[FormData, 
         raise
     except Exception as exc:  # malformed multipart, too many parts
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
-    field = form.get("file")
+    field = form.get(name)
     if field is None or isinstance(field, str):
         await form.close()
-        raise ApiError(400, "bad_request", "the multipart body has no file field named 'file'")
+        raise ApiError(400, "bad_request", f"the multipart body has no file field named '{name}'")
     if (field.size or 0) > max_bytes:
         await form.close()
         raise too_big

@@ -149,7 +149,13 @@ class WebhookSender:
     async def deliver(self, task: Task) -> tuple[bool, str]:
         """One attempt: (delivered?, why not). Raises WebhookRefused for an address that may not be used."""
         base = base_without_request(self.settings)
-        body = json.dumps(task_payload(task, self.settings, base), separators=(",", ":")).encode()
+        if isinstance((task.config or {}).get("prediction"), dict):  # created on Replicate's or Cog's API
+            from soundry.api.predictions import webhook_body
+
+            payload = webhook_body(task, self.settings, base)  # the prediction, as those APIs send it
+        else:
+            payload = task_payload(task, self.settings, base)
+        body = json.dumps(payload, separators=(",", ":")).encode()
         secret = webhook_secret(self.settings.secret, task.user_id)
         headers = {"Content-Type": "application/json", "User-Agent": "soundry-webhook",
                    "X-Soundry-Event": f"task.{task.status.lower()}", "X-Soundry-Task": task.id,

@@ -1,0 +1,443 @@
+"""Replicate's HTTP API (``/v1/predictions``, ``/v1/models/{owner}/{name}``, ``/v1/files``), answered by
+soundry's models: point the unmodified ``replicate`` client at soundry (``base_url``) with a soundry API
+key or access token as its token.
+
+A prediction is an ordinary soundry task (see ``soundry.api.predictions`` for the inputs); errors come as
+problem details (``{"title", "detail", "status"}``, plus ``invalid_fields`` on 422), which the client
+raises as ``ReplicateError``. ``GET /v1/files/{id}`` shares its path with soundry's signed downloads
+(``routes_tasks.download`` sends requests without ``expires``/``sig`` here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.concurrency import run_in_threadpool
+
+from soundry import __version__
+from soundry.api import predictions as core
+from soundry.api.deps import services, user_for_credential
+from soundry.api.envelope import ApiError
+from soundry.api.live import task_end
+from soundry.api.routes_tasks import _check_webhook, parse_json_body
+from soundry.api.routes_uploads import _read_file_field
+from soundry.api.schemas import WEBHOOK_PATTERN, CreateTask, check_prompt
+from soundry.api.tasks_view import link_base
+from soundry.audio.decode import UndecodableAudio
+from soundry.storage import StorageError
+from soundry.tasks.models import FINAL_STATUSES, Task, Upload, User
+from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
+
+router = APIRouter(prefix="/v1", tags=["Replicate compatibility"])
+MAX_WAIT = 60  # seconds ``Prefer: wait`` holds a create (Replicate's most; the client reads for 60.5 s)
+PAGE = 20  # predictions per page of GET /v1/predictions
+TITLES = {400: "Bad request", 401: "Unauthenticated", 404: "Not found", 408: "Request timeout", 409: "Conflict",
+          413: "Payload too large", 422: "Input validation failed", 429: "Too many requests",
+          500: "Internal error", 503: "Service unavailable"}
+
+
+class Problem(BaseModel):
+    """RFC 7807 problem details, as Replicate answers errors."""
+
+    title: str = Field(examples=["Input validation failed"])
+    detail: str = Field(examples=["duration: Input should be greater than 0"])
+    status: int
+    invalid_fields: list[dict[str, str]] | None = Field(None, description="422: the fields refused")
+
+
+class PredictionView(BaseModel):
+    id: str
+    model: str = Field(examples=["meta/musicgen"])
+    version: str
+    input: dict[str, Any]
+    status: Literal["starting", "processing", "succeeded", "failed", "canceled"]
+    output: str | None = Field(description="the audio: a data: URL, or a signed https link behind https")
+    error: str | None
+    logs: str
+    metrics: dict[str, float]
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    urls: dict[str, str]
+
+
+class PredictionPage(BaseModel):
+    next: str | None
+    previous: str | None
+    results: list[PredictionView]
+
+
+class FileView(BaseModel):
+    id: str
+    name: str
+    content_type: str
+    size: int
+    etag: str
+    checksums: dict[str, str]
+    metadata: dict[str, Any]
+    created_at: str
+    expires_at: str | None
+    urls: dict[str, str]
+
+
+class VersionView(BaseModel):
+    id: str
+    created_at: str
+    cog_version: str
+    openapi_schema: dict[str, Any]
+
+
+class ModelView(BaseModel):
+    url: str
+    owner: str
+    name: str
+    description: str | None
+    visibility: Literal["public", "private"]
+    github_url: str | None
+    paper_url: str | None
+    license_url: str | None
+    run_count: int
+    cover_image_url: str | None
+    default_example: dict | None
+    latest_version: VersionView | None
+
+
+class VersionPage(BaseModel):
+    next: str | None
+    previous: str | None
+    results: list[VersionView]
+
+
+class CreatePrediction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
+        "input": {"prompt": "calm piano over rain", "model_version": "stereo-large", "duration": 8}}]})
+
+    input: dict[str, Any] = Field(default_factory=dict, description="the model's inputs (GET its version's schema)")
+    webhook: str | None = Field(None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_PATTERN},
+                                description="POSTed the prediction when it ends (soundry's address rules and "
+                                            "X-Soundry-Signature)")
+    webhook_completed: str | None = Field(None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_PATTERN},
+                                          description="as webhook, for the completed event")
+    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
+        None, description="only `completed` is sent (soundry announces a prediction's end)")
+    stream: StrictBool | None = Field(None, description="accepted; soundry's live audio is GET "
+                                                        "/v1/ai/audio_generation/{id}/stream")
+
+
+class CreateVersionPrediction(CreatePrediction):
+    version: str = Field(..., max_length=200, description="a version id (GET /v1/models/{owner}/{name}/versions), "
+                                                          "or owner/name")
+
+
+def problem(status: int, detail: str, headers: dict | None = None, field: str | None = None) -> JSONResponse:
+    body: dict = {"title": TITLES.get(status, "Error"), "detail": detail, "status": status}
+    if field is not None:
+        body["invalid_fields"] = [{"type": "invalid", "field": field, "description": detail}]
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def problems(route):
+    """Answer soundry's errors as problem details (the envelope is FlexStack's)."""
+    @functools.wraps(route)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await route(*args, **kwargs)
+        except core.InputError as exc:
+            return problem(exc.status, str(exc), field=exc.field if exc.status == 422 else None)
+        except ApiError as exc:
+            field = exc.description.split(":", 1)[0] if exc.status == 422 and ":" in exc.description else None
+            return problem(exc.status, exc.description, exc.headers, field)
+    return wrapper
+
+
+def _docs(model: type | None, status: int = 200, *errors: int) -> dict:
+    out: dict = {status: {"model": model}} if model is not None else {status: {"description": "done"}}
+    for code in (401, 429, *errors):
+        out[code] = {"model": Problem}
+    return out
+
+
+def caller(request: Request) -> User:
+    """The user of ``Authorization: Bearer <soundry API key or access token>`` (or Replicate's older
+    ``Token`` scheme). Blocking: call it on the thread pool."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not credential.strip():
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <soundry API key or access token>'",
+                       {"WWW-Authenticate": "Bearer"})
+    return user_for_credential(request, credential.strip(), "unauthorized", {"WWW-Authenticate": "Bearer"})
+
+
+def own_origins(request: Request) -> list[str]:
+    """Where the caller's files live: the links soundry signs, and the address the client used."""
+    return [link_base(request).rstrip("/"), str(request.base_url).rstrip("/")]
+
+
+def prefer_wait(request: Request) -> float | None:
+    """Seconds ``Prefer: wait`` / ``wait=N`` asks the create to hold (None: answer at once)."""
+    match = re.search(r"(?:^|[,;\s])wait(?:=(\d{1,6}))?(?:$|[,;\s])", request.headers.get("prefer", ""))
+    if match is None:
+        return None
+    return float(min(MAX_WAIT, max(1, int(match.group(1) or MAX_WAIT))))
+
+
+async def wait_until_end(request: Request, task_id: str, seconds: float | None) -> Task | None:
+    """The task once ended, or None when ``seconds`` pass (or the client leaves) first."""
+    try:
+        return await asyncio.wait_for(task_end(request, task_id), seconds)
+    except TimeoutError:
+        return None
+
+
+async def translate(request: Request, model: str, body: CreatePrediction, cog_model: str | None = None):
+    """(prompt, negative prompt, Configs, webhook URL or "", events) of a create, refused with the field named."""
+    svc = services(request)
+    inp = core.validate_input(model, body.input)
+    origins = own_origins(request)
+    prompt, negative, cfg = core.to_task(model, inp, lambda v: core.input_audio_id(v, origins), cog_model)
+    configs = core.validated_configs(prompt, negative, cfg, svc.settings.max_duration, svc.settings.max_prompt_chars)
+    events = list(body.webhook_events_filter or WEBHOOK_DEFAULT)
+    webhook = body.webhook or body.webhook_completed or ""
+    if body.webhook_completed and not body.webhook:
+        events = ["completed"]
+    if webhook:
+        try:
+            CreateTask.model_validate({"prompt": "-", "webhook": webhook})  # soundry's URL rules
+        except ValueError as exc:
+            raise core.InputError("webhook", str(exc).splitlines()[-1].strip()) from None
+        await _check_webhook(webhook, svc.settings.webhook_networks())
+    if "completed" not in events:
+        webhook = ""  # soundry announces only a prediction's end
+    return prompt, negative, configs, webhook, events
+
+
+WEBHOOK_DEFAULT = ("start", "output", "logs", "completed")
+
+
+async def create(request: Request, model: str, body: CreatePrediction):
+    svc = services(request)
+    user = await run_in_threadpool(caller, request)
+    prompt, negative, configs, webhook, events = await translate(request, model, body)
+    wire = {"model": model, "version": core.version_id(model), "input": body.input, "events": events}
+    task = await run_in_threadpool(core.create_task, svc, user, prompt, negative, configs, wire, webhook)
+    wait = prefer_wait(request)
+    if wait is not None:
+        task = await wait_until_end(request, task.id, wait) or task
+    out = await run_in_threadpool(_view, request, task)
+    if task.status not in FINAL_STATUSES:  # as Replicate: a wait that ran out answers "starting"
+        out["status"] = "starting"
+    return JSONResponse(out, status_code=201)
+
+
+def _view(request: Request, task: Task) -> dict:
+    base = link_base(request)
+    return core.prediction(task, core.output_of(services(request), task, base), base)
+
+
+_CREATE_DOC = ("Replicate's create. `Prefer: wait` (or `wait=N`, N ≤ 60) holds the answer until the prediction "
+               "ends or N seconds pass (then its status reads `starting`), as `replicate.run` expects. Inputs: "
+               "GET the model's version `openapi_schema`. Authenticate with `Authorization: Bearer <soundry API "
+               "key or access token>` (or `Token`).")
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+@router.post("/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction of a model",
+             description=_CREATE_DOC, responses=_docs(PredictionView, 201, 400, 404, 413, 422, 503),
+             openapi_extra=_body_doc(CreatePrediction))
+@problems
+async def create_model_prediction(request: Request, owner: str, name: str):
+    model = f"{owner}/{name}"
+    if model not in core.models():
+        raise ApiError(404, "not_found", f"no model {model}; this server runs meta/musicgen, sepal/audiogen and "
+                                         "soundry/<model>")
+    return await create(request, model, await parse_json_body(request, CreatePrediction))
+
+
+@router.post("/predictions", status_code=201, summary="Create a prediction of a version",
+             description=_CREATE_DOC, responses=_docs(PredictionView, 201, 400, 413, 422, 503),
+             openapi_extra=_body_doc(CreateVersionPrediction))
+@problems
+async def create_prediction(request: Request):
+    body = await parse_json_body(request, CreateVersionPrediction)
+    model = core.model_for_version(body.version)
+    if model is None:
+        raise core.InputError("version", f"unknown version {body.version!r}; GET "
+                                         "/v1/models/{owner}/{name}/versions lists them")
+    return await create(request, model, body)
+
+
+@router.get("/predictions", summary="Your predictions, newest first", responses=_docs(PredictionPage, 200, 400),
+            description=f"Every task of yours (created on any API), {PAGE} a page; `next` is the following page.")
+@problems
+async def list_predictions(request: Request):
+    user = await run_in_threadpool(caller, request)
+    cursor = request.query_params.get("cursor", "0")
+    if not cursor.isdigit() or int(cursor) > 10**9:
+        raise ApiError(400, "bad_request", "cursor: use the next/previous links of a page")
+    offset = int(cursor)
+    tasks, total = await run_in_threadpool(services(request).store.history, user.id, PAGE, offset)
+    results = [await run_in_threadpool(_view, request, t) for t in tasks]
+    nxt = f"/v1/predictions?cursor={offset + PAGE}" if offset + PAGE < total else None
+    prev = f"/v1/predictions?cursor={max(0, offset - PAGE)}" if offset > 0 else None
+    return JSONResponse({"next": nxt, "previous": prev, "results": results})
+
+
+def own_task(request: Request, task_id: str, user: User) -> Task:
+    task = services(request).store.get(task_id, user.id) if len(task_id) <= 64 else None
+    if task is None:
+        raise ApiError(404, "not_found", f"no prediction {task_id} of yours")
+    return task
+
+
+@router.get("/predictions/{prediction_id}", summary="A prediction", responses=_docs(PredictionView, 200, 404))
+@problems
+async def get_prediction(request: Request, prediction_id: str):
+    user = await run_in_threadpool(caller, request)
+    task = await run_in_threadpool(own_task, request, prediction_id, user)
+    return JSONResponse(await run_in_threadpool(_view, request, task))
+
+
+def cancel(svc, task: Task) -> Task:
+    """Cancel a task that has not ended (announced to its webhook); an ended one is left as it is."""
+    if svc.store.cancel(task.id):
+        svc.queue.cancel(task.id)
+        if svc.webhooks is not None:
+            svc.webhooks.notify(task.id, "CANCELED")
+    return svc.store.get(task.id)
+
+
+@router.post("/predictions/{prediction_id}/cancel", summary="Cancel a prediction",
+             description="A prediction that has ended is answered as it is.",
+             responses=_docs(PredictionView, 200, 404))
+@problems
+async def cancel_prediction(request: Request, prediction_id: str):
+    user = await run_in_threadpool(caller, request)
+    task = await run_in_threadpool(own_task, request, prediction_id, user)
+    task = await run_in_threadpool(cancel, services(request), task)
+    return JSONResponse(await run_in_threadpool(_view, request, task))
+
+
+# -- models --------------------------------------------------------------------------------------------------
+def _version(model: str) -> dict:
+    schema = core.models()[model][1].model_json_schema()
+    schema.pop("additionalProperties", None)
+    return {"id": core.version_id(model), "created_at": "2026-01-01T00:00:00Z", "cog_version": "0.9.0",
+            "openapi_schema": {"openapi": "3.0.2", "info": {"title": model, "version": __version__},
+                               "paths": {}, "components": {"schemas": {
+                                   "Input": {**schema, "title": "Input"},
+                                   "Output": {"type": "string", "format": "uri", "title": "Output"}}}}}
+
+
+def _known(owner: str, name: str) -> str:
+    model = f"{owner}/{name}"
+    if model not in core.models():
+        raise ApiError(404, "not_found", f"no model {model}; this server runs meta/musicgen, sepal/audiogen and "
+                                         "soundry/<model>")
+    return model
+
+
+@router.get("/models/{owner}/{name}", summary="A model and its latest version", responses=_docs(ModelView, 200, 404))
+@problems
+async def get_model(request: Request, owner: str, name: str):
+    await run_in_threadpool(caller, request)
+    model = _known(owner, name)
+    family = core.models()[model][0]
+    return JSONResponse({"url": f"{link_base(request).rstrip('/')}/v1/models/{model}", "owner": owner, "name": name,
+                         "description": f"{model} served by soundry ({family})", "visibility": "public",
+                         "github_url": None, "paper_url": None, "license_url": None, "run_count": 0,
+                         "cover_image_url": None, "default_example": None, "latest_version": _version(model)})
+
+
+@router.get("/models/{owner}/{name}/versions", summary="A model's versions (one)",
+            responses=_docs(VersionPage, 200, 404))
+@problems
+async def list_versions(request: Request, owner: str, name: str):
+    await run_in_threadpool(caller, request)
+    return JSONResponse({"next": None, "previous": None, "results": [_version(_known(owner, name))]})
+
+
+@router.get("/models/{owner}/{name}/versions/{version}", summary="A model's version",
+            responses=_docs(VersionView, 200, 404))
+@problems
+async def get_version(request: Request, owner: str, name: str, version: str):
+    await run_in_threadpool(caller, request)
+    model = _known(owner, name)
+    if version != core.version_id(model):
+        raise ApiError(404, "not_found", f"no version {version} of {model}")
+    return JSONResponse(_version(model))
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+def file_view(request: Request, up: Upload) -> dict:
+    return {"id": up.id, "name": up.filename or up.id, "content_type": "audio/flac", "size": up.size,
+            "etag": up.id, "checksums": {}, "metadata": {}, "created_at": core.iso(up.created_at),
+            "expires_at": core.iso(up.expires_at),
+            "urls": {"get": f"{link_base(request).rstrip('/')}/v1/files/{up.id}"}}
+
+
+@router.post("/files", status_code=201, summary="Upload a file to pass as an input (an upload)",
+             description="multipart/form-data with the file in `content` (WAV, FLAC, Ogg or MP3; decoded and kept "
+                         "as FLAC for `upload_retention_hours`, as POST /v1/uploads). Pass its `urls.get` as "
+                         "`input_audio`.",
+             responses=_docs(FileView, 201, 400, 413, 422, 503),
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+                 "schema": {"type": "object", "required": ["content"], "properties": {
+                     "content": {"type": "string", "format": "binary"},
+                     "metadata": {"type": "string", "description": "JSON; accepted, not kept"}}}}}}})
+@problems
+async def create_file(request: Request):
+    svc = services(request)
+    s = svc.settings
+    user = await run_in_threadpool(caller, request)
+    if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:
+        raise ApiError(429, "too_many_uploads", too_many_uploads(s.max_uploads_per_user))
+    form, field = await _read_file_field(request, s.max_upload_bytes, "content")
+    try:
+        check_prompt(field.filename or "", "content's file name", allow_blank=True)
+        up = await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
+                                     s.max_upload_seconds, s.max_uploads_per_user)
+    except ValueError as exc:  # the file name
+        raise ApiError(422, "invalid_request", f"content: {exc}") from None
+    except UndecodableAudio as exc:
+        raise ApiError(422, "invalid_audio", f"content: {exc}") from None
+    except TooManyUploads as exc:
+        raise ApiError(429, "too_many_uploads", str(exc)) from None
+    except DecodersBusy as exc:
+        raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
+    except StorageError:
+        raise ApiError(503, "storage_unavailable", "the file could not be stored; try again later") from None
+    finally:
+        await form.close()
+    return JSONResponse(file_view(request, up), status_code=201)
+
+
+def own_upload(request: Request, file_id: str, user: User) -> Upload:
+    up = services(request).uploads.get(file_id, user.id)
+    if up is None:
+        raise ApiError(404, "not_found", f"no file {file_id} of yours")
+    return up
+
+
+@problems
+async def get_file(request: Request, file_id: str):
+    """``GET /v1/files/{id}`` without a signature (routes_tasks.download sends it here)."""
+    user = await run_in_threadpool(caller, request)
+    return JSONResponse(file_view(request, await run_in_threadpool(own_upload, request, file_id, user)))
+
+
+@router.delete("/files/{name}", status_code=204, summary="Delete a file now", responses=_docs(None, 204, 404))
+@problems
+async def delete_file(request: Request, name: str):
+    user = await run_in_threadpool(caller, request)
+    up = await run_in_threadpool(own_upload, request, name, user)
+    await run_in_threadpool(services(request).uploads.delete, up.id, user.id)
+    return Response(status_code=204)

@@ -1,0 +1,201 @@
+"""Replicate's API with the unmodified ``replicate`` client (1.0.7) against a live soundry, and Cog's local
+API with plain HTTP (tiny models, short clips)."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+import replicate
+import soundfile as sf
+from replicate.exceptions import ReplicateError
+
+from tests.conftest import make_settings
+from tests.helpers_models import TINY
+from tests.live_server import start_live_server
+
+MUSIC = {"model_version": "stereo-large", "prompt": "calm piano over rain", "duration": 0.5}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # meta/musicgen's versions on the tiny checkpoints
+        mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
+                                         f"musicgen-large={TINY['musicgen']},"
+                                         f"musicgen-stereo-large={TINY['musicgen-stereo']}")
+        live = start_live_server(make_settings(tmp_path_factory.mktemp("replicate")))
+        yield live
+        live.stop()
+
+
+def _client(server, token: str | None = None) -> replicate.Client:
+    return replicate.Client(api_token=token or server.api_key, base_url=server.url)
+
+
+def _audio(output) -> tuple[np.ndarray, int]:
+    audio, rate = sf.read(io.BytesIO(output.read()), always_2d=True)
+    return audio, rate
+
+
+def test_run_musicgen_wav_mp3_and_a_seed_that_reproduces(server):
+    client = _client(server)
+    first = client.run("meta/musicgen", input={**MUSIC, "seed": 7})
+    assert isinstance(first, replicate.helpers.FileOutput) and first.url.startswith("data:audio/wav;base64,")
+    audio, rate = _audio(first)
+    assert rate == 32000 and audio.shape[1] == 2 and abs(len(audio) / rate - 0.5) < 0.05
+    again = client.run("meta/musicgen", input={**MUSIC, "seed": 7})
+    assert again.read() == first.read()
+    mp3 = client.run("meta/musicgen", input={**MUSIC, "model_version": "large", "output_format": "mp3"}).read()
+    assert mp3[:3] == b"ID3" or mp3[0] == 0xFF
+
+
+def test_run_audiogen(server):
+    audio, rate = _audio(_client(server).run("sepal/audiogen", input={"prompt": "a dog barks", "duration": 0.5}))
+    assert rate == 16000 and abs(len(audio) / rate - 0.5) < 0.05
+
+
+def test_create_wait_get_list_and_cancel(server):
+    client = _client(server)
+    p = client.predictions.create(model="meta/musicgen", input=MUSIC)
+    assert p.status in ("starting", "processing") and p.urls["get"].endswith(f"/v1/predictions/{p.id}")
+    p.wait()
+    assert p.status == "succeeded" and p.output.startswith("data:audio/wav") and p.metrics["predict_time"] > 0
+    got = client.predictions.get(p.id)
+    assert got.status == "succeeded" and got.input == MUSIC and got.model == "meta/musicgen"
+    assert p.id in [q.id for q in client.predictions.list().results]
+    long = client.predictions.create(model="meta/musicgen", input={**MUSIC, "duration": 60})
+    long.cancel()
+    assert long.status == "canceled" and client.predictions.get(long.id).status == "canceled"
+    # the same task on soundry's own API
+    r = httpx.get(f"{server.url}/v1/ai/audio_generation/{long.id}", headers={"Authorization": f"Bearer {server.api_key}"})
+    assert r.json()["data"]["data"]["status"] == "CANCELED"
+    by_version = client.predictions.create(version=client.models.get("sepal/audiogen").latest_version.id,
+                                           input={"prompt": "rain", "duration": 0.5}, wait=30)
+    assert by_version.status == "succeeded" and by_version.model == "sepal/audiogen"
+
+
+def test_continuation_of_a_local_file_uploaded_by_the_client(server, tmp_path):
+    clip = tmp_path / "start.wav"
+    t = np.arange(32000) / 32000
+    sf.write(clip, 0.3 * np.sin(2 * np.pi * 440 * t), 32000)
+    uploads = server.services.uploads.count(1)
+    with open(clip, "rb") as f:
+        out = _client(server).run("meta/musicgen", input={**MUSIC, "model_version": "large", "input_audio": f,
+                                                          "continuation": True, "duration": 1.5})
+    audio, rate = _audio(out)
+    assert server.services.uploads.count(1) == uploads + 1  # through POST /v1/files
+    assert abs(len(audio) / rate - 1.5) < 0.05
+
+
+def _refused(call, status: int = 422) -> ReplicateError:
+    with pytest.raises(ReplicateError) as err:
+        call()
+    assert err.value.status == status, err.value
+    return err.value
+
+
+def test_melody_and_what_soundry_cannot_do_are_422_naming_the_field(server, tmp_path):
+    client = _client(server)
+    err = _refused(lambda: client.run("meta/musicgen", input={"prompt": "a march"}))  # stereo-melody-large
+    assert "model_version" in err.detail and "melody" in err.detail
+    f = client.files.create(io.BytesIO(_wav()), filename="tune.wav")
+    err = _refused(lambda: client.run("meta/musicgen", input={**MUSIC, "input_audio": f.urls["get"]}))
+    assert err.detail.startswith("input_audio:") and "melody" in err.detail
+    err = _refused(lambda: client.run("meta/musicgen", input={**MUSIC, "multi_band_diffusion": True}))
+    assert err.detail.startswith("multi_band_diffusion:")
+
+
+def test_input_audio_elsewhere_is_refused_and_never_fetched(server):
+    client = _client(server)
+    f = client.files.create(io.BytesIO(_wav()), filename="a.wav")
+    for url in (f"https://example.com/v1/files/{f.id}", "http://127.0.0.1:9/clip.wav", "data:audio/wav;base64,AAAA"):
+        err = _refused(lambda u=url: client.run("meta/musicgen", input={**MUSIC, "input_audio": u,
+                                                                        "continuation": True}))
+        assert err.detail.startswith("input_audio:"), err.detail
+    other = server.services.accounts.create_user("mallory", "mallory's password")
+    theirs = _client(server, server.services.accounts.create_api_key(other))
+    err = _refused(lambda: theirs.run("meta/musicgen", input={**MUSIC, "input_audio": f.urls["get"],
+                                                              "continuation": True}), 404)
+    assert "input_audio" in err.detail
+
+
+def test_bad_input_is_422_with_the_field_and_a_bad_token_401(server):
+    client = _client(server)
+    for inp, field in (({**MUSIC, "duration": -1}, "duration"), ({**MUSIC, "top_k": "many"}, "top_k"),
+                       ({**MUSIC, "tempo": 120}, "tempo"), ({**MUSIC, "normalization_strategy": "x"},
+                                                            "normalization_strategy")):
+        err = _refused(lambda i=inp: client.predictions.create(model="meta/musicgen", input=i))
+        assert err.detail.startswith(f"{field}:"), err.detail
+    r = httpx.post(f"{server.url}/v1/models/meta/musicgen/predictions", json={"input": {**MUSIC, "duration": 0}},
+                   headers={"Authorization": f"Token {server.api_key}"})
+    assert r.status_code == 422 and r.json()["invalid_fields"][0]["field"] == "duration"
+    _refused(lambda: _client(server, "r8_not-a-soundry-key").run("meta/musicgen", input=MUSIC), 401)
+    _refused(lambda: client.run("acme/unknown", input=MUSIC), 404)
+
+
+def test_files_get_and_delete_and_the_models_schema(server):
+    client = _client(server)
+    f = client.files.create(io.BytesIO(_wav()), filename="a.wav")
+    assert client.files.get(f.id).id == f.id
+    assert client.files.delete(f.id)
+    _refused(lambda: client.files.get(f.id), 404)
+    version = client.models.get("meta/musicgen").latest_version
+    inputs = version.openapi_schema["components"]["schemas"]["Input"]["properties"]
+    assert {"prompt", "duration", "model_version", "input_audio", "continuation", "seed"} <= set(inputs)
+
+
+def _wav(seconds: float = 1.0) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(32000 * seconds)), 32000, format="WAV")
+    return buf.getvalue()
+
+
+# -- Cog's local API -------------------------------------------------------------------------------------------
+def test_cog_sync_async_cancel_and_health(server):
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=60) as http:
+        assert http.get("/health-check").json()["status"] == "READY"
+        r = http.post("/predictions", json={"input": {"prompt": "a waltz", "duration": 0.5}})
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+        audio, rate = sf.read(io.BytesIO(_data(r.json()["output"])), always_2d=True)
+        assert rate == 32000 and abs(len(audio) / rate - 0.5) < 0.05  # cog_model: musicgen (the default)
+        r = http.post("/predictions", json={"input": {"prompt": "a waltz", "duration": 60}},
+                      headers={"Prefer": "respond-async"})
+        assert r.status_code == 202 and r.json()["status"] in ("starting", "processing")
+        assert http.post(f"/predictions/{r.json()['id']}/cancel").json() == {}
+        put = http.put("/predictions/my-job-1", json={"input": {"prompt": "a waltz", "duration": 60}})
+        assert put.status_code == 202 and put.json()["id"] == "my-job-1"
+        again = http.put("/predictions/my-job-1", json={"input": {"prompt": "a waltz", "duration": 60}})
+        assert again.status_code == 202 and again.json()["created_at"] == put.json()["created_at"]
+        assert http.post("/predictions/my-job-1/cancel").status_code == 200
+        assert _wait_status(server, r.json()["id"]) == _wait_status(server, _cog_task(server, "my-job-1")) == "CANCELED"
+        assert http.post("/predictions/nobody/cancel").status_code == 404
+        bad = http.post("/predictions", json={"input": {"prompt": "a waltz", "duration": -1}})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "input", "duration"]
+        assert http.post("/predictions", json={"input": {"prompt": "x"}}, headers={"Authorization": "Bearer no"}
+                         ).status_code == 401
+
+
+def _data(url: str) -> bytes:
+    import base64
+
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def _cog_task(server, cog_id: str) -> str:
+    from soundry.api.routes_cog import _task_id
+
+    user = server.services.accounts.user_for_bearer(server.api_key)
+    return _task_id(user, cog_id)
+
+
+def _wait_status(server, task_id: str) -> str:
+    for _ in range(100):
+        task = server.services.store.get(task_id)
+        if task.status in ("COMPLETED", "FAILED", "CANCELED"):
+            return task.status
+        time.sleep(0.05)
+    return task.status
