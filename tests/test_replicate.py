@@ -70,7 +70,8 @@ def test_create_wait_get_list_and_cancel(server):
     long.cancel()
     assert long.status == "canceled" and client.predictions.get(long.id).status == "canceled"
     # the same task on soundry's own API
-    r = httpx.get(f"{server.url}/v1/ai/audio_generation/{long.id}", headers={"Authorization": f"Bearer {server.api_key}"})
+    r = httpx.get(f"{server.url}/v1/ai/audio_generation/{long.id}",
+                  headers={"Authorization": f"Bearer {server.api_key}"})
     assert r.json()["data"]["data"]["status"] == "CANCELED"
     by_version = client.predictions.create(version=client.models.get("sepal/audiogen").latest_version.id,
                                            input={"prompt": "rain", "duration": 0.5}, wait=30)

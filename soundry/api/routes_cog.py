@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from soundry.api import predictions as core
 from soundry.api.deps import services
 from soundry.api.envelope import ApiError
-from soundry.api.routes_replicate import CreatePrediction, caller, cancel, translate, wait_until_end
+from soundry.api.routes_replicate import CreatePrediction, caller, cancel, either, translate, wait_until_end
 from soundry.api.routes_tasks import parse_json_body
 from soundry.api.tasks_view import link_base
 from soundry.models.registry import model_family
@@ -81,7 +81,9 @@ def _cog(route):
 
 
 def _docs(status: int, *errors: int) -> dict:
-    return {status: {"model": CogPrediction}, **{c: {"model": CogError} for c in (401, 429, *errors)}}
+    return {status: {"model": CogPrediction}, **{c: {"model": CogError} for c in (401, *errors)},
+            429: either("CogError", "rate limited, or a cap on your tasks: retry after `Retry-After`"),
+            503: either("CogError", "the queue is full or the server overloaded: retry after `Retry-After`")}
 
 
 def _model_ref(svc) -> tuple[str, str]:
@@ -156,7 +158,8 @@ async def put_prediction(request: Request, prediction_id: str):
 
 @router.post("/predictions/{prediction_id}/cancel", summary="Cog: cancel a prediction",
              responses={200: {"description": "canceled (or already ended)", "content": {"application/json": {
-                 "schema": {"type": "object"}}}}, **{c: {"model": CogError} for c in (401, 404, 429)}})
+                 "schema": {"type": "object"}}}}, **{c: {"model": CogError} for c in (401, 404)},
+                        429: either("CogError", "rate limited: retry after `Retry-After`")})
 @_cog
 async def cancel_prediction(request: Request, prediction_id: str):
     svc = services(request)

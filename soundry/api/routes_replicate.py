@@ -156,10 +156,19 @@ def problems(route):
     return wrapper
 
 
+def either(ref: str, description: str) -> dict:
+    """An answer that is the wire API's own error (``ref``) or, from the server's guards (overload, too many
+    unauthenticated requests from an address), soundry's envelope."""
+    return {"description": description, "content": {"application/json": {"schema": {"anyOf": [
+        {"$ref": f"#/components/schemas/{ref}"}, {"$ref": "#/components/schemas/ErrorEnvelope"}]}}}}
+
+
 def _docs(model: type | None, status: int = 200, *errors: int) -> dict:
     out: dict = {status: {"model": model}} if model is not None else {status: {"description": "done"}}
-    for code in (401, 429, *errors):
+    for code in (401, *errors):
         out[code] = {"model": Problem}
+    out[429] = either("Problem", "rate limited, or a cap on your tasks or uploads: retry after `Retry-After`")
+    out[503] = either("Problem", "the queue is full or the server overloaded: retry after `Retry-After`")
     return out
 
 
