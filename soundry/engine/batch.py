@@ -18,6 +18,7 @@ from soundry.engine.request import GenerationRequest
 from soundry.engine.sampling import apply_cfg, sample
 from soundry.engine.windows import Window
 from soundry.models.lm import TransformerLM
+from soundry.models.transfer import to_device
 
 
 @dataclass
@@ -82,7 +83,7 @@ class DecodeBatch:
         s = job.slot
         self.cache.set_condition(slice(2 * s, 2 * s + 2), job.cond, job.cond_valid)
         r = job.request
-        self.params[s] = torch.tensor([r.temperature, r.top_k, r.top_p, r.cfg_coef], device=self.device)
+        self.params[s] = to_device(torch.tensor([r.temperature, r.top_k, r.top_p, r.cfg_coef]), self.device)
         self._start_window(job, prompt_codes=job.prompt_codes)
 
     def remove(self, job: Job) -> None:
@@ -113,7 +114,7 @@ class DecodeBatch:
         the previous window's tail) into the job's cache rows."""
         s, P = job.slot, job.current.prompt
         steps = torch.arange(P, device=self.device)
-        tokens = self._input_tokens(torch.tensor([s], device=self.device), steps[None, :])
+        tokens = self._input_tokens(torch.arange(s, s + 1, device=self.device), steps[None, :])
         tokens = tokens.repeat_interleave(2, dim=0)
         start = torch.zeros(2, dtype=torch.long, device=self.device)
         rows = slice(2 * s, 2 * s + 2)
@@ -125,7 +126,7 @@ class DecodeBatch:
         valid = (t >= 0) & (t < self.lengths[slots].view(-1, 1, 1))
         idx = t.clamp(0, self.codes.shape[2] - 1)
         tok = self.codes[slots.view(-1, 1, 1), self._ar_k.view(1, -1, 1), idx]
-        return torch.where(valid, tok, torch.full_like(tok, self.card))
+        return torch.where(valid, tok, torch.full_like(tok, self.lm.special_token))
 
     # -- one decode step -------------------------------------------------------------------------
     @torch.no_grad()

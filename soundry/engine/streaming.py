@@ -40,9 +40,11 @@ def final_frames(job, batch) -> int:
 
 
 def frames_between(job, batch, start: int, end: int) -> torch.Tensor:
-    """The job's new codes for frames [start, end) as [K, end - start] on the CPU."""
+    """The job's new codes for frames [start, end) as a new tensor [K, end - start] on the batch's device
+    (a copy: the slot's codes may be overwritten once the job leaves). No host transfer here: this runs
+    on the engine thread, and the codec thread reads the codes back when it decodes them."""
     if end <= start:
-        return torch.zeros(batch.K, 0, dtype=torch.long)
+        return torch.zeros(batch.K, 0, dtype=torch.long, device=batch.device)
     parts, offset = [], 0
     for piece in job.pieces:
         n = piece.shape[-1]
@@ -53,7 +55,7 @@ def frames_between(job, batch, start: int, end: int) -> torch.Tensor:
     if end > offset and job.slot >= 0:
         p = job.current.prompt
         parts.append(batch.codes[job.slot, :, p + max(start, offset) - offset: p + end - offset])
-    return torch.cat(parts, dim=-1).cpu()
+    return torch.cat(parts, dim=-1)
 
 
 class IncrementalDecoder:

@@ -14,6 +14,7 @@ from soundry.models.conditioner import TextConditioner
 from soundry.models.lm import TransformerLM
 from soundry.models.packed import weight_layout
 from soundry.models.registry import FAMILY_WINDOWS
+from soundry.models.transfer import to_device
 
 
 class TextPrompt(Protocol):
@@ -68,19 +69,22 @@ class AudioModel:
         audiocraft conditions a batch — all prompts padded together, padding attended to.
         """
         texts = [r.prompt for r in requests] + [r.negative_prompt or "" for r in requests]
-        emb, mask = self.conditioner(texts)
+        counts: list[int] = []  # each text's token count, from the host-side mask (no device sync)
+        emb, _mask = self.conditioner(texts, lengths=counts)
         emb = emb.to(self.device, next(self.lm.parameters()).dtype)
         n, out = len(requests), []
         for i in range(n):
             pair = torch.stack([emb[i], emb[n + i]])
-            if joint:
+            # transformers' MusicGen masks padded text positions in cross-attention (audiocraft attends to
+            # them as zero vectors): a transformers-format model takes the per-row lengths even in a joint batch.
+            if joint and self.cfg.layout != "transformers":
                 valid = torch.ones(2, emb.shape[1], dtype=torch.bool, device=self.device)
             else:
-                lengths = [max(1, int(mask[i].sum())), max(1, int(mask[n + i].sum()))]
+                lengths = [max(1, counts[i]), max(1, counts[n + i])]
                 keep = max(lengths)
                 pair = pair[:, :keep]
-                limits = torch.tensor(lengths, device=self.device)[:, None]
-                valid = torch.arange(keep, device=self.device)[None, :] < limits
+                valid = torch.arange(keep)[None, :] < torch.tensor(lengths)[:, None]
+                valid = to_device(valid, self.device)
             out.append((pair, valid))
         return out
 

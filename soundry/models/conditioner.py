@@ -19,15 +19,17 @@ DEFAULT_MAX_TOKENS = 256  # T5 was trained on 512; a 2,000-character prompt is a
 
 class TextConditioner(nn.Module):
     def __init__(self, t5_name_or_path: str, output_dim: int, t5_dim: int | None = None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS):
+                 max_tokens: int = DEFAULT_MAX_TOKENS, tokenizer=None, t5: nn.Module | None = None):
+        """``tokenizer`` and ``t5``, when given (a transformers-format checkpoint's own), replace loading
+        them from ``t5_name_or_path``."""
         super().__init__()
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2 (one word and the end token), not {max_tokens}")
         self.max_tokens = max_tokens
         from transformers import AutoTokenizer, T5EncoderModel
 
-        self.tokenizer = AutoTokenizer.from_pretrained(t5_name_or_path)
-        self.t5 = T5EncoderModel.from_pretrained(t5_name_or_path).eval()
+        self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(t5_name_or_path)
+        self.t5 = (t5 if t5 is not None else T5EncoderModel.from_pretrained(t5_name_or_path)).eval()
         t5_dim = t5_dim or self.t5.config.d_model
         self.output_proj = nn.Linear(t5_dim, output_dim)
 
@@ -35,19 +37,24 @@ class TextConditioner(nn.Module):
     def device(self) -> torch.device:
         return self.output_proj.weight.device
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+    def tokenize(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask on the device; ``lengths``, if given, receives each text's
+        unmasked token count (read on the host, before the copy: no device sync for it later)."""
+        inputs = self.tokenizer(texts, return_tensors="np", padding=True, truncation=True,
                                 max_length=self.max_tokens)
         mask = inputs["attention_mask"]
         for i, text in enumerate(texts):
             if text == "":
                 mask[i, :] = 0
-        return {k: v.to(self.device) for k, v in inputs.items()}
+        if lengths is not None:
+            lengths[:] = mask.sum(axis=-1).tolist()
+        return {k: torch.from_numpy(v).long().to(self.device) for k, v in inputs.items()}
 
     @torch.no_grad()
-    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """texts → (embeddings [B, L, D] with masked positions zeroed, mask [B, L])."""
-        inputs = self.tokenize(texts)
+    def forward(self, texts: list[str], lengths: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts → (embeddings [B, L, D] with masked positions zeroed, mask [B, L]); ``lengths`` as in
+        ``tokenize``."""
+        inputs = self.tokenize(texts, lengths)
         hidden = self.t5(**inputs).last_hidden_state
         emb = self.output_proj(hidden.to(self.output_proj.weight))
         mask = inputs["attention_mask"]

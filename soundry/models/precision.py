@@ -4,10 +4,10 @@
 not) and fp32 on the CPU. In bf16 and fp16 the linear layers, embeddings and KV cache are half precision
 while the residual stream, every LayerNorm and the output heads stay float32 (``keep_fp32_``): what
 audiocraft's autocast computes, and what keeps guidance (which multiplies the logits' difference by ~3)
-from amplifying half-precision rounding of the residual and the logits. ``int8`` quantises the LM's linear layers (CPU only,
-see ``soundry.models.quantize``). The text encoder and codec always run in float32; only the LM,
-which is where the decode time goes, changes. ``check_precision`` runs one tiny forward right after
-loading, so a precision the device cannot run fails at load with a sentence, not mid-request.
+from amplifying half-precision rounding of the residual and the logits. ``int8`` quantises the LM's
+linear layers (CPU only, see ``soundry.models.quantize``). The text encoder and codec always run in
+float32; only the LM, which is where the decode time goes, changes. ``check_precision`` runs one tiny
+forward right after loading, so a precision the device cannot run fails at load with a sentence, not mid-request.
 """
 
 from __future__ import annotations
