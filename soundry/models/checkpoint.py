@@ -62,6 +62,10 @@ class LMConfig:
     cfg_coef: float
     sample_rate: int
     segment_duration: float
+    # Where transformers' MusicGen differs from audiocraft's (soundry.models.hf_format): "transformers" for
+    # transformers-format checkpoints (its sinusoid, text padding masked in a batch), else "audiocraft".
+    layout: str = "audiocraft"
+    special_token: int | None = None  # the delay pattern's filler token; None: ``card`` (audiocraft's)
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any]) -> LMConfig:

@@ -119,11 +119,12 @@ class AudiocraftEncodec(Codec):
 
 # -- transformers EncodecModel (MusicGen) ------------------------------------------------------------
 class HFEncodec(Codec):
-    def __init__(self, path: str):
+    def __init__(self, path: str | None = None, model: nn.Module | None = None):
+        """From a folder (``path``), or an ``EncodecModel`` already built (a transformers-format MusicGen's)."""
         super().__init__()
         from transformers import EncodecModel
 
-        self.model = EncodecModel.from_pretrained(path).eval()
+        self.model = (model if model is not None else EncodecModel.from_pretrained(path)).eval()
         c = self.model.config
         self.sample_rate, self.channels = int(c.sampling_rate), int(c.audio_channels)
         self.frame_rate = self.sample_rate / float(np.prod(c.upsampling_ratios))

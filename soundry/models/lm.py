@@ -28,6 +28,17 @@ def sin_embedding(positions: torch.Tensor, dim: int, max_period: float, dtype: t
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).to(dtype)
 
 
+def sin_embedding_transformers(positions: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """transformers' ``MusicgenSinusoidalPositionalEmbedding``: the same cat(cos, sin) with the frequencies
+    computed as exp(-i·log(10000)/(half-1)), the way the transformers-format checkpoints ran (the two formulas
+    differ in float rounding)."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=positions.device, dtype=torch.int64).float()
+                     * -(math.log(10000) / (half - 1)))
+    phase = positions.to(torch.float32).unsqueeze(-1) * freq
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).to(dtype)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q [R, H, S, Dh] over k, v [R, H, T, Dh]; ``mask`` (broadcast to [R, H, S, T]) is
     True where a key counts. Eagerly this is PyTorch's fused kernel. Under ``torch.compile`` it is the
@@ -120,7 +131,7 @@ class TransformerLM(nn.Module):
 
     @property
     def special_token(self) -> int:
-        return self.cfg.card
+        return self.cfg.card if self.cfg.special_token is None else self.cfg.special_token
 
     # -- the pieces -------------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -157,7 +168,10 @@ class TransformerLM(nn.Module):
         cd = x.dtype  # what the linear layers take; residual adds promote their outputs back to x's dtype
         if self.residual_dtype is not None:
             x = x.to(self.residual_dtype)
-        x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
+        if self.cfg.layout == "transformers":  # transformers' sinusoid (its rounding), no scale
+            x = x + sin_embedding_transformers(positions, self.cfg.dim, x.dtype)
+        else:
+            x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
         keys = torch.arange(key_len, device=device)
         self_mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # [R, 1, S, T]
         cmask = None if cross_mask is None else cross_mask[:, None, None, :]
