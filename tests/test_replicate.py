@@ -66,7 +66,8 @@ def test_create_wait_get_list_and_cancel(server):
     got = client.predictions.get(p.id)
     assert got.status == "succeeded" and got.input == MUSIC and got.model == "meta/musicgen"
     assert p.id in [q.id for q in client.predictions.list().results]
-    long = client.predictions.create(model="meta/musicgen", input={**MUSIC, "duration": 60})
+    long = client.predictions.create(model="meta/musicgen", input={**MUSIC, "duration": 60}, wait=1)
+    assert long.status == "starting"  # Prefer: wait=1 ran out first (as Replicate answers, so run() polls on)
     long.cancel()
     assert long.status == "canceled" and client.predictions.get(long.id).status == "canceled"
     # the same task on soundry's own API
@@ -200,3 +201,70 @@ def _wait_status(server, task_id: str) -> str:
             return task.status
         time.sleep(0.05)
     return task.status
+
+
+class _Receiver:
+    """A webhook receiver on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        got = self.got = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}/hook"
+        import threading
+
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_webhooks_send_the_prediction_signed_and_follow_the_filter(server):
+    import json
+
+    from soundry.signing import webhook_secret, webhook_signature
+
+    svc, receiver = server.services, _Receiver()
+    svc.settings.webhook_allow_cidrs = ["127.0.0.0/8"]  # this server may call the receiver on loopback
+    svc.webhooks.allowed = svc.settings.webhook_networks()
+    try:
+        client = _client(server)
+        err = _refused(lambda: client.predictions.create(model="meta/musicgen", input=MUSIC,
+                                                         webhook="http://10.9.8.7/hook"))
+        assert err.detail.startswith("webhook:")
+        p = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
+                                      webhook_events_filter=["start", "completed"])
+        quiet = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
+                                          webhook_events_filter=["start"])
+        p.wait()
+        quiet.wait()
+        for _ in range(100):
+            if svc.store.get(p.id).webhook_state == "delivered":
+                break
+            time.sleep(0.05)
+        assert len(receiver.got) == 1, receiver.got  # only the end; a filter without "completed" sends nothing
+        headers, body = receiver.got[0]
+        sent = json.loads(body)
+        assert sent["id"] == p.id and sent["status"] == "succeeded" and sent["model"] == "meta/musicgen"
+        assert sent["input"] == MUSIC and sent["output"].startswith(server.url + "/v1/files/")
+        t = int(headers["X-Soundry-Signature"].split(",")[0][2:])
+        user = svc.accounts.user_for_bearer(server.api_key)
+        secret = webhook_secret(svc.settings.secret, user.id)
+        assert headers["X-Soundry-Signature"] == webhook_signature(secret, body, t)
+        assert httpx.get(sent["output"]).content[:4] == b"RIFF"
+    finally:
+        svc.settings.webhook_allow_cidrs = []
+        svc.webhooks.allowed = svc.settings.webhook_networks()
+        receiver.close()
