@@ -87,6 +87,7 @@ class Settings:
     # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.packed), ~2x
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True
+    kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)
     compile_cache_dir: str = ""  # inductor's caches, kept across restarts; default DATA_DIR/compile-cache
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":

@@ -55,6 +55,9 @@ def test_run_musicgen_wav_mp3_and_a_seed_that_reproduces(server):
 def test_run_audiogen(server):
     audio, rate = _audio(_client(server).run("sepal/audiogen", input={"prompt": "a dog barks", "duration": 0.5}))
     assert rate == 16000 and abs(len(audio) / rate - 0.5) < 0.05
+    own = _client(server).run("soundry/audiogen", input={"prompt": "rain", "duration": 0.5, "output_format": "flac",
+                                                         "top_p": 0.5, "negative_prompt": "wind"})
+    assert own.url.startswith("data:audio/flac;base64,") and _audio(own)[1] == 16000
 
 
 def test_create_wait_get_list_and_cancel(server):

@@ -135,6 +135,9 @@ def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -
     if isinstance(inp, SoundryInput):
         if "model" in inp.model_fields_set:
             raise InputError("model", "the model is the one the path names (soundry/<model>)")
+        _text(inp.prompt, "prompt")
+        if inp.negative_prompt:
+            _text(inp.negative_prompt, "negative_prompt")
         data = inp.model_dump(exclude={"prompt", "negative_prompt"}, exclude_unset=True)
         if inp.input_audio is not None:
             data["input_audio"] = resolve(inp.input_audio)
@@ -171,7 +174,7 @@ def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -
 
 def _text(value: str, field: str) -> None:
     try:
-        check_prompt(value, field)
+        check_prompt(value, field, allow_blank=field == "negative_prompt")
     except ValueError as exc:
         raise InputError(field, str(exc)) from None
 

@@ -32,6 +32,7 @@ from soundry.api.tasks_view import link_base
 from soundry.audio.decode import UndecodableAudio
 from soundry.storage import StorageError
 from soundry.tasks.models import FINAL_STATUSES, Task, Upload, User
+from soundry.tasks.result import download_url
 from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
 
 router = APIRouter(prefix="/v1", tags=["Replicate compatibility"])
@@ -285,7 +286,8 @@ async def create_prediction(request: Request):
 
 
 @router.get("/predictions", summary="Your predictions, newest first", responses=_docs(PredictionPage, 200, 400),
-            description=f"Every task of yours (created on any API), {PAGE} a page; `next` is the following page.")
+            description=f"Every task of yours (created on any API), {PAGE} a page; `next` is the following page. "
+                        "`output` is a signed link here (a page of data: URLs could be huge).")
 @problems
 async def list_predictions(request: Request):
     user = await run_in_threadpool(caller, request)
@@ -294,7 +296,8 @@ async def list_predictions(request: Request):
         raise ApiError(400, "bad_request", "cursor: use the next/previous links of a page")
     offset = int(cursor)
     tasks, total = await run_in_threadpool(services(request).store.history, user.id, PAGE, offset)
-    results = [await run_in_threadpool(_view, request, t) for t in tasks]
+    base = link_base(request)  # outputs as signed links here: a page of data: URLs could be gigabytes
+    results = [core.prediction(t, download_url(t, services(request).settings, base), base) for t in tasks]
     nxt = f"/v1/predictions?cursor={offset + PAGE}" if offset + PAGE < total else None
     prev = f"/v1/predictions?cursor={max(0, offset - PAGE)}" if offset > 0 else None
     return JSONResponse({"next": nxt, "previous": prev, "results": results})
