@@ -7,6 +7,7 @@ finished codes to a separate thread for codec decoding, so decoding never stalls
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 import torch
 
 from soundry.engine.batch import DecodeBatch, Job
+from soundry.engine.codec_stream import CodecStream
 from soundry.engine.generate import make_job
+from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
 
@@ -52,9 +55,11 @@ class Engine:
     """Continuous-batching generation over one loaded ``AudioModel``."""
 
     def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None,
-                 compile: bool = False, compile_cache: Path | str | None = None):
+                 compile: bool = False, compile_cache: Path | str | None = None, kv_cache_memory: float = 0.9):
         self.model = model
         self.max_batch = max_batch
+        # on a GPU, at most this fraction of the free memory at start goes to the KV cache (engine.memory)
+        self.kv_cache_memory = kv_cache_memory
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
         self.static_steps = static_steps
@@ -70,6 +75,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._codec: ThreadPoolExecutor | None = None  # codec decoding beside the loop; owned by the loop
+        self._codec_stream: CodecStream | None = None  # on a GPU, the codec thread's own CUDA stream
         self._batch: DecodeBatch | None = None
         self._taps: dict[str, StreamTap] = {}  # request id -> its audio stream (requests submitted with a sink)
 
@@ -146,32 +152,47 @@ class Engine:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         codec = self._codec = ThreadPoolExecutor(1, thread_name_prefix="soundry-codec")
+        crash: Exception | None = None
         try:
-            self._batch = DecodeBatch(self.model.lm, self.max_batch, self.model.max_frames())
-            device = self._batch.device
-            if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") in ("fp32", "bf16"):
-                from soundry.engine.compiled_steps import CompiledSteps
-
-                self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()
-            elif self.static_steps or (self.static_steps is None and device.type == "cuda"):
-                from soundry.engine.static_steps import StaticSteps
-
-                self._batch.static = StaticSteps(self._batch)
-            self._loop()
-        except Exception:
+            lm, frames = self.model.lm, self.model.max_frames()
+            device = next(lm.parameters()).device
+            # the model's device for this thread's CUDA calls, scoped (never torch.cuda.set_device: the
+            # process's other threads and engines keep theirs)
+            scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            with scope:
+                slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name)
+                self._batch = DecodeBatch(lm, slots, frames)
+                self._codec_stream = CodecStream(device)
+                self._setup_steps(device)
+                self._loop()
+        except Exception as exc:
+            crash = exc
             log.exception("the engine loop crashed")
         finally:  # every accepted request gets an answer: nothing waits forever on a stopped engine
             with self._lock:
                 self._stop = True
                 waiting, self._waiting = list(self._waiting), deque()
             for request, _future, _progress in waiting:
-                self._fail(request.id, RuntimeError("engine stopped"))
+                self._fail(request.id, crash if isinstance(crash, KVCacheTooLarge) else RuntimeError("engine stopped"))
             for job in list(self._batch.jobs) if self._batch is not None else []:
                 self._batch.remove(job)
                 self._fail(job.request.id, RuntimeError("engine stopped"))
             codec.shutdown(wait=True)  # lets decodes in flight answer their requests
             if self._batch is not None and hasattr(self._batch.static, "stop"):
                 self._batch.static.stop()
+
+    def _setup_steps(self, device: torch.device) -> None:
+        """Compiled steps (CPU) or bucketed static steps (CUDA graphs), the latter captured now, at engine
+        start, rather than in front of the first request."""
+        if self.compile and device.type == "cpu" and getattr(self.model, "precision", "fp32") in ("fp32", "bf16"):
+            from soundry.engine.compiled_steps import CompiledSteps
+
+            self._batch.static = CompiledSteps(self._batch, cache_dir=self.compile_cache).start()
+        elif self.static_steps or (self.static_steps is None and device.type == "cuda"):
+            from soundry.engine.static_steps import StaticSteps
+
+            self._batch.static = StaticSteps(self._batch)
+            self._prepare_static()
 
     def _loop(self) -> None:
         while True:
@@ -241,7 +262,13 @@ class Engine:
         if self._taps:
             self._feed_streams(finished)
         for job in finished:
-            self._codec.submit(self._decode, job, DecodeBatch.tokens_of(job))
+            tokens = DecodeBatch.tokens_of(job)
+            self._to_codec(tokens, self._decode, job, tokens)
+
+    def _to_codec(self, codes: torch.Tensor, fn: Callable[..., None], *args) -> None:
+        """Run ``fn(*args)`` on the codec thread (and, on a GPU, its stream) once ``codes`` are computed."""
+        ready = self._codec_stream.handoff(codes)
+        self._codec.submit(self._codec_stream.run, ready, fn, *args)
 
     def _new_tap(self, request: GenerationRequest, sink: AudioSink) -> StreamTap:
         rate, fps = self.model.sample_rate, self.model.frame_rate
@@ -264,7 +291,7 @@ class Engine:
                 tap.broken = True
                 codes = None
             if codes is not None:
-                self._codec.submit(tap.decode_into_sink, codes, final)
+                self._to_codec(codes, tap.decode_into_sink, codes, final)
             if final:
                 self._taps.pop(job.request.id, None)
 

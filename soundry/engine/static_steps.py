@@ -81,7 +81,8 @@ class StaticSteps:
         with _CAPTURE_LOCK:
             for b in reversed(self.buckets):  # largest first, so smaller graphs reuse its memory pool
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                # on the batch's device's side stream: torch.cuda.graph's default is the current device's
+                with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                     self._run(b)
                 pool = graph.pool()
                 self.graphs[b] = graph
