@@ -44,6 +44,8 @@ class Settings:
     listen_url: str = ""  # set by serve: http://HOST:PORT it listens on (base of links sent outside a request)
     secret: str = ""  # at least 32 bytes; per-purpose keys derive from it; default: generated into DATA_DIR/secret
     default_model: str = "audiogen"
+    # more models: "name=/folder" or "name=hf:owner/repo@revision" (either format; SOUNDRY_MODEL_PATHS too)
+    model_paths: list[str] = field(default_factory=list)
     cog_model: str = "musicgen"  # the model Cog's local API (POST /predictions) runs
     max_duration: float = 300.0
     max_prompt_chars: int = 2000

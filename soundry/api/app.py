@@ -34,6 +34,7 @@ from soundry.api.server import BodyTimeout, ConcurrencyCap, InFlight
 from soundry.api.streams import AudioStreams, EventStreams
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
+from soundry.models.user_models import register_user_models
 from soundry.storage import open_storage
 from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
@@ -118,6 +119,7 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
+    register_user_models(settings.data_dir, settings.model_paths)  # soundry models add / model_paths
     svc = build_services(settings, queue)
     run_worker = settings.worker if start_worker is None else start_worker
 

@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     leaves.append(command(msub, "list", help="model names, and where their weights are"))
     command(msub, "pull", help="download a model's release weights into the Hugging Face cache "
                                  "(the text encoder and codec follow on first load)").add_argument("name")
+    ma = command(msub, "add", help="add a model from a folder or hf:owner/repo@revision, in audiocraft's or "
+                                   "transformers' format (recorded in the data directory; serve and worker load it)")
+    ma.add_argument("name", help="the name requests use (\"model\": NAME)")
+    ma.add_argument("source", help="a folder, or hf:owner/repo[@revision] (the revision is pinned to its commit)")
+    ma.add_argument("--adapter", help="a PEFT LoRA adapter (folder or hf:...) merged into the weights at load")
+    ma.add_argument("--family", choices=["musicgen", "audiogen"], default="musicgen")
+    command(msub, "remove", help="forget an added model (its files stay)").add_argument("name")
     for p in leaves:
         add_connection_arguments(p)
 
@@ -95,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.command in ("generate", "tasks", "models") else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.command == "models" and args.models_command in ("add", "remove"):
+        from soundry.cli import models
+
+        old_umask = os.umask(0o077)  # models.json lives in the data directory, the owner's only
+        try:
+            return models.add(args) if args.models_command == "add" else models.remove(args)
+        finally:
+            os.umask(old_umask)
     if args.command in ("generate", "tasks", "models"):
         from soundry.cli import generate, remote
 
@@ -128,6 +143,14 @@ def server_side(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("serve", "worker"):  # models added with `soundry models add` or named in model_paths
+        from soundry.models.user_models import register_user_models
+
+        try:
+            register_user_models(settings.data_dir, settings.model_paths)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         return serve(settings, args.host, args.port)
     if args.command == "worker":

@@ -108,25 +108,13 @@ def models_list(args: argparse.Namespace) -> int:
             print(f"error: {exc.description} ({exc.code})", file=sys.stderr)
             return 1
         return 0
-    from soundry.models.registry import MODEL_NAMES, ModelNotAvailable, resolve_model_dir
+    from soundry.cli.models import list_local
 
-    for name in MODEL_NAMES:
-        try:
-            where = str(resolve_model_dir(name, download=False))
-        except ModelNotAvailable:
-            where = "not downloaded (soundry models pull " + name + ")"
-        print(f"{name:<17} {where}")
-    return 0
+    return list_local(args)
 
 
 def models_pull(args: argparse.Namespace) -> int:
     """Download a model's weights into the Hugging Face cache (on the machine that serves them)."""
-    from soundry.models.registry import ModelNotAvailable, resolve_model_dir
+    from soundry.cli.models import pull
 
-    try:
-        path = resolve_model_dir(args.name, download=True)
-    except ModelNotAvailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.name}: {path}")
-    return 0
+    return pull(args)

@@ -11,6 +11,7 @@ import torch
 from soundry.models.audio_model import AudioModel
 from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
 from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
+from soundry.models.hf_format import is_transformers_dir, load_transformers_model
 from soundry.models.lm import TransformerLM, normalize_state_dict
 from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
 from soundry.models.registry import ALIASES, SPECS, ModelNotAvailable, resolve_component, resolve_model_dir
@@ -59,6 +60,9 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
     release_dir = resolve_model_dir(name_or_path)
+    spec = SPECS.get(ALIASES.get(name_or_path.lower(), name_or_path.lower()))
+    if is_transformers_dir(release_dir) or (spec is not None and spec.adapter):
+        return _load_transformers(name_or_path, release_dir, spec, dev, precision, max_text_tokens, packed)
     lm_path = release_dir / "state_dict.bin"
     pkg = load_package(lm_path)
     cfg_dict = parse_cfg(pkg, lm_path)
@@ -102,6 +106,24 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
     model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
     model.precision = precision
+    return model
+
+
+def _load_transformers(name_or_path: str, model_dir: Path, spec, dev: torch.device, precision: str,
+                       max_text_tokens: int, packed: bool) -> AudioModel:
+    """A transformers-format checkpoint (``soundry.models.hf_format``), with its LoRA adapter if registered."""
+    adapter_dir = None
+    if spec is not None and spec.adapter:
+        if not is_transformers_dir(model_dir):
+            raise CheckpointError(f"{spec.name}: a LoRA adapter is merged into a transformers-format base; "
+                                  f"{model_dir} is in audiocraft's release format")
+        from soundry.models.sources import fetch
+
+        adapter_dir = fetch(spec.adapter, download=True, kind="adapter")
+    family = spec.family if spec is not None else "musicgen"
+    model = load_transformers_model(model_dir, _display_name(name_or_path), family, dev, precision, max_text_tokens,
+                                    packed, adapter_dir)
+    model.format, model.adapter = "transformers", adapter_dir
     return model
 
 

@@ -24,6 +24,10 @@ class ModelSpec:
     family: str  # "audiogen" | "musicgen"
     description: str
     channels: int = 1
+    # a model named by the operator (``soundry models add``, soundry.toml's model_paths): where its weights
+    # are ("hf:owner/repo@revision" or a folder, either format) and an optional LoRA adapter (same forms)
+    source: str = ""
+    adapter: str = ""
 
 
 _SPECS = [
@@ -49,6 +53,14 @@ LOCAL_COMPONENTS = {"t5": "t5", "encodec": "encodec"}
 
 class ModelNotAvailable(RuntimeError):
     """The model's weights cannot be found locally nor downloaded."""
+
+
+def register(spec: ModelSpec) -> None:
+    """Add (or replace) a model: every API accepts its name from then on (MODEL_NAMES and SPECS are
+    updated in place, so the modules that imported them see it)."""
+    SPECS[spec.name] = spec
+    if spec.name not in MODEL_NAMES:
+        MODEL_NAMES.append(spec.name)
 
 
 def canonical_name(name: str) -> str:
@@ -98,6 +110,13 @@ def resolve_model_dir(name_or_path: str, download: bool = True) -> Path:
     if as_path.is_dir():
         return _check_release_dir(as_path)
     local = local_dir_for(name_or_path)
+    spec = SPECS.get(ALIASES.get(name_or_path.strip().lower(), name_or_path.strip().lower()))
+    if local is None and spec is not None and spec.source:  # registered with a source (soundry models add)
+        local = Path(spec.source)
+    if local is not None and str(local).startswith("hf:"):  # a hub reference, hf:owner/repo@revision
+        from soundry.models.sources import fetch
+
+        return _check_release_dir(fetch(str(local), download=download))
     if local is not None:
         if not local.is_dir():
             raise ModelNotAvailable(f"SOUNDRY_MODEL_PATHS points {name_or_path} at {local}, which is not a directory")
@@ -111,9 +130,18 @@ def resolve_model_dir(name_or_path: str, download: bool = True) -> Path:
 
 
 def _check_release_dir(path: Path) -> Path:
+    from soundry.models.hf_format import is_transformers_dir
+
+    if is_transformers_dir(path):  # transformers format (soundry.models.hf_format checks the rest at load)
+        return path
     missing = [f for f in ("state_dict.bin", "compression_state_dict.bin") if not (path / f).is_file()]
+    if missing and (path / "config.json").is_file():
+        raise ModelNotAvailable(f"model directory {path} has a config.json that names no MusicGen model and lacks "
+                                f"{', '.join(missing)}: it is in neither format soundry serves (audiocraft release, "
+                                "transformers MusicgenForConditionalGeneration)")
     if missing:
-        raise ModelNotAvailable(f"model directory {path} lacks {', '.join(missing)} (audiocraft release layout)")
+        raise ModelNotAvailable(f"model directory {path} lacks {', '.join(missing)} (audiocraft release layout) "
+                                "and config.json (transformers layout)")
     return path
 
 
