@@ -90,6 +90,13 @@ class Settings:
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True
     kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)
+    # Decode options built for the GPU, off by default until measured there (issue 24; each gives the same
+    # tokens on and off in the CPU tests): the K output heads as one matmul; per-request uniforms hashed
+    # from seed and step (rng = generator | counter; counter: a seed gives the same tokens on any device);
+    # attention = masked | lengths (lengths: no boolean mask when every request is at the same position).
+    fused_heads: bool = False
+    rng: str = "generator"
+    attention: str = "masked"
     compile_cache_dir: str = ""  # inductor's caches, kept across restarts; default DATA_DIR/compile-cache
 
     ALIASES = {"database": "database_url", "broker": "broker_url", "storage": "storage_url", "public_base_url":
