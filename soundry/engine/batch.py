@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from soundry.engine.counter_rng import counter_uniforms
 from soundry.engine.kv_cache import KVCache
 from soundry.engine.request import GenerationRequest
 from soundry.engine.sampling import apply_cfg, sample
@@ -64,6 +65,15 @@ class DecodeBatch:
         self.lengths = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.prompts = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
+        # rng "generator": each request's torch.Generator; "counter": uniforms hashed from its seed and its
+        # draws so far (engine.counter_rng: the same on any device, no per-request generator calls)
+        self.rng = "generator"
+        self.seeds = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.draws = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        # attention "masked": a decode step attends through a boolean mask over the furthest job's keys;
+        # "lengths": when every job is at the same position, over exactly its keys with no mask (which lets
+        # scaled_dot_product_attention pick its fused kernels)
+        self.attention = "masked"
         self.jobs: list[Job] = []
         self._ar_k = torch.arange(self.K, device=self.device)
         self.static = None  # StaticSteps (CUDA graphs) or CompiledSteps (torch.compile on the CPU) when enabled
@@ -84,6 +94,7 @@ class DecodeBatch:
         self.cache.set_condition(slice(2 * s, 2 * s + 2), job.cond, job.cond_valid)
         r = job.request
         self.params[s] = to_device(torch.tensor([r.temperature, r.top_k, r.top_p, r.cfg_coef]), self.device)
+        self.seeds[s], self.draws[s] = r.seed or 0, 0
         self._start_window(job, prompt_codes=job.prompt_codes)
 
     def remove(self, job: Job) -> None:
@@ -92,7 +103,7 @@ class DecodeBatch:
         if s != last:
             moved = self.jobs[last]
             self.cache.move(slice(2 * last, 2 * last + 2), slice(2 * s, 2 * s + 2))
-            for t in (self.codes, self.steps, self.lengths, self.prompts, self.params):
+            for t in (self.codes, self.steps, self.lengths, self.prompts, self.params, self.seeds, self.draws):
                 t[s] = t[last]
             moved.slot = s
             self.jobs[s] = moved
@@ -135,7 +146,11 @@ class DecodeBatch:
         n = len(self.jobs)
         if n == 0:
             return []
-        uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
+        if self.rng == "counter":
+            uniforms = counter_uniforms(self.seeds[:n], self.draws[:n], self.K)
+            self.draws[:n] += 1
+        else:
+            uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
         if self.static is not None:
             self.static.step(n, uniforms)
         else:
@@ -148,9 +163,11 @@ class DecodeBatch:
         key_len = max(j.step for j in self.jobs) + 1
         all_k = all(j.request.top_k > 0 for j in self.jobs)
         max_k = max(j.request.top_k for j in self.jobs) if all_k else None
-        self.decode(n, uniforms, key_len, self.cache.cross_len, max_k)
+        exact = self.attention == "lengths" and all(j.step == self.jobs[0].step for j in self.jobs)
+        self.decode(n, uniforms, key_len, self.cache.cross_len, max_k, self_mask=not exact)
 
-    def decode(self, n: int, uniforms: torch.Tensor, key_len: int, cross_len: int, max_k: int | None) -> None:
+    def decode(self, n: int, uniforms: torch.Tensor, key_len: int, cross_len: int, max_k: int | None,
+               self_mask: bool = True) -> None:
         """The device work of a step for slots [0, n): forward, guidance, sampling, write the new
         codes, advance the step counters. No host synchronisation; with fixed ``n``, ``key_len``,
         ``cross_len`` and ``max_k`` every shape is static, so it can be captured in a CUDA graph.
@@ -160,7 +177,8 @@ class DecodeBatch:
         tokens = self._input_tokens(slots, steps[:, None]).repeat_interleave(2, dim=0)
         rows = slice(0, 2 * n)
         hidden = self.lm.forward_cached(tokens, steps.repeat_interleave(2), self.cache, rows,
-                                        self.cache.cross_mask[rows], key_len=key_len, cross_len=cross_len)
+                                        self.cache.cross_mask[rows], key_len=key_len, cross_len=cross_len,
+                                        self_mask=self_mask)
         logits = self.lm.logits(hidden)[:, :, -1].float().view(n, 2, self.K, self.card)
         params = self.params[:n]
         guided = apply_cfg(logits, params[:, 3])

@@ -55,11 +55,16 @@ class Engine:
     """Continuous-batching generation over one loaded ``AudioModel``."""
 
     def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None,
-                 compile: bool = False, compile_cache: Path | str | None = None, kv_cache_memory: float = 0.9):
+                 compile: bool = False, compile_cache: Path | str | None = None, kv_cache_memory: float = 0.9,
+                 rng: str = "generator", attention: str = "masked"):
         self.model = model
         self.max_batch = max_batch
         # on a GPU, at most this fraction of the free memory at start goes to the KV cache (engine.memory)
         self.kv_cache_memory = kv_cache_memory
+        if rng not in ("generator", "counter") or attention not in ("masked", "lengths"):
+            raise ValueError(f"rng must be generator or counter (got {rng!r}), attention masked or lengths "
+                             f"(got {attention!r})")
+        self.rng, self.attention = rng, attention  # DecodeBatch's (see there)
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU
         self.static_steps = static_steps
@@ -162,6 +167,7 @@ class Engine:
             with scope:
                 slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name)
                 self._batch = DecodeBatch(lm, slots, frames)
+                self._batch.rng, self._batch.attention = self.rng, self.attention
                 self._codec_stream = CodecStream(device)
                 self._setup_steps(device)
                 self._loop()

@@ -128,6 +128,7 @@ class TransformerLM(nn.Module):
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_layers)])
         self.out_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
         self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.n_q)])
+        self.heads: nn.Module | None = None  # the fused output heads (fuse_heads_)
 
     @property
     def special_token(self) -> int:
@@ -144,21 +145,44 @@ class TransformerLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [R, S, D] → logits [R, K, S, card]."""
         h = self.out_norm(hidden)
+        if self.heads is not None:  # fuse_heads_: the K heads as one matmul
+            R, S, _ = h.shape
+            return self.heads(h).view(R, S, self.cfg.n_q, self.cfg.card).transpose(1, 2)
         return torch.stack([lin(h) for lin in self.linears], dim=1)
+
+    def fuse_heads_(self) -> TransformerLM:
+        """Replace the K output heads by one linear layer of K × card outputs (one matmul, one weight
+        read, instead of K): the same products, so the same logits up to the kernel's summation order.
+        ``linears`` is emptied (its weights now live in ``heads``)."""
+        if self.heads is None:
+            lins = list(self.linears)
+            w = torch.cat([lin.weight.detach() for lin in lins])
+            b = None if lins[0].bias is None else torch.cat([lin.bias.detach() for lin in lins])
+            heads = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                heads.weight.copy_(w)
+                if b is not None:
+                    heads.bias.copy_(b)
+            self.heads = heads
+            self.linears = nn.ModuleList()
+        return self
 
     def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cross-attention keys/values of a condition [R, L, D], per layer: ([R,H,L,Dh], [R,H,L,Dh])."""
         return [layer.cross_attention.kv_only(cond) for layer in self.layers] if self.cfg.cross_attention else []
 
     def forward_cached(self, tokens: torch.Tensor, start: torch.Tensor, cache, rows: slice,
-                       cross_mask: torch.Tensor | None, key_len: int, cross_len: int | None = None) -> torch.Tensor:
+                       cross_mask: torch.Tensor | None, key_len: int, cross_len: int | None = None,
+                       self_mask: bool = True) -> torch.Tensor:
         """Run S new steps for a contiguous block of cache rows.
 
         tokens [R, K, S]; start [R] the position of the first new step of each row; ``cache`` holds
         per-layer self K/V [Rmax, H, Tmax, Dh] and cross K/V [Rmax, H, Lmax, Dh]; ``rows`` selects
         the block; cross_mask [R, Lmax] marks the valid condition keys; ``key_len`` (a host int, so
         no device sync) is max(start) + S, or more (later keys are masked); ``cross_len`` the condition
-        keys to attend over (default the cache's longest condition). Returns hidden [R, S, D].
+        keys to attend over (default the cache's longest condition). ``self_mask=False`` (one step, S = 1,
+        with every row at position ``key_len - 1``) attends over all ``key_len`` keys without a mask.
+        Returns hidden [R, S, D].
         """
         R, _, S = tokens.shape
         device = tokens.device
@@ -173,7 +197,7 @@ class TransformerLM(nn.Module):
         else:
             x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
         keys = torch.arange(key_len, device=device)
-        self_mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # [R, 1, S, T]
+        causal = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1) if self_mask or S > 1 else None
         cmask = None if cross_mask is None else cross_mask[:, None, None, :]
         r_idx = torch.arange(rows.start, rows.stop, device=device)[:, None, None]
         h_idx = torch.arange(self.layers[0].self_attn.num_heads, device=device)[None, :, None]
@@ -184,7 +208,7 @@ class TransformerLM(nn.Module):
             kc, vc = cache.self_kv(i)
             kc[r_idx, h_idx, p_idx] = k
             vc[r_idx, h_idx, p_idx] = v
-            attn = attend(q, kc[rows, :, :key_len], vc[rows, :, :key_len], self_mask)
+            attn = attend(q, kc[rows, :, :key_len], vc[rows, :, :key_len], causal)
             x = x + layer.self_attn.output(attn)
             if layer.has_cross:
                 h = layer.norm_cross(x).to(cd)

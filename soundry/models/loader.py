@@ -32,7 +32,7 @@ _LOAD_LOCK = threading.Lock()
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                quantize: str | None = None, precision: str | None = None,
-               max_text_tokens: int | None = None, packed: bool = True) -> AudioModel:
+               max_text_tokens: int | None = None, packed: bool = True, fused_heads: bool = False) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
     ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.precision``) sets how
@@ -43,10 +43,12 @@ def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype 
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
     ``packed`` (CPU, fp32/bf16) puts the LM's linear weights in oneDNN's layout (``soundry.models.packed``).
+    ``fused_heads`` computes the K output heads as one matmul (``TransformerLM.fuse_heads_``; release
+    checkpoints only).
     """
     with _LOAD_LOCK:
         return _load_model(name_or_path, device, dtype, quantize, precision, max_text_tokens or DEFAULT_MAX_TOKENS,
-                           packed)
+                           packed, fused_heads)
 
 
 def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | None:
@@ -56,7 +58,8 @@ def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | 
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None, precision: str | None, max_text_tokens: int, packed: bool) -> AudioModel:
+                quantize: str | None, precision: str | None, max_text_tokens: int, packed: bool,
+                fused_heads: bool = False) -> AudioModel:
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
     release_dir = resolve_model_dir(name_or_path)
@@ -83,7 +86,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     if missing or unexpected:
         raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
-    lm = apply_precision(lm.eval(), precision, dev, packed=packed)
+    lm = apply_precision(lm.eval(), precision, dev, packed=packed, fused_heads=fused_heads)
     check_precision(lm, precision, dev)
 
     t5_source = resolve_component(release_dir, "t5", cfg.t5_name)

@@ -57,14 +57,20 @@ def keep_fp32_(lm: nn.Module) -> nn.Module:
         if isinstance(module, nn.LayerNorm):
             module.float()
     lm.linears.float()
+    if lm.heads is not None:
+        lm.heads.float()
     lm.residual_dtype = torch.float32
     return lm
 
 
-def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool = True) -> nn.Module:
+def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool = True,
+                    fused_heads: bool = False) -> nn.Module:
     """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8). On the CPU
-    in fp32/bf16, ``packed`` puts the linear weights in oneDNN's layout (``soundry.models.packed``)."""
+    in fp32/bf16, ``packed`` puts the linear weights in oneDNN's layout (``soundry.models.packed``);
+    ``fused_heads`` makes the output heads one matmul (``TransformerLM.fuse_heads_``)."""
     device = torch.device(device)
+    if fused_heads:
+        lm.fuse_heads_()
     if precision == "int8":
         return quantize_lm(lm.to(device, torch.float32), "int8")
     dtype = DTYPES[precision]

@@ -25,9 +25,10 @@ class EngineManager:
 
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
-                 packed_weights: bool = True, kv_cache_memory: float = 0.9):
+                 packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
+                 rng: str = "generator", attention: str = "masked"):
         self.max_batch, self.retry_after = max_batch, retry_after
-        self.kv_cache_memory = kv_cache_memory
+        self.kv_cache_memory, self.rng, self.attention = kv_cache_memory, rng, attention
         self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
         self._failures: dict[str, tuple[float, str]] = {}
@@ -37,14 +38,15 @@ class EngineManager:
             from soundry.models import load_model
 
             loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens,
-                             packed=packed_weights)
+                             packed=packed_weights, fused_heads=fused_heads)
         self._loader = loader
 
     @classmethod
     def from_settings(cls, settings) -> EngineManager:
         return cls(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
                    precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
-                   packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory)
+                   packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
+                   fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention)
 
     def key(self, name: str) -> str:
         try:
@@ -74,7 +76,8 @@ class EngineManager:
                     self._failures[key] = (time.monotonic(), reason)
                 raise ModelUnavailable(reason) from exc
             engine = Engine(model, max_batch=self.max_batch, compile=self.compile,
-                            compile_cache=self.compile_cache, kv_cache_memory=self.kv_cache_memory).start()
+                            compile_cache=self.compile_cache, kv_cache_memory=self.kv_cache_memory,
+                            rng=self.rng, attention=self.attention).start()
             with self._lock:
                 self._engines[key] = engine
                 self._failures.pop(key, None)

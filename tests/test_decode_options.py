@@ -1,0 +1,99 @@
+"""Decode options built for the GPU (issue 24, item 7), each behind a setting and off by default: on the
+CPU each gives the tokens it gives off (no speed is claimed; bench/gpu_check.sh is where they get measured)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import soundry.models.lm as lm_module
+from soundry.engine import Engine, GenerationRequest
+from soundry.engine.counter_rng import counter_uniforms
+from soundry.engine.generate import teacher_logits
+from soundry.models import load_model
+from tests.helpers_models import TINY, assert_close_rel, tiny_model
+
+PROMPTS = [("rain on a tin roof", 3), ("a dog barking twice", 4)]
+
+
+def _serve(model, requests=PROMPTS, duration=0.6, top_k=250, **options) -> list[torch.Tensor]:
+    engine = Engine(model, max_batch=2, **options).start()
+    try:
+        futures = [engine.submit(GenerationRequest(p, duration, top_k=top_k, seed=s)) for p, s in requests]
+        return [f.result(timeout=120).tokens for f in futures]
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
+def test_fused_output_heads_give_the_same_logits_and_tokens(kind):
+    plain, fused = tiny_model(kind), load_model(str(TINY[kind]), device="cpu", fused_heads=True)
+    assert fused.lm.heads is not None and len(fused.lm.linears) == 0
+    codes = torch.randint(0, 16, (1, plain.cfg.n_q, 10), generator=torch.Generator().manual_seed(0))
+    (a, mask), (b, _) = teacher_logits(plain, codes, ["rain"]), teacher_logits(fused, codes, ["rain"])
+    assert_close_rel(b[mask], a[mask], rel=1e-5)
+    for x, y in zip(_serve(plain), _serve(fused), strict=True):
+        assert torch.equal(x, y)
+
+
+def _numpy_uniforms(seed: int, draw: int, K: int) -> np.ndarray:
+    """The counter hash in numpy uint32 arithmetic (wrapping multiplies): an independent reference."""
+    def fmix(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+    with np.errstate(over="ignore"):
+        h = fmix((np.arange(K, dtype=np.uint32) + np.uint32((draw * K) & 0xFFFFFFFF)) ^ np.uint32(0x9E3779B9))
+        h = fmix(h ^ np.uint32(seed & 0xFFFFFFFF))
+        h = fmix(h ^ np.uint32(seed >> 32))
+    return (h >> np.uint32(8)).astype(np.float64) / (1 << 24)
+
+
+def test_counter_uniforms_are_exact_integer_math():
+    """Exact integer arithmetic (no float, no overflow), so any device computes these same numbers."""
+    seeds = torch.tensor([0, 1, 12345, 2**62 - 7, 987654321987])
+    draws = torch.tensor([0, 5, 1499, 3, 70000])
+    got = counter_uniforms(seeds, draws, 4)
+    want = np.stack([_numpy_uniforms(int(s), int(d), 4) for s, d in zip(seeds, draws, strict=True)])
+    assert got.dtype == torch.float32 and np.array_equal(got.numpy().astype(np.float64), want)
+    many = counter_uniforms(torch.full((4096,), 7), torch.arange(4096), 4)
+    assert 0 <= float(many.min()) and float(many.max()) < 1 and abs(float(many.mean()) - 0.5) < 0.02
+
+
+def test_counter_rng_a_seed_gives_its_tokens_whatever_shares_the_batch():
+    model = tiny_model("musicgen")
+    alone = _serve(model, [PROMPTS[1]], rng="counter")[0]
+    together = _serve(model, [PROMPTS[0], PROMPTS[1]], rng="counter")[1]
+    assert torch.equal(alone, together)
+    # the uniforms differ from the generator's, so sampled tokens do; greedy ones are the same on and off
+    assert not torch.equal(alone, _serve(model, [PROMPTS[1]])[0])
+    assert all(torch.equal(a, b) for a, b in zip(_serve(model, top_k=1, rng="counter"), _serve(model, top_k=1),
+                                                 strict=True))
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
+def test_attention_over_real_lengths_gives_the_masked_tokens(kind, monkeypatch):
+    model = tiny_model(kind)
+    unmasked = []
+    real_attend = lm_module.attend
+
+    def attend(q, k, v, mask):
+        unmasked.append(mask is None)
+        return real_attend(q, k, v, mask)
+
+    monkeypatch.setattr(lm_module, "attend", attend)
+    masked = _serve(model, attention="masked")
+    assert not any(unmasked)
+    lengths = _serve(model, attention="lengths")
+    assert any(unmasked)  # the two requests step together: their self-attention ran without a mask
+    for a, b in zip(masked, lengths, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unknown_decode_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="rng must be generator or counter \\(got 'philox'\\)"):
+        Engine(tiny_model("audiogen"), rng="philox")
