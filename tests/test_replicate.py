@@ -247,6 +247,8 @@ def test_webhooks_send_the_prediction_signed_and_follow_the_filter(server):
         err = _refused(lambda: client.predictions.create(model="meta/musicgen", input=MUSIC,
                                                          webhook="http://10.9.8.7/hook"))
         assert err.detail.startswith("webhook:")
+        err = _refused(lambda: client.predictions.create(model="meta/musicgen", input=MUSIC, webhook="ftp://h/x"))
+        assert err.detail == "webhook: webhook must be an absolute http:// or https:// URL with a host name or address"
         p = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
                                       webhook_events_filter=["start", "completed"])
         quiet = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,

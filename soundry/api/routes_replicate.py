@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from soundry import __version__
@@ -218,8 +218,8 @@ async def translate(request: Request, model: str, body: CreatePrediction, cog_mo
     if webhook:
         try:
             CreateTask.model_validate({"prompt": "-", "webhook": webhook})  # soundry's URL rules
-        except ValueError as exc:
-            raise core.InputError("webhook", str(exc).splitlines()[-1].strip()) from None
+        except ValidationError as exc:
+            raise core.InputError("webhook", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         await _check_webhook(webhook, svc.settings.webhook_networks())
     if "completed" not in events:
         webhook = ""  # soundry announces only a prediction's end
