@@ -239,7 +239,7 @@ def main(argv=None) -> dict:
     if a.hf and a.shape.startswith("musicgen") and device.type == "cpu":
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
     precision = next(name for name, dt in DTYPES.items() if dt == dtype)
-    lm_dev = copy.deepcopy(lm).to(device, dtype)  # plain nn.Linear weights
+    lm_dev = apply_precision(copy.deepcopy(lm), precision, device, packed=False)  # plain nn.Linear weights
     # The service's layout: on the CPU in fp32/bf16, linears prepacked for oneDNN (soundry.models.packed).
     lm_packed = apply_precision(copy.deepcopy(lm), precision, device) if a.plain != "only" else None
     lm_packed = lm_packed if lm_packed is not None and is_packed(lm_packed) else None

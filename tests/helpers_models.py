@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+import tests.device  # noqa: F401  (SOUNDRY_TEST_DEVICE=cuda: models load on CUDA)
+
 DATA = Path(__file__).parent / "data"
 TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny",
         "musicgen-stereo": DATA / "musicgen-stereo-tiny"}

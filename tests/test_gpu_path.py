@@ -159,3 +159,21 @@ def test_a_kv_cache_that_does_not_fit_fails_requests_with_the_reason(monkeypatch
     with pytest.raises(KVCacheTooLarge, match="the KV cache of one request of audiogen needs 9.00 GiB"):
         fut.result(timeout=60)
     engine.stop()
+
+
+def test_soundry_test_device_sends_the_tests_model_loads_there(monkeypatch):
+    """SOUNDRY_TEST_DEVICE=cuda (tests/device.py): the suite's engine and parity tests run on the GPU,
+    in SOUNDRY_TEST_PRECISION (fp32 by default); int8 loads stay on the CPU."""
+    import soundry.models.loader as loader
+    import tests.device as test_device
+    from tests.helpers_models import TINY
+
+    seen = []
+    monkeypatch.setattr(loader, "_load_model", lambda name, device, dtype, quantize, precision, *rest:
+                        seen.append((device, precision)))
+    monkeypatch.setattr(test_device, "TEST_DEVICE", "cuda")
+    test_device._redirect_loads()
+    loader.load_model(str(TINY["audiogen"]), device="cpu")
+    loader.load_model(str(TINY["audiogen"]), device="cpu", precision="bf16")
+    loader.load_model(str(TINY["audiogen"]), device="cpu", precision="int8")
+    assert seen == [("cuda", "fp32"), ("cuda", "bf16"), ("cpu", "int8")]
