@@ -75,6 +75,26 @@ def test_counter_rng_a_seed_gives_its_tokens_whatever_shares_the_batch():
                                                  strict=True))
 
 
+def test_counter_rng_is_drawn_inside_the_static_step_with_the_same_tokens(monkeypatch):
+    """With static steps (CUDA graphs on a GPU; run eagerly here) the uniforms are drawn inside the step
+    from the slots' seeds and counters, nothing is copied into the graph's input buffer, and the tokens
+    are the dynamic step's."""
+    from soundry.engine.static_steps import StaticSteps
+
+    copied = []
+    real_step = StaticSteps.step
+
+    def step(self, n, uniforms):
+        copied.append(uniforms is not None)
+        return real_step(self, n, uniforms)
+
+    monkeypatch.setattr(StaticSteps, "step", step)
+    model = tiny_model("audiogen")
+    static = _serve(model, rng="counter", static_steps=True)
+    assert copied and not any(copied)
+    assert all(torch.equal(a, b) for a, b in zip(static, _serve(model, rng="counter"), strict=True))
+
+
 @pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
 def test_attention_over_real_lengths_gives_the_masked_tokens(kind, monkeypatch):
     model = tiny_model(kind)

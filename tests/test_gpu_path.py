@@ -158,6 +158,8 @@ def test_a_kv_cache_that_does_not_fit_fails_requests_with_the_reason(monkeypatch
     fut = engine.submit(GenerationRequest("rain", 0.3))  # queued, then the engine starts
     with pytest.raises(KVCacheTooLarge, match="the KV cache of one request of audiogen needs 9.00 GiB"):
         fut.result(timeout=60)
+    with pytest.raises(KVCacheTooLarge, match="needs 9.00 GiB"):  # and so does every later one
+        engine.submit(GenerationRequest("rain", 0.3))
     engine.stop()
 
 

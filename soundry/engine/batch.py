@@ -147,8 +147,7 @@ class DecodeBatch:
         if n == 0:
             return []
         if self.rng == "counter":
-            uniforms = counter_uniforms(self.seeds[:n], self.draws[:n], self.K)
-            self.draws[:n] += 1
+            uniforms = None  # drawn inside the step (so inside its CUDA graph on a GPU): draw_counter
         else:
             uniforms = torch.stack([torch.rand(self.K, generator=j.generator, device=self.device) for j in self.jobs])
         if self.static is not None:
@@ -157,7 +156,13 @@ class DecodeBatch:
             self.decode_dynamic(n, uniforms)
         return self._advance_host()
 
-    def decode_dynamic(self, n: int, uniforms: torch.Tensor) -> None:
+    def draw_counter(self, n: int) -> torch.Tensor:
+        """rng="counter": slots [0, n)'s uniforms [n, K] for this step; advances their draw counters."""
+        uniforms = counter_uniforms(self.seeds[:n], self.draws[:n], self.K)
+        self.draws[:n] += 1
+        return uniforms
+
+    def decode_dynamic(self, n: int, uniforms: torch.Tensor | None) -> None:
         """``decode`` with the shapes the active jobs need: keys up to the furthest job's position,
         the current condition length, and a host-side top-k bound when every job has one."""
         key_len = max(j.step for j in self.jobs) + 1
@@ -166,12 +171,15 @@ class DecodeBatch:
         exact = self.attention == "lengths" and all(j.step == self.jobs[0].step for j in self.jobs)
         self.decode(n, uniforms, key_len, self.cache.cross_len, max_k, self_mask=not exact)
 
-    def decode(self, n: int, uniforms: torch.Tensor, key_len: int, cross_len: int, max_k: int | None,
+    def decode(self, n: int, uniforms: torch.Tensor | None, key_len: int, cross_len: int, max_k: int | None,
                self_mask: bool = True) -> None:
         """The device work of a step for slots [0, n): forward, guidance, sampling, write the new
         codes, advance the step counters. No host synchronisation; with fixed ``n``, ``key_len``,
         ``cross_len`` and ``max_k`` every shape is static, so it can be captured in a CUDA graph.
-        Slots past the active jobs may be computed too (padding): they only touch their own rows."""
+        Slots past the active jobs may be computed too (padding): they only touch their own rows.
+        ``uniforms`` None: drawn here from each slot's seed and draw counter (rng="counter")."""
+        if uniforms is None:
+            uniforms = self.draw_counter(n)
         slots = torch.arange(n, device=self.device)
         steps = self.steps[:n]
         tokens = self._input_tokens(slots, steps[:, None]).repeat_interleave(2, dim=0)

@@ -103,8 +103,10 @@ class CompiledSteps:
                 and key_len < min(batch.cache.max_len, MAX_KEYS)
                 and all(0 < j.request.top_k <= TOPK_BOUND for j in batch.jobs))
 
-    def step(self, n: int, uniforms: torch.Tensor) -> None:
+    def step(self, n: int, uniforms: torch.Tensor | None) -> None:
         batch = self.batch
+        if uniforms is None:  # rng="counter": drawn before the compiled graph, which takes them as input
+            uniforms = batch.draw_counter(n)
         key_len = max(j.step for j in batch.jobs) + 1
         if not self.fits(n, key_len):
             batch.decode_dynamic(n, uniforms)

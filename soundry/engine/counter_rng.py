@@ -2,7 +2,8 @@
 
 ``DecodeBatch`` (``rng="counter"``) gives each slot the uniforms ``counter_uniforms(seed, draw, K)``
 where ``draw`` counts the request's steps: a few element-wise integer kernels for the whole batch,
-instead of one generator call per request, with nothing held on the host. The hash (murmur3's 32-bit
+instead of one generator call per request, with nothing held on the host, drawn inside the decode step
+(``DecodeBatch.decode``), hence inside a captured CUDA graph. The hash (murmur3's 32-bit
 finaliser, applied to the counter, then mixed with each half of the seed) uses only integer
 operations whose results stay below 2**63, so it is exact, and equal, on the CPU and on any GPU: a
 seed gives the same tokens wherever it runs (``torch.Generator`` streams differ between CPU and

@@ -79,6 +79,7 @@ class Engine:
         self._submitted: dict[str, float] = {}  # request id -> submit time (for generation seconds)
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._crash: Exception | None = None  # why the loop ended, if it crashed
         self._codec: ThreadPoolExecutor | None = None  # codec decoding beside the loop; owned by the loop
         self._codec_stream: CodecStream | None = None  # on a GPU, the codec thread's own CUDA stream
         self._batch: DecodeBatch | None = None
@@ -114,6 +115,8 @@ class Engine:
         fut: Future = Future()
         with self._lock:
             if self._stop and self._thread is not None:
+                if isinstance(self._crash, KVCacheTooLarge):  # every later request gets the reason too
+                    raise KVCacheTooLarge(str(self._crash))
                 raise RuntimeError("the engine is stopping")
             self._futures[request.id] = fut
             if sink is not None:
@@ -172,7 +175,7 @@ class Engine:
                 self._setup_steps(device)
                 self._loop()
         except Exception as exc:
-            crash = exc
+            crash = self._crash = exc
             log.exception("the engine loop crashed")
         finally:  # every accepted request gets an answer: nothing waits forever on a stopped engine
             with self._lock:

@@ -53,11 +53,13 @@ class StaticSteps:
 
     def _run(self, b: int) -> None:
         cache = self.batch.cache
-        self.batch.decode(b, self.uniforms[b], cache.max_len, cache.max_cond_len, None)
+        uniforms = None if self.batch.rng == "counter" else self.uniforms[b]  # counter: drawn inside the graph
+        self.batch.decode(b, uniforms, cache.max_len, cache.max_cond_len, None)
 
-    def step(self, n: int, uniforms: torch.Tensor) -> None:
+    def step(self, n: int, uniforms: torch.Tensor | None) -> None:
         b = self.bucket(n)
-        self.uniforms[b][:n].copy_(uniforms)
+        if uniforms is not None:
+            self.uniforms[b][:n].copy_(uniforms)
         if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
             self.batch.steps[n:b].zero_()
         graph = self.graphs.get(b) if self.captured_version == self.batch.cache.version else None
