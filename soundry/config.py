@@ -130,6 +130,13 @@ class Settings:
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
             raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        for name, allowed in (("rng", ("generator", "counter")), ("attention", ("masked", "lengths"))):
+            value = str(getattr(self, name)).strip().lower()
+            if value not in allowed:
+                raise ValueError(f"setting {name}: {value!r} is not one of {', '.join(allowed)}")
+            setattr(self, name, value)
+        if not 0 < float(self.kv_cache_memory) <= 1:
+            raise ValueError(f"setting kv_cache_memory: {self.kv_cache_memory!r} is not a fraction in (0, 1]")
 
     @property
     def compile_cache(self) -> Path:

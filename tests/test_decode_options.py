@@ -117,3 +117,20 @@ def test_attention_over_real_lengths_gives_the_masked_tokens(kind, monkeypatch):
 def test_unknown_decode_options_are_refused_by_name():
     with pytest.raises(ValueError, match="rng must be generator or counter \\(got 'philox'\\)"):
         Engine(tiny_model("audiogen"), rng="philox")
+
+
+def test_the_settings_refuse_unknown_decode_options_by_name(tmp_path, monkeypatch):
+    from soundry.config import Settings
+
+    def load():
+        return Settings.load(config_file=str(tmp_path / "none.toml"), data_dir=str(tmp_path), finalize=False)
+
+    monkeypatch.setenv("SOUNDRY_RNG", "Counter")
+    assert load().rng == "counter"
+    monkeypatch.setenv("SOUNDRY_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="setting attention: 'flash' is not one of masked, lengths"):
+        load()
+    monkeypatch.setenv("SOUNDRY_ATTENTION", "lengths")
+    monkeypatch.setenv("SOUNDRY_KV_CACHE_MEMORY", "1.5")
+    with pytest.raises(ValueError, match=r"setting kv_cache_memory: 1.5 is not a fraction in \(0, 1\]"):
+        load()
