@@ -46,8 +46,8 @@ def _decoder_weights(state: dict[str, torch.Tensor], cfg: LMConfig) -> dict[str,
     return out
 
 
-def to_transformers(release_dir: Path, out_dir: Path) -> Path:
-    """Write ``out_dir`` (config.json, generation_config.json, model.safetensors, tokenizer files)."""
+def to_transformers(release_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``out_dir`` (config.json, generation_config.json, model.safetensors in ``dtype``, tokenizer files)."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     pkg = load_package(release_dir / "state_dict.bin")
     xp = parse_cfg(pkg, release_dir / "state_dict.bin")
@@ -79,7 +79,7 @@ def to_transformers(release_dir: Path, out_dir: Path) -> Path:
     (out_dir / "generation_config.json").write_text(json.dumps(
         {"decoder_start_token_id": cfg.card, "pad_token_id": cfg.card, "bos_token_id": cfg.card,
          "guidance_scale": cfg.cfg_coef, "do_sample": True, "top_k": 250, "max_length": 1500}, indent=2))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
     for name in _TOKENIZER_FILES:
         if (release_dir / "t5" / name).is_file():

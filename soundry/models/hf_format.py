@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -105,13 +106,51 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir} has config.json but no {WEIGHTS} (nor {INDEX})")
 
 
-def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
 
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir):
-        state.update(load_file(str(path), device="cpu"))
-    return state
+
+class Weights(Mapping):
+    """A checkpoint's tensors, each read from its safetensors file when asked for (the format: an 8-byte
+    little-endian header length, a JSON header of name → dtype, shape, byte offsets, then the data). Read
+    into memory of its own, not through a memory map: the load holds the LM's converted weights and one
+    tensor of the file's at a time, never the file's pages besides (a map's touched pages stay resident)."""
+
+    def __init__(self, files: list[Path]):
+        self._where: dict[str, tuple[Path, dict, int]] = {}
+        for path in files:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                try:
+                    header = json.loads(f.read(size))
+                except ValueError as exc:
+                    raise CheckpointError(f"{path} is not a safetensors file ({exc})") from exc
+            for key, info in header.items():
+                if key != "__metadata__":
+                    self._where[key] = (path, info, 8 + size)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        path, info, base = self._where[key]
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {key} has dtype {info['dtype']}, which soundry does not read")
+        begin, end = info["data_offsets"]
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        with open(path, "rb") as f:
+            f.seek(base + begin)
+            if f.readinto(memoryview(data.numpy())) != end - begin:
+                raise CheckpointError(f"{path} is truncated (tensor {key})")
+        return data.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def read_weights(model_dir: Path) -> Weights:
+    return Weights(weight_files(model_dir))
 
 
 def lm_config(cfg: dict, gen: dict) -> LMConfig:
@@ -148,9 +187,11 @@ def lm_config(cfg: dict, gen: dict) -> LMConfig:
         layout="transformers", special_token=special)
 
 
-def decoder_state(state: dict[str, torch.Tensor], cfg: LMConfig) -> dict[str, torch.Tensor]:
-    """transformers' decoder weights under ``TransformerLM``'s names (q, k, v packed as it holds them)."""
-    out: dict[str, torch.Tensor] = {}
+def decoder_state(state: Mapping[str, torch.Tensor], cfg: LMConfig, dtype: torch.dtype | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """transformers' decoder weights under ``TransformerLM``'s names (q, k, v packed as it holds them),
+    each cast to ``dtype`` as it is made."""
+    out = _Cast(dtype)
     try:
         for q in range(cfg.n_q):
             out[f"emb.{q}.weight"] = state[f"{_DEC}embed_tokens.{q}.weight"]
@@ -172,11 +213,22 @@ def decoder_state(state: dict[str, torch.Tensor], cfg: LMConfig) -> dict[str, to
     except KeyError as exc:
         raise CheckpointError(f"the checkpoint's weights lack {exc.args[0]} (its config.json describes another "
                               "shape)") from None
-    return out
+    return dict(out)
 
 
-def _submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+class _Cast(dict):
+    """A dict that casts what is stored in it (so a float16 file's float32 copy is made one tensor at a time)."""
+
+    def __init__(self, dtype: torch.dtype | None):
+        super().__init__()
+        self.dtype = dtype
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        super().__setitem__(key, value if self.dtype is None else value.to(self.dtype))
+
+
+def _submodule_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: state[k] for k in state if k.startswith(prefix)}
 
 
 def _build(cls, config, weights: dict[str, torch.Tensor], what: str) -> nn.Module:
@@ -208,7 +260,7 @@ def _build(cls, config, weights: dict[str, torch.Tensor], what: str) -> nn.Modul
     return module.float().eval()
 
 
-def merge_adapter(state: dict[str, torch.Tensor], cfg: dict, adapter_dir: Path) -> dict[str, torch.Tensor]:
+def merge_adapter(state: Mapping[str, torch.Tensor], cfg: dict, adapter_dir: Path) -> dict[str, torch.Tensor]:
     """The base weights with a PEFT LoRA adapter merged in, by ``peft`` itself (``merge_and_unload``) on
     transformers' own ``MusicgenForConditionalGeneration`` built around the base tensors (no copy)."""
     adapter_dir = Path(adapter_dir)
@@ -254,10 +306,13 @@ def load_transformers_model(model_dir: Path, name: str, family: str, device: tor
     if adapter_dir is not None:
         state = merge_adapter(state, cfg_dict, adapter_dir)
 
+    # the text and audio encoders' tensors, then the decoder's, each converted as it is read (``Weights``)
+    text_state, audio_state = _submodule_state(state, "text_encoder."), _submodule_state(state, "audio_encoder.")
+    proj = {k: state[f"enc_to_dec_proj.{k}"].float() for k in ("weight", "bias") if f"enc_to_dec_proj.{k}" in state}
     with torch.device("meta"):
         lm = TransformerLM(cfg)
-    load_dtype = DTYPES.get(precision, torch.float32)
-    weights = {k: v.to(load_dtype) for k, v in decoder_state(state, cfg).items()}
+    weights = decoder_state(state, cfg, DTYPES.get(precision, torch.float32))
+    del state
     missing, unexpected = lm.load_state_dict(weights, strict=False, assign=True)
     del weights
     if missing or unexpected:
@@ -266,8 +321,7 @@ def load_transformers_model(model_dir: Path, name: str, family: str, device: tor
     lm = apply_precision(lm.eval(), precision, device, packed=packed)
     check_precision(lm, precision, device)
 
-    t5 = _build(T5EncoderModel, T5Config.from_dict(cfg_dict["text_encoder"]),
-                _submodule_state(state, "text_encoder."), "text encoder")
+    t5 = _build(T5EncoderModel, T5Config.from_dict(cfg_dict["text_encoder"]), text_state, "text encoder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
@@ -276,19 +330,15 @@ def load_transformers_model(model_dir: Path, name: str, family: str, device: tor
     t5_dim, dim = int(t5.config.d_model), cfg.dim
     conditioner = TextConditioner(str(model_dir), output_dim=dim, t5_dim=t5_dim, max_tokens=max_text_tokens,
                                   tokenizer=tokenizer, t5=t5)
-    if "enc_to_dec_proj.weight" in state:
-        proj = {"weight": state["enc_to_dec_proj.weight"].float(), "bias": state["enc_to_dec_proj.bias"].float()}
-    elif t5_dim == dim:  # transformers projects only when the widths differ: identity (exact in float32)
+    if not proj and t5_dim == dim:  # transformers projects only when the widths differ: identity (exact in fp32)
         proj = {"weight": torch.eye(dim), "bias": torch.zeros(dim)}
-    else:
+    elif not proj:
         raise CheckpointError(f"{model_dir}: the text encoder is {t5_dim} wide, the decoder {dim}, and there is no "
                               "enc_to_dec_proj")
     conditioner.output_proj.load_state_dict(proj)
     conditioner = conditioner.eval().to(device)
 
-    encodec = _build(EncodecModel, EncodecConfig.from_dict(cfg_dict["audio_encoder"]),
-                     _submodule_state(state, "audio_encoder."), "audio encoder")
-    del state
+    encodec = _build(EncodecModel, EncodecConfig.from_dict(cfg_dict["audio_encoder"]), audio_state, "audio encoder")
     codec = HFEncodec(model=encodec)
     channels = int(cfg_dict["decoder"].get("audio_channels", 1))
     codec.set_num_codebooks(cfg.n_q // channels)
