@@ -207,9 +207,9 @@ def _wait_status(server, task_id: str) -> str:
 
 
 class _Receiver:
-    """A webhook receiver on 127.0.0.1 that records what it is sent."""
+    """A webhook receiver on 127.0.0.1 that records what it is sent (``gate``: each answer waits for it)."""
 
-    def __init__(self):
+    def __init__(self, gate=None):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         got = self.got = []
@@ -217,6 +217,8 @@ class _Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                if gate is not None:
+                    gate.wait(30)
                 self.send_response(204)
                 self.end_headers()
 
@@ -232,6 +234,19 @@ class _Receiver:
     def close(self):
         self.http.shutdown()
         self.http.server_close()
+
+    def events(self, task_id: str) -> list[tuple[str, dict]]:
+        """(X-Soundry-Event, body) of each delivery for one task, in arrival order."""
+        import json
+
+        return [(h["X-Soundry-Event"], json.loads(b)) for h, b in list(self.got) if h["X-Soundry-Task"] == task_id]
+
+    def wait_for(self, task_id: str, event: str) -> list[tuple[str, dict]]:
+        for _ in range(200):
+            if any(e == event for e, _ in self.events(task_id)):
+                break
+            time.sleep(0.05)
+        return self.events(task_id)
 
 
 def test_webhooks_send_the_prediction_signed_and_follow_the_filter(server):
@@ -251,25 +266,83 @@ def test_webhooks_send_the_prediction_signed_and_follow_the_filter(server):
         assert err.detail == "webhook: webhook must be an absolute http:// or https:// URL with a host name or address"
         p = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
                                       webhook_events_filter=["start", "completed"])
-        quiet = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
-                                          webhook_events_filter=["start"])
-        p.wait()
-        quiet.wait()
-        for _ in range(100):
-            if svc.store.get(p.id).webhook_state == "delivered":
-                break
-            time.sleep(0.05)
-        assert len(receiver.got) == 1, receiver.got  # only the end; a filter without "completed" sends nothing
-        headers, body = receiver.got[0]
+        only_output = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url,
+                                                webhook_events_filter=["output"])
+        every = client.predictions.create(model="meta/musicgen", input=MUSIC, webhook=receiver.url)
+        for q in (p, only_output, every):
+            q.wait()
+        got = receiver.wait_for(p.id, "completed")
+        assert [(e, b["status"]) for e, b in got] == [("start", "processing"), ("completed", "succeeded")], got
+        assert got[0][1]["output"] is None and got[0][1]["started_at"] and got[0][1]["logs"].startswith("  0%|")
+        got = receiver.wait_for(only_output.id, "output")
+        assert [e for e, _ in got] == ["output"] and got[0][1]["status"] == "succeeded"
+        assert got[0][1]["output"].startswith(server.url + "/v1/files/")
+        got = receiver.wait_for(every.id, "completed")
+        names = [e for e, _ in got]  # logs events appear between start and output when progress was stored
+        assert names[0] == "start" and names[-2:] == ["output", "completed"] and set(names[1:-2]) <= {"logs"}
+        headers, body = next(g for g in receiver.got if g[0]["X-Soundry-Task"] == p.id
+                             and g[0]["X-Soundry-Event"] == "completed")
         sent = json.loads(body)
         assert sent["id"] == p.id and sent["status"] == "succeeded" and sent["model"] == "meta/musicgen"
         assert sent["input"] == MUSIC and sent["output"].startswith(server.url + "/v1/files/")
+        assert svc.store.get(p.id).webhook_state == "delivered"
+        assert svc.store.get(only_output.id).webhook_state == ""  # no completed event asked for: nothing pending
         t = int(headers["X-Soundry-Signature"].split(",")[0][2:])
         user = svc.accounts.user_for_bearer(server.api_key)
         secret = webhook_secret(svc.settings.secret, user.id)
         assert headers["X-Soundry-Signature"] == webhook_signature(secret, body, t)
         assert httpx.get(sent["output"]).content[:4] == b"RIFF"
     finally:
+        svc.settings.webhook_allow_cidrs = []
+        svc.webhooks.allowed = svc.settings.webhook_networks()
+        receiver.close()
+
+
+def test_logs_webhooks_are_coalesced_one_in_flight(server):
+    """Progress lines reach a prediction's webhook as ``logs`` events: while one delivery is held by the
+    receiver, newer progress makes one more delivery (with the newest lines), not one per step."""
+    import datetime as dt
+    import threading
+
+    from soundry.api.predictions import version_id
+    from soundry.tasks.models import Task, utcnow
+
+    svc, gate = server.services, threading.Event()
+    receiver = _Receiver(gate)
+    svc.settings.webhook_allow_cidrs = ["127.0.0.0/8"]
+    svc.webhooks.allowed = svc.settings.webhook_networks()
+    try:
+        user = svc.accounts.user_for_bearer(server.api_key)
+        wire = {"model": "meta/musicgen", "version": version_id("meta/musicgen"), "input": MUSIC,
+                "events": ["logs", "completed"]}
+        task = svc.store.create(Task(user_id=user.id, prompt="p", model="musicgen", webhook=receiver.url,
+                                     status="PROCESSING", config={"duration": 0.5, "prediction": wire},
+                                     worker="the test", lease_until=utcnow()
+                                     + dt.timedelta(hours=1)))  # held: the server's worker leaves it alone
+        svc.webhooks.started(svc.store.get(task.id))
+        for percent in (5, 10):  # 5 % adds no line; 10 % does
+            svc.store.set_percent(task.id, percent)
+            svc.webhooks.progressed(task.id, percent)
+        receiver.wait_for(task.id, "logs")  # the first one is held by the receiver now
+        for percent in range(11, 100):
+            svc.store.set_percent(task.id, percent)
+            svc.webhooks.progressed(task.id, percent)
+        time.sleep(0.3)  # a second delivery, were it allowed while the first is held, would arrive now
+        assert len(receiver.events(task.id)) == 1
+        gate.set()
+        for _ in range(200):  # the coalesced one: the newest lines
+            if len(receiver.events(task.id)) == 2:
+                break
+            time.sleep(0.05)
+        svc.store.fail(task.id, "stopped by the test")
+        svc.webhooks.notify(task.id, "FAILED")
+        got = receiver.wait_for(task.id, "completed")  # after every logs delivery (one task's go in order)
+        assert [e for e, _ in got] == ["logs", "logs", "completed"], [e for e, _ in got]
+        assert got[0][1]["logs"].splitlines()[-1].startswith(" 10%|#")
+        assert got[1][1]["status"] == "processing" and got[1][1]["logs"].splitlines()[-1].startswith(" 90%|#########")
+        assert got[2][1]["status"] == "failed" and got[2][1]["error"] == "stopped by the test"
+    finally:
+        gate.set()
         svc.settings.webhook_allow_cidrs = []
         svc.webhooks.allowed = svc.settings.webhook_networks()
         receiver.close()

@@ -262,11 +262,15 @@ def output_of(svc, task: Task, base: str) -> str | None:
     return f"data:{media};base64," + base64.b64encode(svc.storage.get(task.file_key)).decode()
 
 
+LOG_STEP = 10  # a new progress line each time another 10 % is done (a ``logs`` webhook event)
+
+
 def logs_of(task: Task) -> str:
-    """A tqdm-style progress line (the client's ``Prediction.progress`` reads it) and the outcome."""
+    """tqdm-style progress lines, one per ``LOG_STEP`` % done (the client's ``Prediction.progress`` reads the
+    last), and the outcome: derived from the task's stored percent, so the same on every read."""
     if task.status == "PENDING":
         return ""
-    lines = [f"{task.percent:3d}%|{'#' * (task.percent // 10):<10}| {task.percent}/100"]
+    lines = [f"{p:3d}%|{'#' * (p // 10):<10}| {p}/100" for p in range(0, task.percent + 1, LOG_STEP)]
     if task.status == "COMPLETED":
         lines.append(f"generated {task.audio_seconds:.2f} s of audio with {task.model} (seed {task.seed})")
     return "\n".join(lines) + "\n"

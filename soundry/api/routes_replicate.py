@@ -121,12 +121,14 @@ class CreatePrediction(BaseModel):
 
     input: dict[str, Any] = Field(default_factory=dict, description="the model's inputs (GET its version's schema)")
     webhook: str | None = Field(None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_PATTERN},
-                                description="POSTed the prediction when it ends (soundry's address rules and "
-                                            "X-Soundry-Signature)")
+                                description="POSTed the prediction at each event of webhook_events_filter "
+                                            "(soundry's address rules and X-Soundry-Signature)")
     webhook_completed: str | None = Field(None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_PATTERN},
                                           description="as webhook, for the completed event")
     webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
-        None, description="only `completed` is sent (soundry announces a prediction's end)")
+        None, description="the events sent (default: all): `start` when it starts processing, `output` when its "
+                           "file is ready, `logs` when new progress lines appear (at most one delivery in flight, "
+                           "coalesced), `completed` when it succeeds, fails or is canceled")
     stream: StrictBool | None = Field(None, description="accepted; soundry's live audio is GET "
                                                         "/v1/ai/audio_generation/{id}/stream")
 
@@ -221,8 +223,6 @@ async def translate(request: Request, model: str, body: CreatePrediction, cog_mo
         except ValidationError as exc:
             raise core.InputError("webhook", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         await _check_webhook(webhook, svc.settings.webhook_networks())
-    if "completed" not in events:
-        webhook = ""  # soundry announces only a prediction's end
     return prompt, negative, configs, webhook, events
 
 

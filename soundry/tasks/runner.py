@@ -45,6 +45,8 @@ class TaskRunner:
         self.lease_seconds = lease_seconds
         self.live = live  # tasks' audio while it is generated, for listeners in this process
         self.hooks: list = []  # callables(task_id, status) after a task ends (webhooks)
+        self.start_hooks: list = []  # callables(task) once this worker has claimed a task to run it
+        self.progress_hooks: list = []  # callables(task_id, percent) after a new percent is written
         self._active: dict[str, list] = {}  # task_id -> [engine, percent to write or None]
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,6 +95,7 @@ class TaskRunner:
                 engine.cancel(task_id)
             elif percent is not None:
                 self.store.set_percent(task_id, percent, self.worker_id)
+                self._call(self.progress_hooks, task_id, percent)
 
     def _progress(self, task_id: str):
         def report(done: int, total: int) -> None:
@@ -129,17 +132,22 @@ class TaskRunner:
             log.error("task %s failed: %s", task_id, task.error)
             status = "FAILED"
         else:
+            self._call(self.start_hooks, task)
             try:
                 status = self._run(task)
             finally:
                 if self.live is not None:
                     self.live.close(task_id)
-        for hook in self.hooks:
-            try:
-                hook(task_id, status)
-            except Exception:
-                log.exception("task %s: after-task hook failed", task_id)
+        self._call(self.hooks, task_id, status)
         return status
+
+    @staticmethod
+    def _call(hooks: list, *args) -> None:
+        for hook in hooks:
+            try:
+                hook(*args)
+            except Exception:
+                log.exception("task hook %r failed", hook)
 
     def _run(self, task) -> str:
         task_id, cfg, me = task.id, task.config, self.worker_id
