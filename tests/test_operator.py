@@ -26,6 +26,26 @@ def _env(**extra) -> dict:
             **extra}
 
 
+class _Site:
+    """A data directory with a user (kim) and her API key, and where its server will listen."""
+
+    def __init__(self, tmp_path, env: dict):
+        self.env, self.data, self.log = env, tmp_path / "data", tmp_path / "server.log"
+        assert _cli(self.data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
+        self.key = _cli(self.data, "users", "token", "kim", env=env).stdout.strip()
+        self.port = free_port()
+        self.api, self.headers = f"http://127.0.0.1:{self.port}/v1", {"Authorization": f"Bearer {self.key}"}
+
+    def serve(self) -> subprocess.Popen:
+        return _serve(self.data, self.port, self.env, self.log)
+
+    def create(self, prompt: str, **configs) -> str:
+        r = httpx.post(f"{self.api}/ai/audio_generation", headers=self.headers, timeout=30,
+                       json={"prompt": prompt, "configs": configs})
+        assert r.status_code == 201, r.text
+        return r.json()["data"]["task_id"]
+
+
 def _wait_final(api: str, headers: dict, task_id: str, timeout: float = 300) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -79,11 +99,9 @@ class _Traffic(threading.Thread):
 
 
 def test_admin_commands_beside_a_running_server_break_nothing(tmp_path):
-    env, data, port, log = _env(), tmp_path / "data", free_port(), tmp_path / "server.log"
-    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
-    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
-    api = f"http://127.0.0.1:{port}/v1"
-    server = _serve(data, port, env, log)
+    site = _Site(tmp_path, _env())
+    env, data, api, key = site.env, site.data, site.api, site.key
+    server = site.serve()
     traffic = _Traffic(api, key)
     try:
         traffic.start()
@@ -105,7 +123,7 @@ def test_admin_commands_beside_a_running_server_break_nothing(tmp_path):
     try:
         assert traffic.failures == []
         assert len(traffic.task_ids) >= 3
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = site.headers
         for tid in traffic.task_ids:  # nothing lost
             assert _wait_final(api, headers, tid)["status"] == "COMPLETED"
         history = httpx.get(f"{api}/user/history", headers=headers, params={"limit": 1}, timeout=30).json()["data"]
@@ -122,19 +140,14 @@ def test_admin_commands_beside_a_running_server_break_nothing(tmp_path):
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused_and_steals_nothing(tmp_path):
-    env, data, log = _env(), tmp_path / "data", tmp_path / "server.log"
-    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
-    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
-    port = free_port()
-    api, headers = f"http://127.0.0.1:{port}/v1", {"Authorization": f"Bearer {key}"}
-    first = _serve(data, port, env, log)
+    site = _Site(tmp_path, _env())
+    api, headers = site.api, site.headers
+    first = site.serve()
     try:
-        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
-                       json={"prompt": "a long one", "configs": {"duration": 30, "seed": 3}})
-        task_id = r.json()["data"]["task_id"]
+        task_id = site.create("a long one", duration=30, seed=3)
         _wait_processing(api, headers, task_id)
-        second = subprocess.run([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
-                                 "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True,
+        second = subprocess.run([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(site.data), "serve",
+                                 "--port", str(free_port())], env=site.env, cwd=ROOT, capture_output=True, text=True,
                                 timeout=180)
         assert second.returncode != 0
         assert f"in use by soundry serve (pid {first.pid}" in second.stderr, second.stderr[-2000:]
@@ -149,27 +162,20 @@ def test_a_second_server_on_the_same_data_dir_is_refused_and_steals_nothing(tmp_
 def test_a_task_whose_process_keeps_dying_fails_with_the_reason_and_the_service_stays_up(tmp_path):
     """SIGKILLed while running it, three times (as the kernel's OOM killer would): the next start fails the
     task with the reason instead of running it again, and serves the rest."""
-    env = _env(SOUNDRY_LEASE_SECONDS="2", SOUNDRY_MAX_TASK_ATTEMPTS="3")
-    data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
-    assert _cli(data, "users", "create", "kim", "--password", "kim's password", env=env).returncode == 0
-    key = _cli(data, "users", "token", "kim", env=env).stdout.strip()
-    api, headers = f"http://127.0.0.1:{port}/v1", {"Authorization": f"Bearer {key}"}
-    server = _serve(data, port, env, log)
+    site = _Site(tmp_path, _env(SOUNDRY_LEASE_SECONDS="2", SOUNDRY_MAX_TASK_ATTEMPTS="3"))
+    api, headers = site.api, site.headers
+    server = site.serve()
     try:
-        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
-                       json={"prompt": "the killer", "configs": {"duration": 60, "seed": 3}})
-        task_id = r.json()["data"]["task_id"]
+        task_id = site.create("the killer", duration=60, seed=3)
         for _ in range(3):
             _wait_processing(api, headers, task_id)
             server.send_signal(signal.SIGKILL)
             server.wait(30)
-            server = _serve(data, port, env, log)
+            server = site.serve()
         info = _wait_final(api, headers, task_id)
         assert info["status"] == "FAILED", info
         assert "started 3 times" in info["error_description"], info
-        r = httpx.post(f"{api}/ai/audio_generation", headers=headers, timeout=30,
-                       json={"prompt": "after", "configs": {"duration": 0.5}})
-        assert _wait_final(api, headers, r.json()["data"]["task_id"])["status"] == "COMPLETED"
+        assert _wait_final(api, headers, site.create("after", duration=0.5))["status"] == "COMPLETED"
     finally:
         server.terminate()
         server.wait(30)
