@@ -234,6 +234,9 @@ def test_models_add_and_list(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"mylora            {MONO} + LoRA adapter {LORA}" in out
     assert "format transformers" in out and "weights here" in out
+    out_file = tmp_path / "tune.wav"  # a local generate finds the added model by its name too
+    assert main(["generate", "a waltz", "-o", str(out_file), "--model", "mylora", "--duration", "0.2", *args]) == 0
+    assert out_file.stat().st_size > 0
     assert main(["models", "remove", "mylora", *args]) == 0
     assert set(json.loads((data / "models.json").read_text())["models"]) == {"mytune"}
 
@@ -256,7 +259,8 @@ def test_an_added_model_serves_every_api(tmp_path, tiny_models):
         key = accounts.create_api_key(accounts.create_user("eve", "correct horse battery"), "t")
         bearer = {"Authorization": f"Bearer {key}"}
         listed = client.get("/v1/models/audio_generation", headers=bearer).json()["data"]
-        assert any(m["model"] == "mytune" and m["metadata"]["channels"] == 2 for m in listed)
+        meta = next(m["metadata"] for m in listed if m["model"] == "mytune")
+        assert meta["channels"] == 2 and meta["source"] == str(STEREO) and meta["license"] is None
         body = {"prompt": "a waltz", "configs": {"model": "mytune", "duration": 0.3, "seed": 1}}
         task = client.post("/v1/ai/audio_generation", json=body, headers=bearer).json()["data"]
         assert wait_for(client, task["task_id"], bearer)["status"] == "COMPLETED"

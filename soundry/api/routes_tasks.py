@@ -34,7 +34,9 @@ def _model_metadata(name: str, loaded: dict) -> dict:
     engine = loaded.get(spec.name)
     return {"name": spec.name, "hub_repo": spec.hub_repo, "family": spec.family, "description": spec.description,
             "sample_rate": 16000 if spec.family == "audiogen" else 32000, "channels": spec.channels,
-            "license": "CC-BY-NC-4.0", "loaded": engine is not None,
+            # an added model (soundry models add): where it comes from; its licence is its card's (models list)
+            "license": None if spec.source else "CC-BY-NC-4.0", "source": spec.source or None,
+            "adapter": spec.adapter or None, "loaded": engine is not None,
             # what the loaded model runs in; null until loaded here (or when Celery workers serve it)
             "precision": engine.model.precision if engine is not None else None,
             "compiled": engine.compile_state if engine is not None else None,

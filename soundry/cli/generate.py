@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="out.wav", help="output file; its extension picks the format")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", default="audiogen", help="registry name (audiogen, musicgen, musicgen-medium, ...)")
-    g.add_argument("--model-path", help="a release-format directory")
+    g.add_argument("--model-path", help="a model folder (audiocraft release or transformers format)")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--top-k", type=int, default=15)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -51,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from soundry.config import Settings
 
     try:  # --precision > SOUNDRY_PRECISION > soundry.toml > auto (no compilation: one clip would not repay it)
-        settings = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision)
+        settings = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision,
+                                 data_dir=getattr(args, "data_dir", None))
+        if not args.model_path:  # --model NAME may name a model added with `soundry models add`
+            from soundry.models.user_models import register_user_models
+
+            register_user_models(settings.data_dir, settings.model_paths)
         model = load_model(args.model_path or args.model, device=args.device, precision=settings.precision,
                            packed=settings.packed_weights)
     except Exception as exc:
