@@ -144,7 +144,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused_and_steals_nothing(tmp_
     api, headers = site.api, site.headers
     first = site.serve()
     try:
-        task_id = site.create("a long one", duration=30, seed=3)
+        task_id = site.create("a long one", duration=20, seed=3)
         _wait_processing(api, headers, task_id)
         second = subprocess.run([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(site.data), "serve",
                                  "--port", str(free_port())], env=site.env, cwd=ROOT, capture_output=True, text=True,
