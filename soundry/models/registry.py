@@ -3,7 +3,10 @@
 A model directory has the audiocraft release layout: ``state_dict.bin`` and
 ``compression_state_dict.bin``. A local directory may also carry ``t5/`` (the text encoder)
 and ``encodec/`` (the codec named by ``{"pretrained": ...}``), which then replace the hub names.
-``SOUNDRY_MODEL_PATHS="audiogen=/dir,musicgen=/dir2"`` points names at local directories.
+``SOUNDRY_MODEL_PATHS="audiogen=/dir,musicgen=/dir2"`` points names at local directories (or at
+``hf:owner/repo@revision``). A directory may instead hold a transformers-format MusicGen (``config.json`` +
+safetensors, ``soundry.models.hf_format``). Models added by the operator are ``register``-ed at start
+(``soundry.models.user_models``).
 """
 
 from __future__ import annotations
