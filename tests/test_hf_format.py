@@ -68,6 +68,17 @@ def test_what_the_loader_reads_from_the_checkpoint():
     assert hf_model("musicgen-hf-tiny-lora").adapter == LORA
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precisions_apply_to_a_transformers_format_model(precision):
+    from soundry.models import load_model
+
+    m = load_model(str(MONO), device="cpu", precision=precision)
+    audiocraft = load_model(str(TINY["musicgen"]), device="cpu", precision=precision)
+    assert m.precision == precision and m.weights == audiocraft.weights  # the same layout as an audiocraft model
+    out = _generate(m, reference()["prompts"][:1])
+    assert out.tokens.shape == reference()["musicgen-hf-tiny"]["single"]["tokens"].shape
+
+
 def test_the_transformers_semantics_are_what_makes_the_tokens_equal():
     """The branches named in hf_format's docstring matter: audiocraft's sinusoid and attended padding, or
     another delay-pattern token, give other tokens on the same weights."""
@@ -228,6 +239,8 @@ def test_models_add_and_list(tmp_path, capsys):
     assert "safetensors only" in capsys.readouterr().err
     assert main(["models", "add", "nothing", str(tmp_path / "nowhere"), *args]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["models", "add", "adapteronly", str(LORA), *args]) == 1
+    assert "is a PEFT adapter: give its base model as SOURCE" in capsys.readouterr().err
     records = json.loads((data / "models.json").read_text())["models"]
     assert set(records) == {"mytune", "mylora"} and records["mylora"]["adapter"] == str(LORA)
     assert main(["models", "list", *args]) == 0

@@ -126,6 +126,8 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     path = fetch(source, download=True)
     from soundry.models.registry import _check_release_dir
 
+    if (path / "adapter_config.json").is_file() and not is_transformers_dir(path):
+        raise ValueError(f"{source} is a PEFT adapter: give its base model as SOURCE and this with --adapter")
     _check_release_dir(path)
     if is_transformers_dir(path):
         read_config(path)  # refuses melody and other layouts with a sentence
