@@ -221,6 +221,18 @@ def test_hub_download_fetches_only_the_files_of_its_format(tmp_path, monkeypatch
         sources.fetch("hf:someone/old")
     assert len(asked) == 2
 
+    # `soundry models add` pins a branch to the commit it names, and the model list reports that revision
+    from soundry.models.user_models import add, describe, read_records
+
+    sha = "fedcba9876543210fedcba9876543210fedcba98"
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
+                        lambda self, repo, revision=None: type("Info", (), {"sha": sha})())
+    model = add(tmp_path / "data", "hubtune", "hf:someone/tune@main")
+    assert model.source == f"hf:someone/tune@{sha}" and asked[-1][1] == sha
+    assert read_records(tmp_path / "data")["hubtune"].source == model.source
+    info = describe(model)
+    assert info["revision"] == sha and not info["here"]  # the replaced download put nothing in the cache
+
 
 # -- soundry models add / list, then every API ------------------------------------------------------------
 def test_models_add_and_list(tmp_path, capsys):

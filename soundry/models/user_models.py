@@ -91,11 +91,14 @@ def _spec(m: UserModel) -> ModelSpec:
 
 
 def _channels(source: str) -> int:
-    """The audio channels a local transformers-format config says (1 when it cannot be read here)."""
-    path = Path(source).expanduser() / "config.json"
+    """The audio channels a transformers-format config here says (a folder, or a hub reference already in the
+    cache); 1 when it cannot be read here."""
+    from soundry.models.sources import fetch
+
     try:
+        path = fetch(source, download=False) / "config.json"
         return int(json.loads(path.read_text())["decoder"].get("audio_channels", 1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ModelNotAvailable):
         return 1
 
 
