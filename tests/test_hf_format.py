@@ -171,7 +171,7 @@ def test_hub_reference_from_the_cache_offline(tmp_path, monkeypatch):
     from soundry.models.sources import fetch, parse_hub, pin
     from soundry.models.user_models import UserModel, describe
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: the env is too late
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     sha = "0123456789abcdef0123456789abcdef01234567"
     snap = _fake_hub_cache(tmp_path / "hub", "someone/tune", sha, MONO, "---\nlicense: cc-by-nc-4.0\n---\n# tune\n")
