@@ -179,3 +179,21 @@ def test_soundry_test_device_sends_the_tests_model_loads_there(monkeypatch):
     loader.load_model(str(TINY["audiogen"]), device="cpu", precision="bf16")
     loader.load_model(str(TINY["audiogen"]), device="cpu", precision="int8")
     assert seen == [("cuda", "fp32"), ("cuda", "bf16"), ("cpu", "int8")]
+
+
+def test_graphs_are_captured_at_engine_start_not_in_front_of_the_first_request(monkeypatch):
+    from soundry.engine.static_steps import StaticSteps
+
+    prepared = threading.Event()
+    real_prepare = StaticSteps.prepare
+
+    def prepare(self):
+        prepared.set()
+        return real_prepare(self)
+
+    monkeypatch.setattr(StaticSteps, "prepare", prepare)
+    engine = Engine(tiny_model("audiogen"), max_batch=2, static_steps=True).start()
+    try:
+        assert prepared.wait(60)  # no request submitted
+    finally:
+        engine.stop()
