@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +16,7 @@ from elevenlabs.errors import UnprocessableEntityError
 
 from soundry.api.routes_elevenlabs import cfg_coef_for
 from soundry.audio.loop import make_loop
-from soundry.tasks.models import Task
+from soundry.tasks.models import Task, utcnow
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,8 @@ def test_limits_apply_in_elevenlabs_shape(server):
     store = server.services.store
     user = server.services.accounts.get_user(server.username)
     hog = store.create(Task(user_id=user.id, prompt="x", config={"duration": 3599}, model="audiogen",
-                            status="PROCESSING"))  # not run by anyone: it only fills the budget
+                            status="PROCESSING", worker="elsewhere",  # held by a live worker elsewhere:
+                            lease_until=utcnow() + dt.timedelta(hours=1)))  # it only fills the budget
     try:
         with pytest.raises(ApiError) as err:
             b"".join(_sdk(server).text_to_sound_effects.convert(text="bell", duration_seconds=2))

@@ -3,9 +3,11 @@ counted in /metrics; driven over plain HTTP and by FlexStack's unmodified ``parr
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from soundry.tasks.models import Task
+from soundry.tasks.models import Task, utcnow
 from tests.conftest import PASSWORD, basic, wait_for
 
 CREATE = {"prompt": "door slam", "configs": {"model": "audiogen", "duration": 0.5, "seed": 1}}
@@ -78,7 +80,8 @@ def test_other_users_unknown_and_unfinished_tasks(client, user):
     svc = client.app_services
     alice = svc.accounts.get_user("alice")
     running = svc.store.create(Task(user_id=alice.id, prompt="x", config=dict(CREATE["configs"]), model="audiogen",
-                                    status="PROCESSING"))
+                                    status="PROCESSING", worker="elsewhere",  # held by a live worker elsewhere
+                                    lease_until=utcnow() + dt.timedelta(hours=1)))
     r = client.post("/v1/ai/feedback", json={"task_id": running.id, "rating": 3}, headers=user["headers"])
     assert r.status_code == 409 and "PROCESSING" in r.json()["error_description"]
     assert client.post("/v1/ai/feedback", json={"task_id": task_id, "rating": 3}).status_code == 401
