@@ -290,3 +290,20 @@ def test_a_failed_capture_falls_back_to_the_dynamic_step_loudly(model, monkeypat
     finally:
         engine.stop()
     assert "dynamic step from now on" in caplog.text
+
+
+def test_a_request_is_answered_when_the_codec_pool_refuses_work(model):
+    """At interpreter exit the codec's thread pool refuses new work while the engine still runs: the finished
+    request is decoded on the engine thread instead of hanging its caller (and the process's exit) forever."""
+    engine = Engine(model, max_batch=2).start()
+    try:
+        engine.submit(req("warm up", 1, duration=0.1)).result(timeout=120)  # the loop (and its pool) are up
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+        engine._codec.submit = refuse
+        result = engine.submit(req("dog barking in the distance", 2, duration=0.3)).result(timeout=120)
+        assert result.audio.shape[-1] > 0
+    finally:
+        engine.stop()

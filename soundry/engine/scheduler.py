@@ -187,6 +187,10 @@ class Engine:
                 self._batch.remove(job)
                 self._fail(job.request.id, RuntimeError("engine stopped"))
             codec.shutdown(wait=True)  # lets decodes in flight answer their requests
+            with self._lock:  # a request whose decode was lost (handed off as the loop crashed) still gets one
+                orphans = list(self._futures)
+            for request_id in orphans:
+                self._fail(request_id, crash or RuntimeError("engine stopped"))
             if self._batch is not None and hasattr(self._batch.static, "stop"):
                 self._batch.static.stop()
 
@@ -277,7 +281,10 @@ class Engine:
     def _to_codec(self, codes: torch.Tensor, fn: Callable[..., None], *args) -> None:
         """Run ``fn(*args)`` on the codec thread (and, on a GPU, its stream) once ``codes`` are computed."""
         ready = self._codec_stream.handoff(codes)
-        self._codec.submit(self._codec_stream.run, ready, fn, *args)
+        try:
+            self._codec.submit(self._codec_stream.run, ready, fn, *args)
+        except RuntimeError:  # the pool refuses new work at interpreter exit: decode here, the request is answered
+            self._codec_stream.run(ready, fn, *args)
 
     def _new_tap(self, request: GenerationRequest, sink: AudioSink) -> StreamTap:
         rate, fps = self.model.sample_rate, self.model.frame_rate
