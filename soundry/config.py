@@ -65,12 +65,12 @@ class Settings:
     max_uploads_per_user: int = 50  # kept at once
     upload_retention_hours: float = 24.0  # uploads are deleted this long after they arrive
     upload_purge_interval: float = 300.0  # seconds between sweeps for expired uploads
+    upload_decode_concurrency: int = 2  # uploads decoded at once per process; more wait 5 s, then 503
     bearer_failures_per_address: int = 60  # refused tokens/API keys per client address within the window
     password_hash_concurrency: int = 2  # argon2 hashes at once (each takes 64 MiB); more wait, then 503
     rate_limit_storage: str = ""  # memory:// or redis://…; "" = the broker when it is Redis, else memory://
     worker: bool = True  # run the embedded worker in the API process
     preload: list[str] = field(default_factory=list)
-    upload_decode_concurrency: int = 2  # uploads decoded at once per process; more wait 5 s, then 503
     # -- bounded work per request and per connection (docs/reliability.md) --
     max_text_tokens: int = 256  # tokens of a prompt the text encoder sees; longer prompts are truncated
     max_event_streams_per_user: int = 4  # open progress streams (…/events) per user, per API process
