@@ -26,14 +26,11 @@ from soundry.api.deps import services, user_for_credential
 from soundry.api.envelope import ApiError
 from soundry.api.live import task_end
 from soundry.api.routes_tasks import _check_webhook, parse_json_body
-from soundry.api.routes_uploads import _read_file_field
-from soundry.api.schemas import WEBHOOK_PATTERN, CreateTask, check_prompt
+from soundry.api.routes_uploads import receive_upload
+from soundry.api.schemas import WEBHOOK_PATTERN, CreateTask
 from soundry.api.tasks_view import link_base
-from soundry.audio.decode import UndecodableAudio
-from soundry.storage import StorageError
 from soundry.tasks.models import FINAL_STATUSES, Task, Upload, User
 from soundry.tasks.result import download_url
-from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
 
 router = APIRouter(prefix="/v1", tags=["Replicate compatibility"])
 MAX_WAIT = 60  # seconds ``Prefer: wait`` holds a create (Replicate's most; the client reads for 60.5 s)
@@ -407,28 +404,8 @@ def file_view(request: Request, up: Upload) -> dict:
                      "metadata": {"type": "string", "description": "JSON; accepted, not kept"}}}}}}})
 @problems
 async def create_file(request: Request):
-    svc = services(request)
-    s = svc.settings
     user = await run_in_threadpool(caller, request)
-    if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:
-        raise ApiError(429, "too_many_uploads", too_many_uploads(s.max_uploads_per_user))
-    form, field = await _read_file_field(request, s.max_upload_bytes, "content")
-    try:
-        check_prompt(field.filename or "", "content's file name", allow_blank=True)
-        up = await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
-                                     s.max_upload_seconds, s.max_uploads_per_user)
-    except ValueError as exc:  # the file name
-        raise ApiError(422, "invalid_request", f"content: {exc}") from None
-    except UndecodableAudio as exc:
-        raise ApiError(422, "invalid_audio", f"content: {exc}") from None
-    except TooManyUploads as exc:
-        raise ApiError(429, "too_many_uploads", str(exc)) from None
-    except DecodersBusy as exc:
-        raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
-    except StorageError:
-        raise ApiError(503, "storage_unavailable", "the file could not be stored; try again later") from None
-    finally:
-        await form.close()
+    up = await receive_upload(request, user, "content")
     return JSONResponse(file_view(request, up), status_code=201)
 
 

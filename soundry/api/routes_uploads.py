@@ -70,30 +70,34 @@ def _upload_answers() -> dict:
                                                     "description": f"the clip: {_FORMATS}"}}},
                  "encoding": {"file": {"contentType": _ENCODING}}}}}})
 async def create_upload(request: Request, user: User = Depends(current_user)):
+    return ok(request, _view(await receive_upload(request, user)), status_code=201)
+
+
+async def receive_upload(request: Request, user: User, field_name: str = "file") -> Upload:
+    """Read the multipart field ``field_name``, decode and keep it as the user's upload (the service on the
+    thread pool); every refusal is an ApiError naming the field. Shared by /v1/uploads and Replicate's /v1/files."""
     svc = services(request)
     s = svc.settings
     if await run_in_threadpool(svc.uploads.count, user.id) >= s.max_uploads_per_user:  # early; create() decides
         raise ApiError(429, "too_many_uploads", too_many_uploads(s.max_uploads_per_user))
-    form, field = await _read_file_field(request, s.max_upload_bytes)
+    form, field = await _read_file_field(request, s.max_upload_bytes, field_name)
     try:
-        check_prompt(field.filename or "", "the file name", allow_blank=True)  # it is shown back, as text
-    except ValueError as exc:
-        await form.close()
-        raise ApiError(422, "invalid_request", f"file: {exc}") from None
-    try:
-        up = await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
-                                     s.max_upload_seconds, s.max_uploads_per_user)
+        try:
+            check_prompt(field.filename or "", "the file name", allow_blank=True)  # it is shown back, as text
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"{field_name}: {exc}") from None
+        return await run_in_threadpool(svc.uploads.create, user.id, field.filename or "", field.file, field.size,
+                                       s.max_upload_seconds, s.max_uploads_per_user)
     except UndecodableAudio as exc:
-        raise ApiError(422, "invalid_audio", f"file: {exc}") from None
+        raise ApiError(422, "invalid_audio", f"{field_name}: {exc}") from None
     except TooManyUploads as exc:
         raise ApiError(429, "too_many_uploads", str(exc)) from None
     except DecodersBusy as exc:
         raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
     except StorageError:
-        raise ApiError(503, "storage_unavailable", "the upload could not be stored; try again later") from None
+        raise ApiError(503, "storage_unavailable", "the file could not be stored; try again later") from None
     finally:
         await form.close()
-    return ok(request, _view(up), status_code=201)
 
 
 @router.get("/uploads/{upload_id}", summary="An upload's facts", responses=answers(UploadInfo, 200, 401, 404, 429))
