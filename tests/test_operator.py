@@ -102,25 +102,25 @@ def test_admin_commands_beside_a_running_server_break_nothing(tmp_path):
     site = _Site(tmp_path, _env())
     env, data, api, key = site.env, site.data, site.api, site.key
     server = site.serve()
-    traffic = _Traffic(api, key)
     try:
-        traffic.start()
-        bob_key = None
-        for args in (["users", "create", "bob", "--password", "bob's password"], ["users", "token", "bob"],
-                     ["users", "list"], ["users", "disable", "bob"], ["users", "enable", "bob"],
-                     ["users", "token", "bob"], ["migrate"]):
-            done = _cli(data, *args, env=env)
-            assert done.returncode == 0, (args, done.stderr)
-            if args[:2] == ["users", "token"]:
-                bob_key = done.stdout.strip()
-            # SQLite's WAL belongs to the live server: a command that exits must not delete it
-            assert (data / "soundry.db-wal").exists(), args
-        assert _cli(data, "users", "revoke-key", bob_key, env=env).returncode == 0
-        time.sleep(1.0)  # a few more rounds of traffic after the last command
-    finally:
-        traffic.stop.set()
-        traffic.join(120)
-    try:
+        traffic = _Traffic(api, key)
+        try:
+            traffic.start()
+            bob_key = None
+            for args in (["users", "create", "bob", "--password", "bob's password"], ["users", "token", "bob"],
+                         ["users", "list"], ["users", "disable", "bob"], ["users", "enable", "bob"],
+                         ["users", "token", "bob"], ["migrate"]):
+                done = _cli(data, *args, env=env)
+                assert done.returncode == 0, (args, done.stderr)
+                if args[:2] == ["users", "token"]:
+                    bob_key = done.stdout.strip()
+                # SQLite's WAL belongs to the live server: a command that exits must not delete it
+                assert (data / "soundry.db-wal").exists(), args
+            assert _cli(data, "users", "revoke-key", bob_key, env=env).returncode == 0
+            time.sleep(1.0)  # a few more rounds of traffic after the last command
+        finally:
+            traffic.stop.set()
+            traffic.join(120)
         assert traffic.failures == []
         assert len(traffic.task_ids) >= 3
         headers = site.headers
