@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import re
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -297,3 +299,19 @@ def prediction(task: Task, output: str | None, base: str | None, prediction_id: 
 def webhook_body(task: Task, settings, base: str) -> dict:
     """A prediction task's webhook body: the prediction, its output a signed link (no file is read here)."""
     return prediction(task, download_url(task, settings, base), base, wire_of(task).get("cog_id"))
+
+
+def answering_errors(on_input: Callable[[InputError], Any], on_api: Callable[[ApiError], Any]):
+    """A route decorator for a wire API: the core's InputError and soundry's ApiError answered in that API's own
+    error shape (Replicate's problem details, Cog's ``detail``)."""
+    def decorate(route):
+        @functools.wraps(route)
+        async def wrapper(*args, **kwargs):
+            try:
+                return await route(*args, **kwargs)
+            except InputError as exc:
+                return on_input(exc)
+            except ApiError as exc:
+                return on_api(exc)
+        return wrapper
+    return decorate

@@ -64,20 +64,13 @@ def _error(status: int, detail, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _cog(route):
-    import functools
+def _input_error(exc: core.InputError) -> JSONResponse:
+    if exc.status != 422:
+        return _error(exc.status, str(exc))
+    return _error(422, [{"loc": ["body", "input", exc.field], "msg": exc.message, "type": "value_error"}])
 
-    @functools.wraps(route)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await route(*args, **kwargs)
-        except core.InputError as exc:
-            if exc.status != 422:
-                return _error(exc.status, str(exc))
-            return _error(422, [{"loc": ["body", "input", exc.field], "msg": exc.message, "type": "value_error"}])
-        except ApiError as exc:
-            return _error(exc.status, exc.description, exc.headers)
-    return wrapper
+
+_cog = core.answering_errors(_input_error, lambda exc: _error(exc.status, exc.description, exc.headers))
 
 
 def _docs(status: int, *errors: int) -> dict:

@@ -11,7 +11,6 @@ raises as ``ReplicateError``. ``GET /v1/files/{id}`` shares its path with soundr
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from typing import Any, Literal
 
@@ -142,18 +141,14 @@ def problem(status: int, detail: str, headers: dict | None = None, field: str | 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def problems(route):
-    """Answer soundry's errors as problem details (the envelope is FlexStack's)."""
-    @functools.wraps(route)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await route(*args, **kwargs)
-        except core.InputError as exc:
-            return problem(exc.status, str(exc), field=exc.field if exc.status == 422 else None)
-        except ApiError as exc:
-            field = exc.description.split(":", 1)[0] if exc.status == 422 and ":" in exc.description else None
-            return problem(exc.status, exc.description, exc.headers, field)
-    return wrapper
+def _api_problem(exc: ApiError) -> JSONResponse:
+    field = exc.description.split(":", 1)[0] if exc.status == 422 and ":" in exc.description else None
+    return problem(exc.status, exc.description, exc.headers, field)
+
+
+# soundry's errors answered as problem details (the envelope is FlexStack's)
+problems = core.answering_errors(
+    lambda exc: problem(exc.status, str(exc), field=exc.field if exc.status == 422 else None), _api_problem)
 
 
 def either(ref: str, description: str) -> dict:
