@@ -23,7 +23,9 @@ os.environ.setdefault("SOUNDRY_COMPILE", "false")
 @pytest.fixture
 def tiny_models(monkeypatch):
     monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
-                                              f"musicgen-stereo={TINY['musicgen-stereo']}")
+                                              f"musicgen-stereo={TINY['musicgen-stereo']},"
+                                              f"musicgen-melody={TINY['musicgen-melody']},"
+                                              f"musicgen-stereo-melody={TINY['musicgen-stereo-melody']}")
 
 
 def make_settings(tmp_path, **kw) -> Settings:

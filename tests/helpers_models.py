@@ -11,7 +11,8 @@ import tests.device  # noqa: F401  (SOUNDRY_TEST_DEVICE=cuda: models load on CUD
 
 DATA = Path(__file__).parent / "data"
 TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny",
-        "musicgen-stereo": DATA / "musicgen-stereo-tiny"}
+        "musicgen-stereo": DATA / "musicgen-stereo-tiny", "musicgen-melody": DATA / "musicgen-melody-tiny",
+        "musicgen-stereo-melody": DATA / "musicgen-stereo-melody-tiny"}
 
 
 @cache
@@ -24,6 +25,12 @@ def tiny_model(kind: str):
 @cache
 def golden(kind: str) -> dict:
     return torch.load(TINY[kind] / "golden.pt", weights_only=True)
+
+
+@cache
+def melody_reference(kind: str) -> dict:
+    """audiocraft's outputs on a melody fixture (tests/data/<kind>-tiny/melody.pt; see tests/data/REFERENCE.md)."""
+    return torch.load(TINY[kind] / "melody.pt", weights_only=True)
 
 
 @cache

@@ -4,6 +4,11 @@ Each active request ("job") owns a slot; slot s uses cache rows 2s (conditional)
 (unconditional, the guidance branch). Active slots are kept contiguous (0..n-1), so a step reads
 the cache through views; a leaving job's slot is refilled by moving the last one. Codes live on the
 device in the delay-pattern-free layout [slot, K, T]; the pattern is applied by index arithmetic.
+
+A job may carry a prefix per window: condition embeddings the LM reads before the audio (MusicGen-melody
+prepends the melody's chroma and the text). A window's prefix fills the first positions of its rows when
+the window starts, and its steps take the positions after it, so jobs with prefixes of any length (or
+none) share a step: each row's position is its prefix length plus its step.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ class Job:
     steps_done: int = 0
     pieces: list[torch.Tensor] = field(default_factory=list)  # audio prompt, then new codes of each window [K, t]
     prompt_codes: torch.Tensor | None = None  # [K, P] audio-prompt codes that start the first window
+    # window index -> [2, prefix_len, D] embeddings read before that window's audio (built when the window
+    # starts, so a long clip holds only its small per-window inputs); None: no prefix
+    prefix: Callable[[int], torch.Tensor] | None = None
+    prefix_len: int = 0  # positions the prefix takes, the same in every window
+
+    @property
+    def position(self) -> int:
+        """The cache position of the next step."""
+        return self.prefix_len + self.step
 
     def total_steps(self, max_delay: int) -> int:
         return sum(w.length + max_delay - w.prompt for w in self.windows)
@@ -50,7 +64,9 @@ class Job:
 class DecodeBatch:
     """Owns the KV cache and per-slot tensors; ``admit``, ``step`` and ``remove`` jobs."""
 
-    def __init__(self, lm: TransformerLM, max_slots: int, max_frames: int, device: torch.device | str | None = None):
+    def __init__(self, lm: TransformerLM, max_slots: int, max_frames: int, device: torch.device | str | None = None,
+                 max_prefix: int = 0):
+        """``max_prefix``: the longest prefix a job may carry (positions reserved in the cache)."""
         self.lm = lm
         p = next(lm.parameters())
         self.device = torch.device(device) if device is not None else p.device
@@ -58,12 +74,13 @@ class DecodeBatch:
         self.K, self.card = cfg.n_q, cfg.card
         self.delays = torch.tensor(cfg.delays, device=self.device)
         self.max_delay = max(cfg.delays)
-        self.max_slots, self.max_frames = max_slots, max_frames
-        self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1, device=self.device)
+        self.max_slots, self.max_frames, self.max_prefix = max_slots, max_frames, max_prefix
+        self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1 + max_prefix, device=self.device)
         self.codes = torch.zeros(max_slots, self.K, max_frames, dtype=torch.long, device=self.device)
         self.steps = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.prompts = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.offsets = torch.zeros(max_slots, dtype=torch.long, device=self.device)  # prefix length: position - step
         self.params = torch.zeros(max_slots, 4, device=self.device)  # temperature, top_k, top_p, cfg
         # rng "generator": each request's torch.Generator; "counter": uniforms hashed from its seed and its
         # draws so far (engine.counter_rng: the same on any device, no per-request generator calls)
@@ -88,6 +105,8 @@ class DecodeBatch:
             raise RuntimeError("no free slot")
         if max(w.length for w in job.windows) > self.max_frames:
             raise ValueError(f"window of {job.current.length} frames exceeds the batch's {self.max_frames}")
+        if job.prefix_len > self.max_prefix:
+            raise ValueError(f"a prefix of {job.prefix_len} positions exceeds the batch's {self.max_prefix}")
         job.slot = len(self.jobs)
         self.jobs.append(job)
         s = job.slot
@@ -103,7 +122,8 @@ class DecodeBatch:
         if s != last:
             moved = self.jobs[last]
             self.cache.move(slice(2 * last, 2 * last + 2), slice(2 * s, 2 * s + 2))
-            for t in (self.codes, self.steps, self.lengths, self.prompts, self.params, self.seeds, self.draws):
+            for t in (self.codes, self.steps, self.lengths, self.prompts, self.offsets, self.params, self.seeds,
+                      self.draws):
                 t[s] = t[last]
             moved.slot = s
             self.jobs[s] = moved
@@ -113,23 +133,28 @@ class DecodeBatch:
 
     def _start_window(self, job: Job, prompt_codes: torch.Tensor | None) -> None:
         s, w = job.slot, job.current
-        self.lengths[s], self.prompts[s] = w.length, w.prompt
+        self.lengths[s], self.prompts[s], self.offsets[s] = w.length, w.prompt, job.prefix_len
         if w.prompt:
             self.codes[s, :, : w.prompt] = prompt_codes
-            self._prefill(job)
         job.step = w.prompt
         self.steps[s] = w.prompt
+        if w.prompt or job.prefix_len:
+            self._prefill(job)
 
     def _prefill(self, job: Job) -> None:
-        """Feed input steps [0, prompt) of a window that starts from known codes (an audio prompt or
-        the previous window's tail) into the job's cache rows."""
+        """Feed a window's prefix and its input steps [0, prompt) (when it starts from known codes: an
+        audio prompt or the previous window's tail) into the job's cache rows."""
         s, P = job.slot, job.current.prompt
         steps = torch.arange(P, device=self.device)
         tokens = self._input_tokens(torch.arange(s, s + 1, device=self.device), steps[None, :])
         tokens = tokens.repeat_interleave(2, dim=0)
         start = torch.zeros(2, dtype=torch.long, device=self.device)
         rows = slice(2 * s, 2 * s + 2)
-        self.lm.forward_cached(tokens, start, self.cache, rows, self.cache.cross_mask[rows], key_len=P)
+        prefix = None if job.prefix is None else job.prefix(job.window)
+        if prefix is not None and prefix.shape[:2] != (2, job.prefix_len):
+            raise ValueError(f"window {job.window}'s prefix is {tuple(prefix.shape)}, not [2, {job.prefix_len}, D]")
+        self.lm.forward_cached(tokens, start, self.cache, rows, self.cache.cross_mask[rows],
+                               key_len=job.prefix_len + P, prefix=prefix)
 
     def _input_tokens(self, slots: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Delay-pattern inputs: slots [n], steps [n, S] → tokens [n, K, S] (special where invalid)."""
@@ -165,11 +190,15 @@ class DecodeBatch:
     def decode_dynamic(self, n: int, uniforms: torch.Tensor | None) -> None:
         """``decode`` with the shapes the active jobs need: keys up to the furthest job's position,
         the current condition length, and a host-side top-k bound when every job has one."""
-        key_len = max(j.step for j in self.jobs) + 1
+        key_len = self.key_len()
         all_k = all(j.request.top_k > 0 for j in self.jobs)
         max_k = max(j.request.top_k for j in self.jobs) if all_k else None
-        exact = self.attention == "lengths" and all(j.step == self.jobs[0].step for j in self.jobs)
+        exact = self.attention == "lengths" and all(j.position == self.jobs[0].position for j in self.jobs)
         self.decode(n, uniforms, key_len, self.cache.cross_len, max_k, self_mask=not exact)
+
+    def key_len(self) -> int:
+        """Keys the next step attends over: up to the furthest job's position."""
+        return max(j.position for j in self.jobs) + 1
 
     def decode(self, n: int, uniforms: torch.Tensor | None, key_len: int, cross_len: int, max_k: int | None,
                self_mask: bool = True) -> None:
@@ -184,7 +213,7 @@ class DecodeBatch:
         steps = self.steps[:n]
         tokens = self._input_tokens(slots, steps[:, None]).repeat_interleave(2, dim=0)
         rows = slice(0, 2 * n)
-        hidden = self.lm.forward_cached(tokens, steps.repeat_interleave(2), self.cache, rows,
+        hidden = self.lm.forward_cached(tokens, (steps + self.offsets[:n]).repeat_interleave(2), self.cache, rows,
                                         self.cache.cross_mask[rows], key_len=key_len, cross_len=cross_len,
                                         self_mask=self_mask)
         logits = self.lm.logits(hidden)[:, :, -1].float().view(n, 2, self.K, self.card)

@@ -107,7 +107,7 @@ class CompiledSteps:
         batch = self.batch
         if uniforms is None:  # rng="counter": drawn before the compiled graph, which takes them as input
             uniforms = batch.draw_counter(n)
-        key_len = max(j.step for j in batch.jobs) + 1
+        key_len = batch.key_len()
         if not self.fits(n, key_len):
             batch.decode_dynamic(n, uniforms)
             return

@@ -17,7 +17,7 @@ import torch
 from soundry.engine.batch import DecodeBatch, Job
 from soundry.engine.kv_cache import KVCache
 from soundry.engine.request import GenerationRequest
-from soundry.engine.windows import plan_windows
+from soundry.engine.windows import Window, plan_windows
 
 
 @dataclass
@@ -27,17 +27,17 @@ class GenerationOutput:
     sample_rate: int
 
 
-def make_job(model, request: GenerationRequest, cond: tuple[torch.Tensor, torch.Tensor],
-             progress: Callable[[int, int], None] | None = None,
-             max_duration: float | None = None, extend_stride: float | None = None) -> Job:
-    """A request's decode job: its windows (the audio prompt's codes fill the first window's start),
-    its condition and its random generator (seeded; an unseeded request gets a recorded seed)."""
+def job_windows(model, request: GenerationRequest, max_duration: float | None = None,
+                extend_stride: float | None = None) -> list[Window]:
+    """The windows a request is decoded in (the audio prompt's codes fill the first window's start)."""
     # Whole frames covering the duration (audiocraft floors; equal when duration is a frame multiple).
     frames = math.ceil(request.duration * model.frame_rate - 1e-6)
     prompt = request.prompt_codes
     prompt_len = 0 if prompt is None else int(prompt.shape[-1])
     if prompt is not None and prompt.shape[0] != model.cfg.n_q:
         raise ValueError(f"prompt codes have {prompt.shape[0]} codebooks, the model {model.cfg.n_q}")
+    if prompt is not None and (request.melody is not None or request.melody_chroma is not None):
+        raise ValueError("a melody and an audio prompt to continue cannot be combined")
     md = max_duration or model.max_duration
     windows = plan_windows(frames / model.frame_rate, model.frame_rate, md, extend_stride or model.extend_stride,
                            prompt_frames=prompt_len)
@@ -46,13 +46,52 @@ def make_job(model, request: GenerationRequest, cond: tuple[torch.Tensor, torch.
     if prompt_len >= windows[0].length:
         raise ValueError(f"the audio prompt ({prompt_len / model.frame_rate:.2f} s) must be shorter than the "
                          f"requested duration ({request.duration:g} s) and the model's context ({md:g} s)")
-    if request.seed is None:  # pick one and record it, so any result can be reproduced
+    return windows
+
+
+def record_seed(request: GenerationRequest) -> int:
+    """The request's seed; an unseeded request gets one, recorded, so any result can be reproduced."""
+    if request.seed is None:
         request.seed = int(torch.randint(0, 2**62, ()).item())
+    return request.seed
+
+
+def melody_shifts(model, seed: int) -> Callable[[], int]:
+    """demucs's time-shift draws for a melody request, from its seed: reproducible, and never from the
+    process-wide ``random`` that ``demucs.apply`` would use (the engine serves many requests on many threads)."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda: model.melody.draw_shift(gen)
+
+
+def prepare_melody(model, request: GenerationRequest, windows: list[Window], cache=None,
+                   max_duration: float | None = None) -> None:
+    """Turn a request's ``melody`` into its per-window ``melody_chroma`` (stem separation and chroma: the
+    expensive part, which the engine runs on the submitting thread, not its decode loop)."""
+    if (request.melody is not None or request.melody_chroma is not None) and not model.takes_melody:
+        raise ValueError(f"{model.name} is not conditioned on a melody")
+    if request.melody is not None and request.melody_chroma is None:
+        request.melody_chroma = [c[0] for c in model.melody_chromas(
+            request.melody[None], request.melody_sample_rate or model.sample_rate, windows,
+            melody_shifts(model, record_seed(request)), cache=cache, max_duration=max_duration)]
+        request.melody = None
+
+
+def make_job(model, request: GenerationRequest, cond: tuple[torch.Tensor, torch.Tensor],
+             progress: Callable[[int, int], None] | None = None,
+             max_duration: float | None = None, extend_stride: float | None = None) -> Job:
+    """A request's decode job: its windows, its condition (cross-attended and/or prepended) and its random
+    generator (seeded; an unseeded request gets a recorded seed)."""
+    windows = job_windows(model, request, max_duration, extend_stride)
+    prepare_melody(model, request, windows, max_duration=max_duration)
     gen = torch.Generator(device=model.device)
-    gen.manual_seed(request.seed)
+    gen.manual_seed(record_seed(request))
     job = Job(request, windows, cond[0], cond[1], gen, progress)
-    if prompt is not None:
-        job.prompt_codes = prompt.to(model.device)
+    if model.cfg.prepend:
+        chromas, text = request.melody_chroma, cond[0]
+        job.prefix = lambda w: model.prefix(text, None if chromas is None else chromas[w])
+        job.prefix_len = model.prefix_len(text.shape[1])
+    if request.prompt_codes is not None:
+        job.prompt_codes = request.prompt_codes.to(model.device)
         job.pieces.append(job.prompt_codes)
     return job
 
@@ -63,7 +102,8 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
              negative_prompts: list[str] | None = None, max_duration: float | None = None,
              extend_stride: float | None = None, progress: Callable[[int, int], None] | None = None,
              prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None,
-             compile: bool = False, compile_cache: Path | str | None = None) -> GenerationOutput:
+             compile: bool = False, compile_cache: Path | str | None = None, melody: torch.Tensor | None = None,
+             melody_sample_rate: int | None = None, demucs_shifts: list[int] | None = None) -> GenerationOutput:
     """Generate a batch of clips as audiocraft's ``generate`` does (joint conditioning).
 
     With ``seed``, prompt i uses seed + i. ``progress(done, total)`` counts decode steps.
@@ -72,7 +112,12 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
     channels, encoded, and continued; ``duration`` is the total, and the output starts with the
     prompt's codes (its audio decodes all of them). ``compile`` (CPU) runs the decode steps compiled
     (``soundry.engine.compiled_steps``): the first call for a model compiles for a while (inductor's
-    caches in ``compile_cache``), later ones in the process reuse the graphs."""
+    caches in ``compile_cache``), later ones in the process reuse the graphs.
+
+    A melody model takes ``melody`` ([C, N] for all prompts, or [B, C, N]) at ``melody_sample_rate`` (default:
+    the model's), as audiocraft's ``generate_with_chroma``: the batch's melodies are separated together, one
+    demucs call per window; ``demucs_shifts`` gives demucs's time-shift draws in order (default: drawn from
+    ``seed``). Without ``melody`` a melody model is conditioned on silence, as audiocraft's ``generate``."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     negs = negative_prompts or [None] * len(prompts)
     codes = [None] * len(prompts)
@@ -86,6 +131,19 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
                                   None if seed is None else seed + i, neg, prompt_codes=c)
                 for i, (p, neg, c) in enumerate(zip(prompts, negs, codes, strict=True))]
     md = max_duration or model.max_duration
+    if melody is not None:
+        if not model.takes_melody:
+            raise ValueError(f"{model.name} is not conditioned on a melody")
+        wavs = melody if melody.dim() == 3 else melody[None].expand(len(prompts), -1, -1)
+        if wavs.shape[0] != len(prompts):
+            raise ValueError(f"{wavs.shape[0]} melodies for {len(prompts)} prompts")
+        draws = iter(demucs_shifts) if demucs_shifts is not None else None
+        shift = (lambda: next(draws)) if draws is not None else melody_shifts(model, 0 if seed is None else seed)
+        windows = job_windows(model, requests[0], md, extend_stride)
+        per_window = model.melody_chromas(wavs, melody_sample_rate or model.sample_rate, windows, shift,
+                                          max_duration=md)
+        for i, req in enumerate(requests):
+            req.melody_chroma = [c[i] for c in per_window]
     state = {"done": 0, "total": 0}
 
     def report(_d: int, _t: int) -> None:
@@ -98,7 +156,8 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
     # The KV cache sized for the longest window these jobs use, not the model's whole context.
     # Compiled, at least 2 slots: a size of 1 would be specialised into the graph (the spare slot stays empty).
     slots = max(2, len(jobs)) if compile else len(jobs)
-    batch = DecodeBatch(model.lm, slots, max(w.length for j in jobs for w in j.windows), device=model.device)
+    batch = DecodeBatch(model.lm, slots, max(w.length for j in jobs for w in j.windows), device=model.device,
+                        max_prefix=max(j.prefix_len for j in jobs))
     if compile:
         from soundry.engine.compiled_steps import CompiledSteps
 
@@ -113,14 +172,21 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
 
 
 @torch.no_grad()
-def teacher_logits(model, codes: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_logits(model, codes: torch.Tensor, prompts: list[str], chroma: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional-branch logits for given codes [B, K, T], as audiocraft's compute_predictions:
-    returns (logits [B, K, T, card] with NaN where the pattern gives no prediction, mask [B, K, T])."""
+    returns (logits [B, K, T, card] with NaN where the pattern gives no prediction, mask [B, K, T]).
+    A melody model reads ``chroma`` [B, chroma_len, n_chroma] (None: silence's) before the codes."""
     B, K, T = codes.shape
     device, lm, delays = model.device, model.lm, torch.tensor(model.cfg.delays, device=model.device)
     emb, _ = model.conditioner(prompts)
     emb = emb.to(device, next(lm.parameters()).dtype)
-    cache = KVCache(lm, B, T + 1, max_cond_len=emb.shape[1])
+    prefix = None
+    if model.cfg.prepend:
+        prefix = torch.stack([model.prefix(torch.stack([e, torch.zeros_like(e)]), None if chroma is None else c)[0]
+                              for e, c in zip(emb, chroma if chroma is not None else [None] * B, strict=True)])
+    P = 0 if prefix is None else prefix.shape[1]
+    cache = KVCache(lm, B, P + T + 1, max_cond_len=emb.shape[1])
     cache.set_condition(slice(0, B), emb, torch.ones(emb.shape[:2], dtype=torch.bool, device=device))
     steps = torch.arange(T + 1, device=device)
     t = steps[None, None, :] - 1 - delays[None, :, None]
@@ -128,7 +194,7 @@ def teacher_logits(model, codes: torch.Tensor, prompts: list[str]) -> tuple[torc
     tok = codes.to(device).gather(2, t.clamp(0, T - 1).expand(B, K, -1))
     tok = torch.where(valid, tok, torch.full_like(tok, lm.special_token))
     hidden = lm.forward_cached(tok, torch.zeros(B, dtype=torch.long, device=device), cache, slice(0, B),
-                               cache.cross_mask[:B], key_len=T + 1)
+                               cache.cross_mask[:B], key_len=P + T + 1, prefix=prefix)[:, P:]
     seq_logits = lm.logits(hidden).float()  # [B, K, T+1, card]
     frames = torch.arange(T, device=device)
     src = frames[None, :] + delays[:, None]  # step predicting (q, t)

@@ -32,9 +32,10 @@ class KVCache:
         self.cond_lens = [0] * max_rows  # condition length stored in each row (0: free)
         self.cross_len = 1  # keys a step attends to: the longest condition of an occupied row
 
-    def _zeros(self, length: int) -> list[torch.Tensor]:
+    def _zeros(self, length: int, layers: int | None = None) -> list[torch.Tensor]:
         shape = (self.max_rows, self.heads, length, self.head_dim)
-        return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        return [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                for _ in range(self.layers if layers is None else layers)]
 
     def tensors(self) -> list[torch.Tensor]:
         """Every K/V tensor (self-attention, then cross-attention), each [rows, heads, length, head_dim]."""
@@ -42,7 +43,8 @@ class KVCache:
 
     def _alloc_cross(self, length: int) -> None:
         """(Re)allocate the cross-attention K/V for conditions up to ``length`` tokens, keeping contents."""
-        ck, cv = self._zeros(length), self._zeros(length)
+        cross_layers = self.layers if self.lm.cfg.cross_attention else 0  # a melody model has none
+        ck, cv = self._zeros(length, cross_layers), self._zeros(length, cross_layers)
         mask = torch.zeros(self.max_rows, length, dtype=torch.bool, device=self.device)
         if hasattr(self, "ck"):
             n = min(length, self.max_cond_len)

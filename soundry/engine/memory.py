@@ -22,17 +22,19 @@ class KVCacheTooLarge(RuntimeError):
     """Not even one request's KV cache fits in the memory the setting allows."""
 
 
-def kv_bytes_per_slot(lm, max_frames: int, max_cond_len: int = 64, dtype: torch.dtype | None = None) -> int:
+def kv_bytes_per_slot(lm, max_frames: int, max_cond_len: int = 64, dtype: torch.dtype | None = None,
+                      max_prefix: int = 0) -> int:
     """Bytes of one slot (two rows: conditional and guidance) of ``DecodeBatch``'s cache: self-attention
-    K/V over the window's positions and cross-attention K/V over the base condition length."""
+    K/V over the window's positions (after a prepended condition of up to ``max_prefix``) and cross-attention
+    K/V over the base condition length."""
     cfg = lm.cfg
     dtype = dtype or lm.emb[0].weight.dtype
-    positions = max_frames + max(cfg.delays) + 1 + max_cond_len
+    positions = max_frames + max(cfg.delays) + 1 + max_prefix + (max_cond_len if cfg.cross_attention else 0)
     return 2 * 2 * cfg.num_layers * cfg.dim * positions * torch.empty((), dtype=dtype).element_size()
 
 
 def fit_slots(lm, max_slots: int, max_frames: int, device: torch.device | str, fraction: float,
-              name: str = "the model") -> int:
+              name: str = "the model", max_prefix: int = 0) -> int:
     """``max_slots``, or fewer on a GPU whose free memory (× ``fraction``) holds fewer slots' KV cache."""
     device = torch.device(device)
     if device.type != "cuda":
@@ -40,7 +42,7 @@ def fit_slots(lm, max_slots: int, max_frames: int, device: torch.device | str, f
     if not 0 < fraction <= 1:
         raise ValueError(f"kv_cache_memory must be a fraction in (0, 1], got {fraction}")
     free, _total = torch.cuda.mem_get_info(device)
-    per_slot = kv_bytes_per_slot(lm, max_frames)
+    per_slot = kv_bytes_per_slot(lm, max_frames, max_prefix=max_prefix)
     budget = int(free * fraction)
     slots = min(max_slots, budget // per_slot)
     if slots < 1:

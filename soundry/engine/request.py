@@ -25,6 +25,9 @@ class GenerationRequest:
     prompt_codes: torch.Tensor | None = None  # [K, P] audio-prompt codes to continue (AudioModel.prompt_codes)
     prompt_audio: torch.Tensor | None = None  # [C, N] an audio prompt; the engine encodes it into prompt_codes
     prompt_sample_rate: int | None = None
+    melody: torch.Tensor | None = None  # [C, N] a tune to follow (melody models); the engine makes melody_chroma
+    melody_sample_rate: int | None = None
+    melody_chroma: list[torch.Tensor] | None = None  # per window, [chroma_len, n_chroma] (AudioModel.melody_chromas)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

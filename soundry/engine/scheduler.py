@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from soundry.engine.batch import DecodeBatch, Job
+from soundry.engine.chroma_cache import ChromaCache
 from soundry.engine.codec_stream import CodecStream
-from soundry.engine.generate import make_job
+from soundry.engine.generate import job_windows, make_job, prepare_melody
 from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
@@ -84,6 +85,7 @@ class Engine:
         self._codec_stream: CodecStream | None = None  # on a GPU, the codec thread's own CUDA stream
         self._batch: DecodeBatch | None = None
         self._taps: dict[str, StreamTap] = {}  # request id -> its audio stream (requests submitted with a sink)
+        self.chroma_cache = ChromaCache()  # melody models: chroma already computed (engine.chroma_cache)
 
     # -- public API --------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -112,6 +114,8 @@ class Engine:
             request.prompt_codes = self.model.prompt_codes(request.prompt_audio,
                                                            request.prompt_sample_rate or self.model.sample_rate)
             request.prompt_audio = None
+        # a melody's stems and chroma, for every window, also here: seconds of CPU work the loop must not wait on
+        prepare_melody(self.model, request, job_windows(self.model, request), cache=self.chroma_cache)
         fut: Future = Future()
         with self._lock:
             if self._stop and self._thread is not None:
@@ -168,8 +172,9 @@ class Engine:
             # process's other threads and engines keep theirs)
             scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
             with scope:
-                slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name)
-                self._batch = DecodeBatch(lm, slots, frames)
+                prefix = self.model.max_prefix
+                slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name, prefix)
+                self._batch = DecodeBatch(lm, slots, frames, max_prefix=prefix)
                 self._batch.rng, self._batch.attention = self.rng, self.attention
                 self._codec_stream = CodecStream(device)
                 self._setup_steps(device)

@@ -62,6 +62,7 @@ class StaticSteps:
             self.uniforms[b][:n].copy_(uniforms)
         if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
             self.batch.steps[n:b].zero_()
+            self.batch.offsets[n:b].zero_()
         graph = self.graphs.get(b) if self.captured_version == self.batch.cache.version else None
         if graph is not None:
             graph.replay()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Window:
     length: int  # frames this window's LM call produces (prompt included)
     prompt: int  # frames at its start copied from the previous window's tail
+    start: int = 0  # frame of the clip where the window starts (audiocraft's current_gen_offset)
 
 
 def plan_windows(duration: float, frame_rate: float, max_duration: float, extend_stride: float,
@@ -18,7 +19,7 @@ def plan_windows(duration: float, frame_rate: float, max_duration: float, extend
     ``length - stride`` frames; prompt and new frames add up to ``int(duration * fr)``."""
     total = int(duration * frame_rate + 1e-6)  # + eps: 0.74 s at 50 Hz is 37 frames, not 36
     if duration <= max_duration:
-        return [Window(total, prompt_frames)]
+        return [Window(total, prompt_frames, 0)]
     if not 0 < extend_stride < max_duration:
         raise ValueError(f"extend_stride must be in (0, max_duration={max_duration}), got {extend_stride}")
     stride = int(frame_rate * extend_stride)
@@ -26,7 +27,7 @@ def plan_windows(duration: float, frame_rate: float, max_duration: float, extend
     while offset + prompt < total:
         chunk = min(duration - offset / frame_rate, max_duration)
         length = int(chunk * frame_rate + 1e-6)
-        windows.append(Window(length, prompt))
+        windows.append(Window(length, prompt, offset))
         prompt = max(0, length - stride)
         offset += stride
     return windows

@@ -3,6 +3,8 @@ decoding lives in ``soundry.engine``: ``soundry.engine.generate.generate`` is th
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Protocol
 
@@ -28,10 +30,14 @@ class AudioModel:
     precision = "fp32"  # how the LM runs (soundry.models.precision); the loader sets it
 
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
-                 codec, source: Path | None = None):
+                 codec, source: Path | None = None, melody=None):
+        """``melody``: the chroma conditioner (``soundry.models.melody.MelodyConditioner``) of a melody model."""
         self.name, self.family, self.cfg, self.source = name, family, cfg, source
-        self.lm, self.conditioner, self.codec = lm, conditioner, codec
+        self.lm, self.conditioner, self.codec, self.melody = lm, conditioner, codec, melody
         self.max_duration, self.extend_stride = FAMILY_WINDOWS[family]
+        if "self_wav" in cfg.prepend and melody is None:
+            raise ValueError(f"{name} prepends a melody's chroma but was given no melody conditioner")
+        self._null_wav_condition: torch.Tensor | None = None
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -57,6 +63,18 @@ class AudioModel:
 
     def max_frames(self, max_duration: float | None = None) -> int:
         return int((max_duration or self.max_duration) * self.frame_rate)
+
+    @property
+    def takes_melody(self) -> bool:
+        """Whether the model is conditioned on a melody (MusicGen-melody's chroma)."""
+        return self.melody is not None
+
+    @property
+    def max_prefix(self) -> int:
+        """The most positions a request's prepended conditions take (0: conditions via cross-attention)."""
+        parts = {"self_wav": self.melody.chroma_len if self.melody is not None else 0,
+                 "description": self.conditioner.max_tokens}
+        return sum(parts[name] for name in self.cfg.prepend)
 
     # -- conditions ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -86,6 +104,59 @@ class AudioModel:
                 valid = torch.arange(keep)[None, :] < torch.tensor(lengths)[:, None]
                 valid = to_device(valid, self.device)
             out.append((pair, valid))
+        return out
+
+    # -- prepended conditions (MusicGen-melody) ---------------------------------------------------
+    def prefix_len(self, text_len: int) -> int:
+        return sum(self.melody.chroma_len if name == "self_wav" else text_len for name in self.cfg.prepend)
+
+    @torch.no_grad()
+    def prefix(self, text: torch.Tensor, chroma: torch.Tensor | None) -> torch.Tensor:
+        """The prepended conditions of one request's window: [2, P, D] for its conditional and guidance rows.
+
+        ``text`` [2, L, D] as ``conditions`` gives it; ``chroma`` [T, n_chroma] the window's melody chroma
+        (None: no melody). As in audiocraft: the guidance row's melody is the chroma of silence (classifier-free
+        guidance nullifies every condition), so is a request's without a melody; the fuser prepends each
+        condition in turn in the condition provider's order (text, then waveforms), so the chroma comes first.
+        """
+        parts = {"description": text}
+        if "self_wav" in self.cfg.prepend:
+            null = self._null_melody_condition()
+            cond = null if chroma is None else self.melody(chroma[None].to(null.device))[0]
+            parts["self_wav"] = torch.stack([cond, null]).to(text)
+        return torch.cat([parts[name] for name in ("self_wav", "description") if name in self.cfg.prepend], dim=1)
+
+    def _null_melody_condition(self) -> torch.Tensor:
+        if self._null_wav_condition is None:
+            self._null_wav_condition = self.melody(self.melody.null_chroma(1))[0]
+        return self._null_wav_condition
+
+    @torch.no_grad()
+    def melody_chromas(self, melody: torch.Tensor, sample_rate: int, windows: list, shift: Callable[[], int],
+                       cache: MutableMapping | None = None, max_duration: float | None = None) -> list[torch.Tensor]:
+        """Melodies [B, C, N] at ``sample_rate`` → each window's chroma [B, chroma_len, n_chroma], as audiocraft's
+        ``generate_with_chroma``: the melody at the model's rate and channels; one window (a clip within the
+        context) sees it as given; beyond the context every window sees ``max_duration`` of it from the window's
+        start, wrapping around. Each stem separation takes ``shift()`` (demucs's random time shift). ``cache``
+        maps (melody digest, window start, shift) to a chroma already computed."""
+        from soundry.models.melody import melody_to_model
+
+        wav = melody_to_model(melody, sample_rate, self.sample_rate, self.channels)
+        digest = hashlib.blake2b(wav.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        n, rate = wav.shape[-1], self.sample_rate
+        out = []
+        for w in windows:
+            start = int(w.start / self.frame_rate * rate) if len(windows) > 1 else None
+            draw = shift()
+            key = (digest, start, draw)
+            chroma = cache.get(key) if cache is not None else None
+            if chroma is None:
+                span = int((max_duration or self.max_duration) * rate)
+                clip = wav if start is None else wav[..., (start + torch.arange(span)) % n]
+                chroma = self.melody.chroma(clip, shift=draw)
+                if cache is not None:
+                    cache[key] = chroma
+            out.append(chroma)
         return out
 
     # -- audio prompts ---------------------------------------------------------------------------

@@ -66,6 +66,9 @@ class LMConfig:
     # transformers-format checkpoints (its sinusoid, text padding masked in a batch), else "audiocraft".
     layout: str = "audiocraft"
     special_token: int | None = None  # the delay pattern's filler token; None: ``card`` (audiocraft's)
+    # Conditions prepended to the LM's input ("self_wav": the melody's chroma, "description": the text), in
+    # xp.cfg's fuser order; the LM reads them through self-attention (MusicGen-melody has no cross-attention).
+    prepend: tuple[str, ...] = ()
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any]) -> LMConfig:
@@ -77,13 +80,26 @@ class LMConfig:
         for key in ("flatten_first", "empty_initial"):
             if pattern.get("delay", {}).get(key, 0):
                 raise CheckpointError(f"delay pattern with {key} != 0 is not supported")
-        cross = bool(cfg.get("fuser", {}).get("cross")) or bool(lm.get("cross_attention", False))
-        if cfg.get("fuser", {}).get("prepend") or cfg.get("fuser", {}).get("sum"):
-            raise CheckpointError("conditioning fused by 'prepend'/'sum' is not supported (text via cross-attention)")
-        others = sorted(k for k, v in (cfg.get("conditioners") or {}).items()
-                        if k != "description" and isinstance(v, dict) and v.get("model"))
-        if others:  # e.g. MusicGen melody's chroma conditioner "self_wav"
-            raise CheckpointError(f"xp.cfg conditioners.{others[0]} is not supported (text conditioning only)")
+        fuser = cfg.get("fuser") or {}
+        cross = bool(fuser.get("cross")) or bool(lm.get("cross_attention", False))
+        prepend = tuple(fuser.get("prepend") or ())
+        for method in ("sum", "input_interpolate"):
+            if fuser.get(method):
+                raise CheckpointError(f"xp.cfg fuser.{method} ({', '.join(fuser[method])}) is not supported "
+                                      f"(conditions are read by cross-attention or prepended)")
+        conditioners = {k: v for k, v in (cfg.get("conditioners") or {}).items()
+                        if isinstance(v, dict) and v.get("model")}
+        for name in [*prepend, *(fuser.get("cross") or ())]:
+            if name not in conditioners:
+                raise CheckpointError(f"xp.cfg fuser names the condition {name!r}, which conditioners does not define")
+        for name, spec in conditioners.items():
+            if name == "self_wav" and spec.get("model") == "chroma_stem":
+                if name not in prepend:
+                    raise CheckpointError("xp.cfg conditioners.self_wav (chroma) is supported only prepended "
+                                          "(fuser.prepend), as the melody releases fuse it")
+            elif name != "description":
+                raise CheckpointError(f"xp.cfg conditioners.{name} (model {spec.get('model')!r}) is not supported "
+                                      f"(text and the melody's chroma only)")
         cond = cfg.get("conditioners", {}).get("description", {})
         if cond.get("model") != "t5":
             raise CheckpointError(f"text conditioner {cond.get('model')!r} is not supported (only t5)")
@@ -110,4 +126,5 @@ class LMConfig:
             cfg_coef=float(cfg.get("classifier_free_guidance", {}).get("inference_coef", 3.0)),
             sample_rate=int(cfg.get("sample_rate", 32000)),
             segment_duration=float(cfg.get("dataset", {}).get("segment_duration", 30)),
+            prepend=prepend,
         )

@@ -173,7 +173,7 @@ class TransformerLM(nn.Module):
 
     def forward_cached(self, tokens: torch.Tensor, start: torch.Tensor, cache, rows: slice,
                        cross_mask: torch.Tensor | None, key_len: int, cross_len: int | None = None,
-                       self_mask: bool = True) -> torch.Tensor:
+                       self_mask: bool = True, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Run S new steps for a contiguous block of cache rows.
 
         tokens [R, K, S]; start [R] the position of the first new step of each row; ``cache`` holds
@@ -182,16 +182,20 @@ class TransformerLM(nn.Module):
         no device sync) is max(start) + S, or more (later keys are masked); ``cross_len`` the condition
         keys to attend over (default the cache's longest condition). ``self_mask=False`` (one step, S = 1,
         with every row at position ``key_len - 1``) attends over all ``key_len`` keys without a mask.
-        Returns hidden [R, S, D].
+        ``prefix`` [R, P, D]: embeddings read before the tokens (a prepended condition, audiocraft's fuser
+        "prepend"): they take positions start .. start + P - 1 and get the positional embedding as tokens do.
+        Returns hidden [R, S (+ P), D].
         """
-        R, _, S = tokens.shape
         device = tokens.device
-        steps = torch.arange(S, device=device)
-        positions = start[:, None] + steps[None, :]  # [R, S]
         x = self.embed(tokens)
         cd = x.dtype  # what the linear layers take; residual adds promote their outputs back to x's dtype
         if self.residual_dtype is not None:
             x = x.to(self.residual_dtype)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        S = x.shape[1]
+        steps = torch.arange(S, device=device)
+        positions = start[:, None] + steps[None, :]  # [R, S]
         if self.cfg.layout == "transformers":  # transformers' sinusoid (its rounding), no scale
             x = x + sin_embedding_transformers(positions, self.cfg.dim, x.dtype)
         else:

@@ -107,7 +107,12 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     codec = codec.eval().to(dev)
     name = _display_name(name_or_path)
     log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
-    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir)
+    melody = None
+    if "self_wav" in cfg.prepend:  # MusicGen-melody: the chroma conditioner (demucs loads on first use)
+        from soundry.models.melody import from_release
+
+        melody = from_release(cfg_dict, state, release_dir, dev)
+    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir, melody=melody)
     model.precision = precision
     return model
 

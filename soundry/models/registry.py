@@ -31,6 +31,7 @@ class ModelSpec:
     # are ("hf:owner/repo@revision" or a folder, either format) and an optional LoRA adapter (same forms)
     source: str = ""
     adapter: str = ""
+    melody: bool = False  # conditioned on a tune as well as the text (MusicGen-melody's chroma)
 
 
 _SPECS = [
@@ -44,6 +45,14 @@ _SPECS = [
               "MusicGen 1.5B stereo: music, 32 kHz, 2 channels", 2),
     ModelSpec("musicgen-stereo-large", "facebook/musicgen-stereo-large", "musicgen",
               "MusicGen 3.3B stereo: music, 32 kHz, 2 channels", 2),
+    ModelSpec("musicgen-melody", "facebook/musicgen-melody", "musicgen",
+              "MusicGen 1.5B melody: music that follows a given tune, 32 kHz", melody=True),
+    ModelSpec("musicgen-melody-large", "facebook/musicgen-melody-large", "musicgen",
+              "MusicGen 3.3B melody: music that follows a given tune, 32 kHz", melody=True),
+    ModelSpec("musicgen-stereo-melody", "facebook/musicgen-stereo-melody", "musicgen",
+              "MusicGen 1.5B stereo melody: music that follows a given tune, 32 kHz, 2 channels", 2, melody=True),
+    ModelSpec("musicgen-stereo-melody-large", "facebook/musicgen-stereo-melody-large", "musicgen",
+              "MusicGen 3.3B stereo melody: music that follows a given tune, 32 kHz, 2 channels", 2, melody=True),
 ]
 ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small",
            "musicgen-stereo": "musicgen-stereo-small"}
@@ -51,7 +60,7 @@ SPECS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 MODEL_NAMES: list[str] = list(ALIASES) + list(SPECS)
 
 # Hub names of text encoders / codecs that a local directory's subfolders replace.
-LOCAL_COMPONENTS = {"t5": "t5", "encodec": "encodec"}
+LOCAL_COMPONENTS = {"t5": "t5", "encodec": "encodec", "demucs": "demucs"}
 
 
 class ModelNotAvailable(RuntimeError):

@@ -1,0 +1,125 @@
+"""MusicGen-melody in the engine: prepended conditions (the melody's chroma and the text) give audiocraft's
+logits and tokens exactly, and requests with and without a melody, with prefixes of different lengths, share
+one running batch with each giving what it gives alone."""
+
+import random
+
+import pytest
+import torch
+
+from soundry.engine import Engine, GenerationRequest
+from soundry.engine.generate import generate, job_windows, prepare_melody, teacher_logits
+from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
+from tests.helpers_models import TINY, assert_close_rel, melody_reference, tiny_model
+
+KINDS = ["musicgen-melody", "musicgen-stereo-melody"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_teacher_forced_logits_with_the_melody_prepended(kind):
+    model, ref = tiny_model(kind), melody_reference(kind)
+    chroma = model.melody.chroma(ref["melody_model_rate"], shift=ref["teacher_shifts"])
+    assert_close_rel(model.melody(chroma), ref["condition_self_wav"])
+    logits, mask = teacher_logits(model, ref["teacher_codes"], ref["prompts"][:2], chroma=chroma)
+    assert torch.equal(mask, ref["teacher_mask"].bool())
+    assert_close_rel(logits[mask], ref["teacher_logits"][mask])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_with_a_melody_without_one_and_across_windows(kind):
+    model, ref = tiny_model(kind), melody_reference(kind)
+    prompts, tune, rate = ref["prompts"][:2], ref["melody_wav"], ref["melody_sample_rate"]
+    with_melody = generate(model, prompts, ref["greedy_duration"], top_k=1, cfg_coef=3.0, melody=tune,
+                           melody_sample_rate=rate, demucs_shifts=ref["greedy_shifts"])
+    assert torch.equal(with_melody.tokens, ref["greedy_tokens"])
+    silent = generate(model, prompts, ref["greedy_duration"], top_k=1, cfg_coef=3.0)
+    assert torch.equal(silent.tokens, ref["nomelody_tokens"])
+    assert not torch.equal(silent.tokens, with_melody.tokens)
+    long = generate(model, prompts[:1], ref["long_duration"], top_k=1, cfg_coef=3.0, melody=tune[:1],
+                    melody_sample_rate=rate, demucs_shifts=ref["long_shifts"], max_duration=ref["max_duration"],
+                    extend_stride=ref["extend_stride"])
+    assert len(ref["long_shifts"]) == 3  # one stem separation per window
+    assert torch.equal(long.tokens, ref["long_tokens"])
+
+
+def _melody_requests(ref):
+    tune, rate = ref["melody_wav"][0], ref["melody_sample_rate"]
+    return [
+        GenerationRequest("calm piano melody with soft strings and warm pads", 0.8, top_k=50, seed=5, melody=tune,
+                          melody_sample_rate=rate),
+        GenerationRequest("drums", 0.6, top_k=50, seed=6),  # a short prompt: a short prefix
+        GenerationRequest("an upbeat electronic dance track with heavy bass and bright synth leads", 1.0, top_k=20,
+                          top_p=0.9, seed=7, negative_prompt="slow"),
+        GenerationRequest("a jazz trio", 4.0, top_k=50, seed=8, melody=ref["melody_wav"][1], melody_sample_rate=rate),
+    ]
+
+
+def _run(model, requests, max_batch, **engine_kw):
+    engine = Engine(model, max_batch=max_batch, **engine_kw).start()
+    try:
+        futures = [engine.submit(r) for r in requests]
+        tokens = [f.result(timeout=300).tokens for f in futures]
+        return tokens, engine.stats.max_batch_size
+    finally:
+        engine.stop()
+
+
+def _copy(r: GenerationRequest) -> GenerationRequest:
+    return GenerationRequest(**{**r.__dict__, "id": r.id + "-again", "melody_chroma": None})
+
+
+def test_melody_and_text_only_requests_share_a_batch_and_each_gives_what_it_gives_alone():
+    model = tiny_model("musicgen-melody")
+    ref = melody_reference("musicgen-melody")
+    requests = _melody_requests(ref)
+    state = random.getstate()
+    alone = [_run(model, [_copy(r)], max_batch=1)[0][0] for r in requests]  # stems computed by Engine.submit
+    assert random.getstate() == state  # demucs's shift came from each request's seed, not the process's random
+    together = [_copy(r) for r in requests]
+    for r in together:  # the stems first, so that the four submits are instant and all four decode together
+        prepare_melody(model, r, job_windows(model, r))
+    batched, most = _run(model, together, max_batch=8)
+    assert most == len(requests)
+    for a, b in zip(alone, batched, strict=True):
+        assert torch.equal(a, b)
+    # the melody matters, and the long request (beyond the tiny model's context) crossed windows
+    no_tune = _run(model, [GenerationRequest(requests[0].prompt, 0.8, top_k=50, seed=5)], max_batch=1)[0][0]
+    assert not torch.equal(no_tune, alone[0])
+    assert alone[3].shape[-1] == 200
+
+
+def test_a_seeded_melody_request_is_reproducible_and_its_chroma_cached():
+    model = tiny_model("musicgen-stereo-melody")
+    ref = melody_reference("musicgen-stereo-melody")
+    req = GenerationRequest("a waltz", 0.5, top_k=50, seed=42, melody=ref["melody_wav"][0],
+                            melody_sample_rate=ref["melody_sample_rate"])
+    engine = Engine(model, max_batch=2).start()
+    try:
+        first = engine.submit(_copy(req)).result(timeout=300).tokens
+        misses = engine.chroma_cache.misses
+        again = engine.submit(_copy(req)).result(timeout=300).tokens
+        assert engine.chroma_cache.misses == misses and engine.chroma_cache.hits >= 1
+        other_seed = engine.submit(GenerationRequest(**{**req.__dict__, "id": "s43", "seed": 43})).result(300).tokens
+    finally:
+        engine.stop()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other_seed)
+
+
+def test_a_melody_on_a_model_without_melody_conditioning_is_refused():
+    model = tiny_model("musicgen")
+    engine = Engine(model, max_batch=1)
+    with pytest.raises(ValueError, match="not conditioned on a melody"):
+        engine.submit(GenerationRequest("x", 0.5, melody=torch.zeros(1, 32000), melody_sample_rate=32000))
+    with pytest.raises(ValueError, match="not conditioned on a melody"):
+        generate(model, ["x"], 0.5, melody=torch.zeros(1, 32000))
+
+
+def test_checkpoint_check_names_the_xp_cfg_key_it_refuses():
+    cfg = parse_cfg(load_package(TINY["musicgen-melody"] / "state_dict.bin"), TINY["musicgen-melody"])
+    assert LMConfig.from_cfg(cfg).prepend == ("self_wav", "description")
+    with pytest.raises(CheckpointError, match=r"fuser\.sum"):
+        LMConfig.from_cfg({**cfg, "fuser": {**cfg["fuser"], "sum": ["self_wav"], "prepend": ["description"]}})
+    bad = {**cfg, "conditioners": {**cfg["conditioners"], "self_wav": {"model": "clap", "clap": {}}}}
+    with pytest.raises(CheckpointError, match=r"conditioners\.self_wav"):
+        LMConfig.from_cfg(bad)
