@@ -38,6 +38,11 @@ class Codec(nn.Module):
     def latent(self, audio: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """The quantizer's decode of ``codes`` [B, K, T]: the latent [B, D, T] the decoder reads (audiocraft's
+        ``decode_latent``; mono codecs)."""
+        raise NotImplementedError
+
     def set_num_codebooks(self, n: int) -> None:
         """Use the first ``n`` codebooks (xp.cfg's ``compression_model_n_q``)."""
         if not 1 <= n <= self.total_codebooks:
@@ -112,9 +117,12 @@ class AudiocraftEncodec(Codec):
         return torch.stack(codes, dim=1)
 
     @torch.no_grad()
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        return sum(F.embedding(codes[:, k], self.codebooks[k]) for k in range(codes.shape[1])).transpose(1, 2)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        latent = sum(F.embedding(codes[:, k], self.codebooks[k]) for k in range(codes.shape[1]))  # [B, T, D]
-        return self.decoder(latent.transpose(1, 2))
+        return self.decoder(self.decode_latent(codes))
 
 
 # -- transformers EncodecModel (MusicGen) ------------------------------------------------------------
@@ -155,6 +163,10 @@ class HFEncodec(Codec):
         if codes.shape[0] != 1:
             raise RuntimeError("chunked EnCodec (chunk_length_s) is not supported")
         return codes[0]
+
+    @torch.no_grad()
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.quantizer.decode(codes.transpose(0, 1))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
