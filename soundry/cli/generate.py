@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from pathlib import Path
 
 from soundry.config import PRECISIONS
+
+MBD_HUB_REPO = "facebook/multiband-diffusion"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-audio", help="an audio file (wav, flac, ogg, mp3) to continue; --duration is the total")
     p.add_argument("--continuation-start", type=float, default=0.0, help="seconds into --input-audio to start from")
     p.add_argument("--continuation-end", type=float, help="seconds into --input-audio to end at (default: its end)")
+    p.add_argument("--melody", metavar="FILE",
+                   help="an audio file (wav, flac, ogg, mp3) whose tune the music follows (melody models: "
+                        "musicgen-melody, musicgen-stereo-melody, ...)")
+    p.add_argument("--decoder", choices=["encodec", "mbd"],
+                   help="how the tokens become audio: encodec (default) or mbd, MultiBand Diffusion (MusicGen "
+                        "models; slower, higher fidelity)")
+    p.add_argument("--mbd-path", help="local --decoder mbd: the MultiBand Diffusion weights (mbd_musicgen_32khz.th "
+                                      "or its folder; default SOUNDRY_MBD_PATH or the mbd_path setting, else "
+                                      "the hub's facebook/multiband-diffusion)")
     p.add_argument("--normalization", default="loudness", choices=["loudness", "peak", "rms", "none"])
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -62,6 +75,25 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.decoder == "mbd" and model.family != "musicgen":
+        print(f"error: --decoder mbd: MultiBand Diffusion decodes MusicGen's tokens; {model.name} is an "
+              f"{model.family} model", file=sys.stderr)
+        return 2
+    request = GenerationRequest(args.prompt, args.duration, args.top_k, args.top_p, args.temperature,
+                                args.cfg_coef, args.seed, args.negative_prompt)
+    for option, given, read in (("--input-audio", args.input_audio, read_prompt),
+                                ("--melody", args.melody, read_melody)):
+        if given:
+            try:
+                read(args, request)
+            except (OSError, ValueError) as exc:
+                print(f"error: {option}: {exc}", file=sys.stderr)
+                return 2
+    try:
+        mbd = load_local_mbd(args, settings, model) if args.decoder == "mbd" else None
+    except Exception as exc:
+        print(f"error: --decoder mbd: {exc}", file=sys.stderr)
+        return 1
     engine = Engine(model, max_batch=1).start()
     bar = tqdm(total=100, unit="%", desc=f"{model.name}: {args.prompt[:40]}")
 
@@ -69,39 +101,70 @@ def run(args: argparse.Namespace) -> int:
         bar.n = int(100 * done / total)
         bar.refresh()
 
-    request = GenerationRequest(args.prompt, args.duration, args.top_k, args.top_p, args.temperature,
-                                args.cfg_coef, args.seed, args.negative_prompt)
-    if args.input_audio:
-        try:
-            request.prompt_audio, request.prompt_sample_rate = read_prompt(args)
-        except (OSError, ValueError) as exc:
-            engine.stop()
-            bar.close()
-            print(f"error: --input-audio: {exc}", file=sys.stderr)
-            return 2
     try:
         result = engine.submit(request, progress).result()
-    except ValueError as exc:  # e.g. an audio prompt as long as the clip
+    except ValueError as exc:  # e.g. an audio prompt as long as the clip, a melody for a model that takes none
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         engine.stop()
         bar.close()
-    audio = normalize(result.audio.numpy(), result.sample_rate, args.normalization)
-    encoded = encode(audio, result.sample_rate, fmt)
+    audio, rate = result.audio, result.sample_rate
+    if mbd is not None:
+        print("decoding with MultiBand Diffusion…", file=sys.stderr)
+        seed = args.seed if args.seed is not None else secrets.randbits(31)
+        audio, rate = mbd.tokens_to_wav(result.tokens[None], seed=seed)[0], mbd.sample_rate
+    encoded = encode(normalize(audio.numpy(), rate, args.normalization), rate, fmt)
     out.write_bytes(encoded.data)
-    print(f"wrote {out} ({result.audio.shape[-1] / result.sample_rate:.2f} s, {encoded.sample_rate} Hz)")
+    print(f"wrote {out} ({audio.shape[-1] / rate:.2f} s, {encoded.sample_rate} Hz)")
     return 0
 
 
-def read_prompt(args: argparse.Namespace):
-    """The --input-audio clip between --continuation-start and --continuation-end: ([C, N] tensor, rate)."""
+def read_audio(path: str):
+    """A local audio file (wav, flac, ogg, mp3) as ([C, N] float32 numpy, rate), with the uploads' checks."""
+    from soundry.audio.decode import decode_audio
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"{path}: {exc.strerror or exc}") from None
+    return decode_audio(data, max_seconds=3600.0)
+
+
+def read_prompt(args: argparse.Namespace, request) -> None:
+    """The --input-audio clip between --continuation-start and --continuation-end, as the request's audio prompt."""
     import torch
 
-    from soundry.audio.decode import decode_audio, sample_range
+    from soundry.audio.decode import sample_range
 
-    audio, rate = decode_audio(Path(args.input_audio).read_bytes(), max_seconds=3600.0)
+    audio, rate = read_audio(args.input_audio)
     span = sample_range(audio.shape[1], rate, args.continuation_start, args.continuation_end)
     if not 0 <= span.start < span.stop:
         raise ValueError(f"the start/end select nothing of a {audio.shape[1] / rate:.2f} s clip")
-    return torch.from_numpy(audio[:, span].copy()), rate
+    request.prompt_audio, request.prompt_sample_rate = torch.from_numpy(audio[:, span].copy()), rate
+
+
+def read_melody(args: argparse.Namespace, request) -> None:
+    """The --melody file, whole, as the tune the request follows (the engine refuses it for other models)."""
+    import torch
+
+    audio, rate = read_audio(args.melody)
+    request.melody, request.melody_sample_rate = torch.from_numpy(audio), rate
+
+
+def load_local_mbd(args: argparse.Namespace, settings, model):
+    """MultiBand Diffusion over the model's codec, from --mbd-path, SOUNDRY_MBD_PATH / the mbd_path setting, or
+    the hub's release file (downloaded into the Hugging Face cache once)."""
+    from soundry.models.mbd import RELEASE_FILE, load_mbd
+
+    path = args.mbd_path or getattr(settings, "mbd_path", None) or os.environ.get("SOUNDRY_MBD_PATH")
+    if not path:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = hf_hub_download(MBD_HUB_REPO, RELEASE_FILE)
+        except Exception as exc:  # offline, unreachable, gated: one sentence and the way around it
+            raise RuntimeError(f"cannot fetch {RELEASE_FILE} of {MBD_HUB_REPO} from the Hugging Face hub "
+                               f"({type(exc).__name__}); once cached it loads offline, or give --mbd-path "
+                               "(or SOUNDRY_MBD_PATH)") from None
+    return load_mbd(path, model.codec)

@@ -53,17 +53,29 @@ def generate(args: argparse.Namespace) -> int:
         configs["seed"] = args.seed
     if args.continuation_start or args.continuation_end is not None:
         configs.update(continuation_start=args.continuation_start, continuation_end=args.continuation_end)
+    if args.decoder:
+        configs["decoder"] = args.decoder
+    uploads = {"input_audio": args.input_audio, "melody": args.melody}  # local files, uploaded first
+    for name, path in uploads.items():
+        if path and not Path(path).is_file():
+            print(f"error: --{name.replace('_', '-')}: no such file {path}", file=sys.stderr)
+            return 2
     bar, update = progress_bar(f"{args.model}: {args.prompt}")
     try:
         with connect(args) as client:
-            if args.input_audio:
-                configs["input_audio"] = client.upload(args.input_audio)["id"]
+            for name, path in uploads.items():
+                if path:
+                    configs[name] = client.upload(path)["id"]
             task = client.submit(args.prompt, args.negative_prompt or "", **configs)
             audio = task.wait(progress=update).audio()
     except SoundryError as exc:
         bar.close()
         print(f"error: {exc.description} ({exc.code})", file=sys.stderr)
         return 1
+    except OSError as exc:  # a local --input-audio / --melody file that cannot be read
+        bar.close()
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     bar.close()
     audio.save(out)
     print(f"wrote {out} ({audio.duration:.2f} s, {audio.sample_rate} Hz, task {audio.task_id})")

@@ -6,6 +6,7 @@
     audio.save("rain.wav")
     task = client.submit("calm piano", model="musicgen", duration=10)
     task.wait(progress=lambda t: print(t.status, t.percent))
+    client.generate("jazzy piano", model="musicgen-melody", melody="tune.wav", decoder="mbd").save("jazz.wav")
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -29,6 +31,7 @@ from soundry.client.errors import (
 )
 
 FINAL = ("COMPLETED", "FAILED", "CANCELED")
+AudioFile = str | Path | BinaryIO  # what upload() takes: a local path, or a file object opened in binary mode
 
 
 @dataclass
@@ -134,25 +137,37 @@ class Client:
 
     # -- the API ---------------------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str = "", progress: Callable[[Task], None] | None = None,
-                 timeout: float | None = None, input_audio: str | Path | None = None, **configs) -> Audio:
+                 timeout: float | None = None, input_audio: AudioFile | None = None, melody: AudioFile | None = None,
+                 **configs) -> Audio:
         """Submit, wait (``progress(task)`` on every update) and download the clip. ``input_audio``, a
-        local file, is uploaded and continued (or pass ``configs["input_audio"]``, an upload id)."""
-        if input_audio is not None:
-            configs["input_audio"] = self.upload(input_audio)["id"]
+        local file, is uploaded and continued (or pass ``configs["input_audio"]``, an upload id). ``melody``, a
+        local file, is uploaded and the clip follows its tune (melody models only, e.g. ``model="musicgen-melody"``;
+        or pass ``configs["melody"]``, an upload id). ``decoder="mbd"`` decodes the stored file with MultiBand
+        Diffusion (MusicGen models: slower, higher fidelity) instead of EnCodec. Files are paths or binary
+        file objects."""
+        for field_name, audio_file in (("input_audio", input_audio), ("melody", melody)):
+            if audio_file is not None:
+                configs[field_name] = self.upload(audio_file)["id"]
         return self.submit(prompt, negative_prompt, **configs).wait(timeout, progress).audio()
 
-    def upload(self, path: str | Path) -> dict:
-        """Upload an audio file (wav, flac, ogg, mp3) to continue from; returns its id, duration, ..."""
-        path = Path(path)
-        with path.open("rb") as f:
-            return self._request("POST", "/uploads", files={"file": (path.name, f.read())})["data"]
+    def upload(self, path: AudioFile) -> dict:
+        """Upload an audio file (wav, flac, ogg, mp3; a path or a binary file object) to continue from or to
+        follow as a melody; returns its id, duration, ..."""
+        if hasattr(path, "read"):
+            name, data = Path(str(getattr(path, "name", "") or "audio")).name, path.read()
+        else:
+            path = Path(path)
+            name, data = path.name, path.read_bytes()
+        return self._request("POST", "/uploads", files={"file": (name, data)})["data"]
 
     def delete_upload(self, upload_id: str) -> dict:
         return self._request("DELETE", f"/uploads/{upload_id}")["data"]
 
     def submit(self, prompt: str, negative_prompt: str = "", webhook: str | None = None, **configs) -> Task:
         """Create a task; ``configs``: model, duration, top_k, top_p, temperature, cfg_coef, seed,
-        output_format, normalization, target_lufs, input_audio (an upload id), continuation_start/end."""
+        output_format, normalization, target_lufs, input_audio (an upload id), continuation_start/end,
+        melody (an upload id: the tune a melody model follows), decoder ("encodec", the default, or "mbd":
+        MultiBand Diffusion for MusicGen models)."""
         body: dict = {"prompt": prompt, "configs": configs}
         if negative_prompt:
             body["negative_prompt"] = negative_prompt
