@@ -3,6 +3,8 @@ logits and tokens exactly, and requests with and without a melody, with prefixes
 one running batch with each giving what it gives alone."""
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -123,3 +125,36 @@ def test_checkpoint_check_names_the_xp_cfg_key_it_refuses():
     bad = {**cfg, "conditioners": {**cfg["conditioners"], "self_wav": {"model": "clap", "clap": {}}}}
     with pytest.raises(CheckpointError, match=r"conditioners\.self_wav"):
         LMConfig.from_cfg(bad)
+
+
+def test_a_melody_is_separated_off_the_decode_loop(monkeypatch):
+    """While one request's melody is being separated (on the submitting thread), the running requests keep
+    decoding: the separation here waits until a running request has advanced five steps."""
+    model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
+    started, progressed, steps_seen = threading.Event(), threading.Event(), []
+    separate = model.melody.chroma
+
+    def waiting_chroma(wav, shift):
+        started.set()
+        assert progressed.wait(120), "no request advanced while a melody was being separated"
+        return separate(wav, shift)
+
+    def progress(done, _total):
+        if started.is_set():
+            steps_seen.append(done)
+            if len(steps_seen) >= 5:
+                progressed.set()
+
+    monkeypatch.setattr(model.melody, "chroma", waiting_chroma)
+    engine = Engine(model, max_batch=4).start()
+    try:
+        drums = GenerationRequest("a long drum solo", 20.0, seed=1)
+        engine.submit(drums, progress)
+        with ThreadPoolExecutor(1) as pool:  # as the task runner submits: from its own thread
+            tune = pool.submit(engine.submit, GenerationRequest("a tune", 0.4, seed=2, melody=ref["melody_wav"][0],
+                                                                melody_sample_rate=ref["melody_sample_rate"]))
+            assert tune.result(timeout=300).result(timeout=300).tokens.shape[-1] == 20
+        assert progressed.is_set() and len(steps_seen) >= 5
+        assert engine.cancel(drums.id)
+    finally:
+        engine.stop()
