@@ -44,15 +44,20 @@ def test_greedy_tokens_with_a_melody_without_one_and_across_windows(kind):
     assert torch.equal(long.tokens, ref["long_tokens"])
 
 
+def _tune(ref, i=0):
+    """One second of a fixture's tune (the engine tests need a melody, not the full three seconds' separation)."""
+    return ref["melody_wav"][i][..., : ref["melody_sample_rate"]]
+
+
 def _melody_requests(ref):
-    tune, rate = ref["melody_wav"][0], ref["melody_sample_rate"]
+    tune, rate = _tune(ref), ref["melody_sample_rate"]
     return [
         GenerationRequest("calm piano melody with soft strings and warm pads", 0.8, top_k=50, seed=5, melody=tune,
                           melody_sample_rate=rate),
         GenerationRequest("drums", 0.6, top_k=50, seed=6),  # a short prompt: a short prefix
         GenerationRequest("an upbeat electronic dance track with heavy bass and bright synth leads", 1.0, top_k=20,
                           top_p=0.9, seed=7, negative_prompt="slow"),
-        GenerationRequest("a jazz trio", 4.0, top_k=50, seed=8, melody=ref["melody_wav"][1], melody_sample_rate=rate),
+        GenerationRequest("a jazz trio", 1.2, top_k=50, seed=8, melody=_tune(ref, 1), melody_sample_rate=rate),
     ]
 
 
@@ -84,16 +89,15 @@ def test_melody_and_text_only_requests_share_a_batch_and_each_gives_what_it_give
     assert most == len(requests)
     for a, b in zip(alone, batched, strict=True):
         assert torch.equal(a, b)
-    # the melody matters, and the long request (beyond the tiny model's context) crossed windows
+    # the melody matters
     no_tune = _run(model, [GenerationRequest(requests[0].prompt, 0.8, top_k=50, seed=5)], max_batch=1)[0][0]
     assert not torch.equal(no_tune, alone[0])
-    assert alone[3].shape[-1] == 200
 
 
 def test_a_seeded_melody_request_is_reproducible_and_its_chroma_cached():
     model = tiny_model("musicgen-stereo-melody")
     ref = melody_reference("musicgen-stereo-melody")
-    req = GenerationRequest("a waltz", 0.5, top_k=50, seed=42, melody=ref["melody_wav"][0],
+    req = GenerationRequest("a waltz", 0.5, top_k=50, seed=42, melody=_tune(ref),
                             melody_sample_rate=ref["melody_sample_rate"])
     engine = Engine(model, max_batch=2).start()
     try:
@@ -151,7 +155,7 @@ def test_a_melody_is_separated_off_the_decode_loop(monkeypatch):
         drums = GenerationRequest("a long drum solo", 20.0, seed=1)
         engine.submit(drums, progress)
         with ThreadPoolExecutor(1) as pool:  # as the task runner submits: from its own thread
-            tune = pool.submit(engine.submit, GenerationRequest("a tune", 0.4, seed=2, melody=ref["melody_wav"][0],
+            tune = pool.submit(engine.submit, GenerationRequest("a tune", 0.4, seed=2, melody=_tune(ref),
                                                                 melody_sample_rate=ref["melody_sample_rate"]))
             assert tune.result(timeout=300).result(timeout=300).tokens.shape[-1] == 20
         assert progressed.is_set() and len(steps_seen) >= 5
