@@ -125,13 +125,13 @@ def test_refusals_name_the_cause(tmp_path):
     torch.save({"x": torch.zeros(1)}, bin_only / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="safetensors only, because a .bin file is a pickle"):
         read_weights(bin_only)
-    melody = _copy(MONO, tmp_path / "melody")
-    cfg = json.loads((melody / "config.json").read_text())
-    (melody / "config.json").write_text(json.dumps({**cfg, "model_type": "musicgen_melody"}))
-    with pytest.raises(CheckpointError, match="melody checkpoints wait for melody support"):
-        read_config(melody)
-    with pytest.raises(CheckpointError, match="melody"):
-        load_transformers_model(melody, "m", "musicgen", torch.device("cpu"), "fp32", 16, True)
+    other = _copy(MONO, tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "musicgen_style"}))
+    with pytest.raises(CheckpointError, match="names model_type 'musicgen_style'; soundry serves"):
+        read_config(other)
+    with pytest.raises(CheckpointError, match="musicgen_style"):
+        load_transformers_model(other, "m", "musicgen", torch.device("cpu"), "fp32", 16, True)
     state, cfg = read_weights(MONO), read_config(MONO)[0]
     bin_adapter = _copy(LORA, tmp_path / "lora-bin", drop=("adapter_model.safetensors",))
     (bin_adapter / "adapter_model.bin").write_bytes(b"")

@@ -95,7 +95,8 @@ class AudioModel:
             pair = torch.stack([emb[i], emb[n + i]])
             # transformers' MusicGen masks padded text positions in cross-attention (audiocraft attends to
             # them as zero vectors): a transformers-format model takes the per-row lengths even in a joint batch.
-            if joint and self.cfg.layout != "transformers":
+            # transformers' melody model prepends the text and attends to its padding (zero vectors), as audiocraft.
+            if joint and (self.cfg.layout != "transformers" or self.cfg.prepend):
                 valid = torch.ones(2, emb.shape[1], dtype=torch.bool, device=self.device)
             else:
                 lengths = [max(1, counts[i]), max(1, counts[n + i])]

@@ -1,4 +1,5 @@
-"""Transformers-format MusicGen checkpoints (``MusicgenForConditionalGeneration``) as soundry models.
+"""Transformers-format MusicGen checkpoints (``MusicgenForConditionalGeneration`` and
+``MusicgenMelodyForConditionalGeneration``) as soundry models.
 
 A folder with ``config.json`` (``model_type: musicgen``, sections ``text_encoder``, ``audio_encoder``,
 ``decoder``), weights in ``model.safetensors`` (or shards listed by ``model.safetensors.index.json``), the T5
@@ -19,6 +20,15 @@ is how these checkpoints were trained and are used):
   biases, so both give a cross-attention output of exactly zero;
 - the delay pattern fills with the generation config's ``decoder_start_token_id`` (``LMConfig.special_token``),
   2048 in the released models.
+
+A melody checkpoint (``model_type: musicgen_melody``) has no cross-attention: its decoder reads the projected
+chroma (``audio_enc_to_dec_proj``) then the projected text, prepended to the codes (``LMConfig.prepend``, as
+audiocraft's fuser). Where transformers' melody model differs from audiocraft's, it follows transformers:
+- the chroma is transformers' feature extractor's (``TransformersMelodyConditioner``: its filter bank, its
+  ``preprocessor_config.json``, the wave cut to ``chunk_length`` before the chroma, ``config.chroma_length``);
+- the text's padded positions are zero vectors that the decoder attends to (its generate drops the text mask), also
+  in a joint batch, padded to the batch's longest prompt (``AudioModel.conditions``); the guidance row's text is
+  zeros of the same length and its chroma bin 0 in every frame, as the conditional row's without a melody.
 """
 
 from __future__ import annotations
@@ -32,13 +42,15 @@ import torch
 from torch import nn
 
 from soundry.models.checkpoint import CheckpointError, LMConfig
+from soundry.models.melody import MelodyConditioner
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-MELODY_TYPES = ("musicgen_melody",)
+MELODY_TYPE = "musicgen_melody"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # the melody feature extractor's settings
 _DEC = "decoder.model.decoder."
 _RENAMES = {"self_attn_layer_norm": "norm1", "encoder_attn_layer_norm": "norm_cross", "final_layer_norm": "norm2",
             "fc1": "linear1", "fc2": "linear2"}
@@ -66,12 +78,10 @@ def read_config(model_dir: Path) -> tuple[dict, dict]:
     except ValueError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
     kind = cfg.get("model_type")
-    if kind in MELODY_TYPES:
-        raise CheckpointError(f"{model_dir} is a MusicGen-melody checkpoint (MusicgenMelodyForConditionalGeneration): "
-                              "melody checkpoints wait for melody support in soundry's engine (prepended conditions)")
-    if kind != "musicgen":
+    if kind not in ("musicgen", MELODY_TYPE):
         raise CheckpointError(f"{path} names model_type {kind!r}; soundry serves transformers' 'musicgen' "
-                              "(MusicgenForConditionalGeneration) checkpoints")
+                              f"(MusicgenForConditionalGeneration) and {MELODY_TYPE!r} "
+                              "(MusicgenMelodyForConditionalGeneration) checkpoints")
     for section in ("text_encoder", "audio_encoder", "decoder"):
         if not isinstance(cfg.get(section), dict):
             raise CheckpointError(f"{path} lacks its {section!r} section")
@@ -157,6 +167,7 @@ def lm_config(cfg: dict, gen: dict) -> LMConfig:
     """The LM's shape from the ``decoder`` section, and guidance / the delay pattern's token from the
     generation config."""
     d = cfg["decoder"]
+    melody = cfg.get("model_type") == MELODY_TYPE
     dim, ffn, k = int(d.get("hidden_size", 1024)), int(d.get("ffn_dim", 4096)), int(d.get("num_codebooks", 4))
     channels = int(d.get("audio_channels", 1))
     if channels not in (1, 2) or k % channels:
@@ -180,11 +191,14 @@ def lm_config(cfg: dict, gen: dict) -> LMConfig:
     return LMConfig(
         dim=dim, num_heads=int(d.get("num_attention_heads", 16)), num_layers=int(d.get("num_hidden_layers", 24)),
         hidden_scale=ffn // dim, n_q=k, card=card, delays=delays, norm_first=True, bias_ff=False, bias_attn=False,
-        bias_proj=False, cross_attention=True, positional_embedding="sin", max_period=10000.0, positional_scale=1.0,
+        bias_proj=False, cross_attention=not melody, positional_embedding="sin", max_period=10000.0,
+        positional_scale=1.0,
         activation=act, t5_name=str(cfg["text_encoder"].get("_name_or_path") or "t5"), t5_dim_hint=None,
         cfg_coef=float(gen.get("guidance_scale") or 3.0),
         sample_rate=int(cfg["audio_encoder"].get("sampling_rate", 32000)), segment_duration=30.0,
-        layout="transformers", special_token=special)
+        layout="transformers", special_token=special,
+        # transformers' melody decoder reads the chroma, then the text, before the codes (no cross-attention)
+        prepend=("self_wav", "description") if melody else ())
 
 
 def decoder_state(state: Mapping[str, torch.Tensor], cfg: LMConfig, dtype: torch.dtype | None = None
@@ -201,11 +215,14 @@ def decoder_state(state: Mapping[str, torch.Tensor], cfg: LMConfig, dtype: torch
             sa, ca = src + "self_attn.", src + "encoder_attn."
             out[dst + "self_attn.qkv_proj.weight"] = torch.cat([state[sa + f"{p}_proj.weight"] for p in "qkv"])
             out[dst + "self_attn.out_proj.weight"] = state[sa + "out_proj.weight"]
-            out[dst + "cross_attention.q_proj.weight"] = state[ca + "q_proj.weight"]
-            out[dst + "cross_attention.kv_proj.weight"] = torch.cat([state[ca + "k_proj.weight"],
-                                                                     state[ca + "v_proj.weight"]])
-            out[dst + "cross_attention.out_proj.weight"] = state[ca + "out_proj.weight"]
+            if cfg.cross_attention:  # a melody decoder has none
+                out[dst + "cross_attention.q_proj.weight"] = state[ca + "q_proj.weight"]
+                out[dst + "cross_attention.kv_proj.weight"] = torch.cat([state[ca + "k_proj.weight"],
+                                                                         state[ca + "v_proj.weight"]])
+                out[dst + "cross_attention.out_proj.weight"] = state[ca + "out_proj.weight"]
             for name, ours in _RENAMES.items():
+                if ours == "norm_cross" and not cfg.cross_attention:
+                    continue
                 for kind in (("weight", "bias") if "norm" in ours else ("weight",)):
                     out[f"{dst}{ours}.{kind}"] = state[f"{src}{name}.{kind}"]
         for kind in ("weight", "bias"):
@@ -275,17 +292,90 @@ def merge_adapter(state: Mapping[str, torch.Tensor], cfg: dict, adapter_dir: Pat
     peft_type = json.loads(conf_path.read_text()).get("peft_type")
     if peft_type != "LORA":
         raise CheckpointError(f"adapter {adapter_dir} is a {peft_type} adapter; soundry merges LoRA adapters only")
+    import transformers
     from peft import PeftModel
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    config = MusicgenConfig.from_dict(cfg)
-    model = _build(MusicgenForConditionalGeneration, config, dict(state), "base model")
+    kind = "MusicgenMelody" if cfg.get("model_type") == MELODY_TYPE else "Musicgen"
+    config = getattr(transformers, f"{kind}Config").from_dict(cfg)
+    model = _build(getattr(transformers, f"{kind}ForConditionalGeneration"), config, dict(state), "base model")
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         merged = peft_model.merge_and_unload()
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"adapter {adapter_dir} does not fit the base model: {exc}") from exc
     return dict(merged.state_dict())
+
+
+class TransformersMelodyConditioner(MelodyConditioner):
+    """A transformers-format melody model's chroma: what transformers' ``MusicgenMelodyFeatureExtractor`` computes
+    from the melody's ``vocals + other`` stems, projected by ``audio_enc_to_dec_proj``.
+
+    transformers' feature extractor needs torchaudio, which soundry does not depend on; its computation is
+    ``ChromaExtractor``'s with ``argmax`` (torchaudio's normalized power spectrogram, a chroma filter bank, inf-norm,
+    one-hot argmax): here with transformers' own filter bank (``transformers.audio_utils.chroma_filter_bank``) and
+    the settings of the checkpoint's ``preprocessor_config.json``; the tests compare it with the feature extractor's
+    output. transformers leaves stem separation to its user, and its documentation separates the melody with demucs
+    first, as audiocraft's conditioner does (which is how the checkpoints were trained): the stems are demucs's, as
+    for an audiocraft-format model (``MelodyConditioner.stems``, resampled with julius where transformers' feature
+    extractor would resample demucs's output with torchaudio's sinc filter).
+    """
+
+    def __init__(self, dim: int, chroma_length: int, sample_rate: int = 32000, n_chroma: int = 12,
+                 n_fft: int = 16384, hop_length: int = 4096, chunk_length: float = 30.0,
+                 demucs_dir: Path | None = None):
+        from transformers.audio_utils import chroma_filter_bank
+
+        super().__init__(dim, sample_rate=sample_rate, n_chroma=n_chroma, duration=chunk_length,
+                         demucs_dir=demucs_dir, nfft=n_fft, winlen=n_fft, winhop=hop_length, argmax=True)
+        bank = chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=n_chroma, sampling_rate=sample_rate, tuning=0)
+        self.extractor.fbanks.copy_(torch.from_numpy(bank).float())
+        # transformers tiles or cuts the projected chroma to config.chroma_length (audiocraft: the frames of its
+        # training segment, the same 235 for 30 s)
+        self.chroma_len = int(chroma_length)
+        self.max_samples = int(chunk_length * sample_rate)
+
+    def stems(self, wav: torch.Tensor, shift, sample_rate: int | None = None) -> torch.Tensor:
+        # transformers' feature extractor cuts its input to chunk_length seconds before the chroma (audiocraft
+        # computes the chroma of the whole melody, then cuts the chroma: they differ in the last frame)
+        return super().stems(wav, shift, sample_rate)[..., : self.max_samples]
+
+    @torch.no_grad()
+    def null_chroma(self, batch: int = 1) -> torch.Tensor:
+        """transformers' null melody (a request without one, and the guidance row): bin 0 in every frame (what
+        audiocraft's chroma of a one-sample silence gives too)."""
+        null = torch.zeros(batch, self.chroma_len, self.extractor.n_chroma, device=self.device)
+        null[..., 0] = 1
+        return null
+
+
+def melody_conditioner(model_dir: Path, cfg: dict, proj: dict[str, torch.Tensor], dim: int
+                       ) -> TransformersMelodyConditioner:
+    """A melody checkpoint's chroma conditioner: the feature extractor's settings from ``preprocessor_config.json``
+    (its defaults when absent), the projection ``audio_enc_to_dec_proj`` (identity when transformers has none:
+    ``num_chroma`` equal to the decoder's width), demucs from a ``demucs/`` folder beside the checkpoint when there
+    is one, else from the hub on first use."""
+    path = Path(model_dir) / PREPROCESSOR_CONFIG
+    try:
+        features = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+    n_chroma = int(cfg.get("num_chroma", 12))
+    if int(features.get("feature_size", n_chroma)) != n_chroma:
+        raise CheckpointError(f"{path}: feature_size {features['feature_size']} is not config.json's num_chroma "
+                              f"{n_chroma}")
+    demucs_dir = Path(model_dir) / "demucs"
+    cond = TransformersMelodyConditioner(
+        dim, chroma_length=int(cfg.get("chroma_length", 235)), n_chroma=n_chroma,
+        sample_rate=int(features.get("sampling_rate", 32000)), n_fft=int(features.get("n_fft", 16384)),
+        hop_length=int(features.get("hop_length", 4096)), chunk_length=float(features.get("chunk_length", 30)),
+        demucs_dir=demucs_dir if demucs_dir.is_dir() else None)
+    if not proj and n_chroma == dim:
+        proj = {"weight": torch.eye(dim), "bias": torch.zeros(dim)}
+    elif not proj:
+        raise CheckpointError(f"{model_dir}: the chroma has {n_chroma} bins, the decoder is {dim} wide, and there is "
+                              "no audio_enc_to_dec_proj")
+    cond.output_proj.load_state_dict(proj)
+    return cond.eval()
 
 
 def load_transformers_model(model_dir: Path, name: str, family: str, device: torch.device, precision: str,
@@ -309,6 +399,8 @@ def load_transformers_model(model_dir: Path, name: str, family: str, device: tor
     # the text and audio encoders' tensors, then the decoder's, each converted as it is read (``Weights``)
     text_state, audio_state = _submodule_state(state, "text_encoder."), _submodule_state(state, "audio_encoder.")
     proj = {k: state[f"enc_to_dec_proj.{k}"].float() for k in ("weight", "bias") if f"enc_to_dec_proj.{k}" in state}
+    chroma_proj = {k: state[f"audio_enc_to_dec_proj.{k}"].float() for k in ("weight", "bias")
+                   if f"audio_enc_to_dec_proj.{k}" in state}
     with torch.device("meta"):
         lm = TransformerLM(cfg)
     weights = decoder_state(state, cfg, DTYPES.get(precision, torch.float32))
@@ -345,7 +437,10 @@ def load_transformers_model(model_dir: Path, name: str, family: str, device: tor
     if channels == 2:
         codec = InterleavedStereo(codec)
     codec = codec.eval().to(device)
-    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=model_dir)
+    melody = None
+    if cfg.prepend:
+        melody = melody_conditioner(model_dir, cfg_dict, chroma_proj, dim).to(device)
+    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=model_dir, melody=melody)
     model.precision = precision
     log.info("loaded %s (transformers format%s) from %s on %s (%s)", name,
              f", adapter {adapter_dir}" if adapter_dir else "", model_dir, device, precision)

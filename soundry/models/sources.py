@@ -20,7 +20,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 AUDIOCRAFT_FILES = ["state_dict.bin", "compression_state_dict.bin"]
 TRANSFORMERS_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
                       "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "spiece.model",
-                      "special_tokens_map.json"]
+                      "special_tokens_map.json", "preprocessor_config.json"]  # the last: a melody model's chroma
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 CARD = ["README.md"]
 

@@ -133,7 +133,7 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
         raise ValueError(f"{source} is a PEFT adapter: give its base model as SOURCE and this with --adapter")
     _check_release_dir(path)
     if is_transformers_dir(path):
-        read_config(path)  # refuses melody and other layouts with a sentence
+        read_config(path)  # refuses the layouts soundry does not serve, with a sentence
         weight_files(path)  # refuses pytorch_model.bin
     adapter_source = ""
     if adapter:

@@ -61,12 +61,27 @@ def rescale_(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+def tiny_codec() -> EncodecModel:
+    """A tiny EnCodec (codebook of ``CODEBOOK`` entries), its weights drawn from torch's global generator."""
+    base = EncodecConfig.from_pretrained(HERE / "musicgen-tiny" / "encodec")
+    return EncodecModel(EncodecConfig(**{**base.to_dict(), "codebook_size": CODEBOOK, "num_filters": 2,
+                                        "num_lstm_layers": 1})).eval()
+
+
+def randomize_codec_(codec: EncodecModel, seed: int) -> None:
+    """Rescaled weights and random codebooks, so that the audio depends on the codes."""
+    rescale_(codec, seed + 200)
+    g = torch.Generator().manual_seed(seed + 300)
+    with torch.no_grad():
+        for name, buf in codec.named_buffers():
+            if name.endswith("codebook.embed"):
+                buf.copy_(torch.randn(buf.shape, generator=g))
+
+
 def build(stereo: bool, seed: int) -> MusicgenForConditionalGeneration:
     torch.manual_seed(seed)
     t5 = T5EncoderModel.from_pretrained(T5_DIR).eval()
-    base = EncodecConfig.from_pretrained(HERE / "musicgen-tiny" / "encodec")
-    codec = EncodecModel(EncodecConfig(**{**base.to_dict(), "codebook_size": CODEBOOK, "num_filters": 2,
-                                         "num_lstm_layers": 1})).eval()
+    codec = tiny_codec()
     k = 8 if stereo else 4
     dec_cfg = MusicgenDecoderConfig(vocab_size=CODEBOOK, max_position_embeddings=256, num_hidden_layers=2, ffn_dim=128,
                                     num_attention_heads=4, hidden_size=32, num_codebooks=k,
@@ -77,12 +92,7 @@ def build(stereo: bool, seed: int) -> MusicgenForConditionalGeneration:
     model = MusicgenForConditionalGeneration(config=config, text_encoder=t5, audio_encoder=codec, decoder=decoder)
     rescale_(model.decoder, seed)
     rescale_(model.enc_to_dec_proj, seed + 100)
-    rescale_(model.audio_encoder, seed + 200)
-    g = torch.Generator().manual_seed(seed + 300)
-    with torch.no_grad():  # random codebooks, so that the audio depends on the codes
-        for name, buf in model.audio_encoder.named_buffers():
-            if name.endswith("codebook.embed"):
-                buf.copy_(torch.randn(buf.shape, generator=g))
+    randomize_codec_(model.audio_encoder, seed)
     model.generation_config = GenerationConfig(decoder_start_token_id=CODEBOOK, pad_token_id=CODEBOOK,
                                                bos_token_id=CODEBOOK, do_sample=True, top_k=250, guidance_scale=3.0,
                                                max_length=256)
@@ -90,8 +100,9 @@ def build(stereo: bool, seed: int) -> MusicgenForConditionalGeneration:
 
 
 @torch.no_grad()
-def reference(model, tokenizer, prompts: list[str], channel_codebooks: int) -> dict:
-    """transformers' greedy generate with guidance 3.0; the codes are captured where it decodes them."""
+def reference(model, tokenizer, prompts: list[str], channel_codebooks: int, **inputs_extra) -> dict:
+    """transformers' greedy generate with guidance 3.0; the codes are captured where it decodes them.
+    ``inputs_extra``: more inputs of ``generate`` (a melody model's ``input_features``)."""
     captured = []
     decode = model.audio_encoder.decode
 
@@ -103,7 +114,7 @@ def reference(model, tokenizer, prompts: list[str], channel_codebooks: int) -> d
     try:
         inputs = tokenizer(prompts, padding=True, return_tensors="pt")
         max_new = FRAMES + channel_codebooks - 1
-        audio = model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=max_new)
+        audio = model.generate(**inputs, **inputs_extra, do_sample=False, guidance_scale=3.0, max_new_tokens=max_new)
     finally:
         model.audio_encoder.decode = decode
     codes = captured[0][0]  # [B, K, T]
