@@ -121,20 +121,39 @@ function enterApp() {
 
 /* ---------- models and the form ---------- */
 
+// The model list's entries by name: what each model takes (melody) and how it can be decoded (decoders).
+const modelEntries = new Map();
+
 async function loadModels() {
   try {
     const models = await api("GET", "/v1/models/audio_generation");
     const select = $("model");
     const chosen = select.value;
+    modelEntries.clear();
+    models.forEach((m) => modelEntries.set(m.model, m));
     select.replaceChildren(...models.map((m) => {
       const opt = new Option(m.model, m.model);
       if (m.metadata && m.metadata.description) opt.title = m.metadata.description;
       return opt;
     }));
     if (models.some((m) => m.model === chosen)) select.value = chosen;
+    showModelOptions();
   } catch (err) {
     setError($("form-error"), `Could not load models: ${err.message}`);
   }
+}
+
+/** A model's list entry field, at the top level or in its metadata. */
+function modelFact(name, key) {
+  const m = modelEntries.get(name) || {};
+  return m[key] ?? (m.metadata || {})[key];
+}
+
+/** The melody picker for models that take a melody, the MBD checkbox for models MBD can decode. */
+function showModelOptions() {
+  const model = $("model").value;
+  show($("melody-field"), modelFact(model, "melody") === true);
+  show($("decoder-field"), (modelFact(model, "decoders") || []).includes("mbd"));
 }
 
 /** The POST body from the form; numbers are sent as numbers, empty fields are left to the API's defaults. */
@@ -145,6 +164,7 @@ function readForm() {
     temperature: num("temperature"), cfg_coef: num("cfg-coef"), seed: num("seed"),
     output_format: $("output-format").value,
   };
+  if (!$("decoder-field").hidden && $("mbd").checked) configs.decoder = "mbd";
   Object.keys(configs).forEach((k) => configs[k] === undefined && delete configs[k]);
   const body = { prompt: $("prompt").value, configs };
   if ($("negative-prompt").value.trim()) body.negative_prompt = $("negative-prompt").value;
@@ -160,6 +180,8 @@ function fillForm(task) {
   set("model", c.model); set("duration", c.duration); set("top-k", c.top_k); set("top-p", c.top_p);
   set("temperature", c.temperature); set("cfg-coef", c.cfg_coef); set("output-format", c.output_format);
   $("seed").value = c.seed ?? task.seed ?? "";
+  $("mbd").checked = (task.decoder ?? c.decoder) === "mbd";
+  showModelOptions();
 }
 
 async function submitGeneration(event) {
@@ -168,8 +190,10 @@ async function submitGeneration(event) {
   $("generate-btn").disabled = true;
   try {
     const body = readForm();
-    const file = $("input-audio").files[0];
-    if (file) body.configs.input_audio = (await uploadClip(file)).id;
+    const clip = $("input-audio").files[0];
+    if (clip) body.configs.input_audio = (await uploadClip(clip, "input clip")).id;
+    const melody = $("melody-field").hidden ? null : $("melody").files[0];
+    if (melody) body.configs.melody = (await uploadClip(melody, "melody")).id;
     const created = await api("POST", "/v1/ai/audio_generation", { body });
     render({ task_id: created.task_id, status: "PENDING", percent: 0, prompt: created.prompt });
     follow(created.task_id);
@@ -181,15 +205,16 @@ async function submitGeneration(event) {
   }
 }
 
-/** Uploads a clip to continue from (multipart, field "file"); returns the upload's facts. */
-async function uploadClip(file) {
+/** Uploads a clip to continue from or a melody (multipart, field "file"); returns the upload's facts.
+    `what` names it in an error. */
+async function uploadClip(file, what) {
   const form = new FormData();
   form.append("file", file, file.name);
   const res = await fetch("/v1/uploads", { method: "POST", headers: { ...authHeader() }, body: form });
   let env = null;
   try { env = await res.json(); } catch (_) { /* not JSON */ }
   if (!res.ok || !env || env.status === "error") {
-    throw new ApiError(`input clip: ${(env && env.error_description) || `upload failed (HTTP ${res.status})`}`,
+    throw new ApiError(`${what}: ${(env && env.error_description) || `upload failed (HTTP ${res.status})`}`,
                        res.status);
   }
   return env.data;
@@ -473,6 +498,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("apikey-form").addEventListener("submit", signInWithKey);
   $("signout-btn").addEventListener("click", () => signOut());
   $("generate-form").addEventListener("submit", submitGeneration);
+  $("model").addEventListener("change", showModelOptions);
   $("cancel-btn").addEventListener("click", cancelTask);
   $("history-refresh").addEventListener("click", loadHistory);
   $("rating-form").addEventListener("submit", submitRating);
