@@ -82,11 +82,18 @@ def test_cli_remote_melody_errors(conn, tune, tmp_path, capsys):
     assert "--melody: no such file" in capsys.readouterr().err
 
 
-def test_cli_local_melody(tune, tmp_path):
-    out = tmp_path / "jazz.flac"
-    assert main(["generate", "jazzy piano", "--model-path", str(TINY["musicgen-melody"]), "--melody", str(tune),
-                 "-o", str(out), "--duration", "0.5", "--seed", "1"]) == 0
-    audio, rate = sf.read(out)
+def test_cli_local_melody_as_the_readme_writes_it(tune, tmp_path, monkeypatch):
+    """The README's local melody command, with the name musicgen-melody pointed at the tiny checkpoint."""
+    import shutil
+
+    from tests.test_cli import _readme_command
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tune, "tune.wav")
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"musicgen-melody={TINY['musicgen-melody']}")
+    command = _readme_command('soundry generate "jazzy piano" --model musicgen-melody --melody tune.wav')
+    assert main([*command, "--duration", "0.5", "--seed", "1"]) == 0
+    audio, rate = sf.read(tmp_path / "jazz.wav")
     assert rate == 32000 and len(audio) == 16000
 
 
