@@ -46,6 +46,9 @@ class Settings:
     default_model: str = "audiogen"
     # more models: "name=/folder" or "name=hf:owner/repo@revision" (either format; SOUNDRY_MODEL_PATHS too)
     model_paths: list[str] = field(default_factory=list)
+    # MultiBand Diffusion's weights (configs.decoder "mbd"): a folder holding mbd_musicgen_32khz.th, or the file;
+    # "" = the hub's facebook/multiband-diffusion, downloaded on the first MBD task (SOUNDRY_MBD_PATH too)
+    mbd_path: str = ""
     cog_model: str = "musicgen"  # the model Cog's local API (POST /predictions) runs
     max_duration: float = 300.0
     max_prompt_chars: int = 2000

@@ -25,8 +25,10 @@ def server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # meta/musicgen's versions on the tiny checkpoints
         mp.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
                                          f"musicgen-large={TINY['musicgen']},"
-                                         f"musicgen-stereo-large={TINY['musicgen-stereo']}")
-        live = start_live_server(make_settings(tmp_path_factory.mktemp("replicate")))
+                                         f"musicgen-stereo-large={TINY['musicgen-stereo']},"
+                                         f"musicgen-stereo-melody-large={TINY['musicgen-stereo-melody']}")
+        live = start_live_server(make_settings(tmp_path_factory.mktemp("replicate"),
+                                               mbd_path=str(TINY["musicgen-stereo"] / "mbd")))
         yield live
         live.stop()
 
@@ -102,15 +104,40 @@ def _refused(call, status: int = 422) -> ReplicateError:
     return err.value
 
 
-def test_melody_and_what_soundry_cannot_do_are_422_naming_the_field(server, tmp_path):
+def _task(server, prediction_id: str) -> dict:
+    r = httpx.get(f"{server.url}/v1/ai/audio_generation/{prediction_id}",
+                  headers={"Authorization": f"Bearer {server.api_key}"})
+    return r.json()["data"]["data"]
+
+
+def test_input_audio_without_continuation_is_the_melody_of_a_melody_version(server):
     client = _client(server)
-    err = _refused(lambda: client.run("meta/musicgen", input={"prompt": "a march"}))  # stereo-melody-large
-    assert "model_version" in err.detail and "melody" in err.detail
-    f = client.files.create(io.BytesIO(_wav()), filename="tune.wav")
+    march = {"prompt": "a march", "duration": 0.5, "seed": 4}  # model_version: stereo-melody-large, the default
+    plain = client.predictions.create(model="meta/musicgen", input=march)
+    f = client.files.create(io.BytesIO(_wav(tone=True)), filename="tune.wav")
+    followed = client.predictions.create(model="meta/musicgen", input={**march, "input_audio": f.urls["get"]})
+    plain.wait()
+    followed.wait()
+    assert plain.status == followed.status == "succeeded", (plain.error, followed.error)
+    assert _task(server, followed.id)["config"]["melody"] == f.id
+    a, b = (sf.read(io.BytesIO(_data(p.output)), always_2d=True)[0] for p in (plain, followed))
+    assert a.shape == b.shape and a.shape[1] == 2 and not np.allclose(a, b, atol=1e-4)
     err = _refused(lambda: client.run("meta/musicgen", input={**MUSIC, "input_audio": f.urls["get"]}))
-    assert err.detail.startswith("input_audio:") and "melody" in err.detail
-    err = _refused(lambda: client.run("meta/musicgen", input={**MUSIC, "multi_band_diffusion": True}))
-    assert err.detail.startswith("multi_band_diffusion:")
+    assert err.detail.startswith("input_audio:") and "melody" in err.detail  # stereo-large takes no melody
+    other = server.services.accounts.create_user("melody-thief", "melody thief's password")
+    theirs = _client(server, server.services.accounts.create_api_key(other))
+    err = _refused(lambda: theirs.run("meta/musicgen", input={**march, "input_audio": f.urls["get"]}), 404)
+    assert err.detail.startswith("input_audio:")
+
+
+def test_multi_band_diffusion_decodes_with_mbd(server):
+    p = _client(server).predictions.create(model="meta/musicgen", input={
+        **MUSIC, "duration": 0.3, "seed": 2, "multi_band_diffusion": True})
+    p.wait()
+    assert p.status == "succeeded", p.error
+    audio, rate = sf.read(io.BytesIO(_data(p.output)), always_2d=True)
+    assert rate == 32000 and audio.shape == (9600, 2)
+    assert _task(server, p.id)["decoder"] == "mbd"
 
 
 def test_input_audio_elsewhere_is_refused_and_never_fetched(server):
@@ -152,9 +179,10 @@ def test_files_get_and_delete_and_the_models_schema(server):
     assert {"prompt", "duration", "model_version", "input_audio", "continuation", "seed"} <= set(inputs)
 
 
-def _wav(seconds: float = 1.0) -> bytes:
+def _wav(seconds: float = 1.0, tone: bool = False) -> bytes:
+    t = np.arange(int(32000 * seconds)) / 32000
     buf = io.BytesIO()
-    sf.write(buf, np.zeros(int(32000 * seconds)), 32000, format="WAV")
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 440 * t) if tone else np.zeros_like(t), 32000, format="WAV")
     return buf.getvalue()
 
 

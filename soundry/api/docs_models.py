@@ -75,6 +75,8 @@ class TaskInfo(BaseModel):
     sample_rate: int | None = Field(None, description="COMPLETED only")
     output_format: str | None = Field(None, description="COMPLETED only")
     seed: int | None = Field(None, description="COMPLETED only: the seed used (reproduces the clip)")
+    decoder: Literal["encodec", "mbd"] | None = Field(None, description="COMPLETED only: what decoded the stored "
+                                                                       "file (EnCodec or MultiBand Diffusion)")
     feedback: TaskFeedback | None = Field(None, description="the owner's rating (POST /v1/ai/feedback); null if none")
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from soundry import __version__
 from soundry.api.envelope import ApiError
-from soundry.api.routes_uploads import check_input_audio
+from soundry.api.routes_uploads import check_task_inputs
 from soundry.api.schemas import Configs, check_prompt
 from soundry.audio.encode import FORMATS
 from soundry.models.registry import MODEL_NAMES, SPECS, canonical_name
@@ -34,9 +34,11 @@ from soundry.tasks.result import download_url
 STATUS = {"PENDING": "starting", "PROCESSING": "processing", "COMPLETED": "succeeded", "FAILED": "failed",
           "CANCELED": "canceled"}
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
-MELODY_VERSIONS = ("stereo-melody-large", "melody-large")
-# meta/musicgen's model_version → soundry's model (melody ones are refused until melody lands, issue 20)
-MUSICGEN_VERSIONS = {"stereo-large": "musicgen-stereo-large", "large": "musicgen-large"}
+# meta/musicgen's model_version → soundry's model
+MUSICGEN_VERSIONS = {"stereo-melody-large": "musicgen-stereo-melody-large", "melody-large": "musicgen-melody-large",
+                     "stereo-large": "musicgen-stereo-large", "large": "musicgen-large"}
+# meta/musicgen's inputs for what soundry's configs name otherwise (so a refusal names the field the caller sent)
+MUSICGEN_FIELDS = {"melody": "input_audio", "decoder": "multi_band_diffusion"}
 NORMALIZATION = {"loudness": "loudness", "peak": "peak", "rms": "rms", "clip": "none"}  # clip: the encoder clips
 
 
@@ -56,17 +58,17 @@ class MusicGenInput(_Input):
     """meta/musicgen's inputs (cog-musicgen's names and defaults)."""
 
     model_version: str = Field("stereo-melody-large", description=(
-        "stereo-large, large, or a soundry MusicGen name; the melody versions (stereo-melody-large, the default, "
-        "and melody-large) are refused until soundry serves melody models"))
+        "stereo-melody-large (the default), melody-large, stereo-large, large, or a soundry MusicGen name"))
     prompt: str | None = Field(None, description="a description of the music")
     input_audio: str | None = Field(None, description=(
-        "a file of yours on this server (its POST /v1/files urls.get); with continuation it is continued "
-        "(as a melody it is refused for now)"))
+        "a file of yours on this server (its POST /v1/files urls.get); with continuation it is continued, "
+        "else it is the melody the music follows (melody versions only)"))
     duration: float = Field(8.0, gt=0, allow_inf_nan=False, description="seconds (with continuation: the total)")
     continuation: StrictBool = Field(False, description="continue input_audio (else input_audio is a melody)")
     continuation_start: float = Field(0.0, ge=0, allow_inf_nan=False, description="seconds into input_audio")
     continuation_end: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds into input_audio")
-    multi_band_diffusion: StrictBool = Field(False, description="true is refused: soundry decodes with EnCodec")
+    multi_band_diffusion: StrictBool = Field(False, description=(
+        "decode with MultiBand Diffusion instead of EnCodec (fewer artefacts, seconds of extra work per clip)"))
     normalization_strategy: Literal["loudness", "clip", "peak", "rms"] = "loudness"
     top_k: int = Field(250, ge=0, le=2048)
     top_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
@@ -90,11 +92,12 @@ class AudioGenInput(_Input):
 
 class SoundryInput(Configs):
     """soundry/<model>: the prompt and soundry's own configs (the model is the one named in the path);
-    ``input_audio`` may also be a file URL of this server."""
+    ``input_audio`` and ``melody`` may also be file URLs of this server."""
 
     prompt: str = Field(..., description="what to generate")
     negative_prompt: str = Field("", description="what to steer away from")
     input_audio: str | None = Field(None, description="an upload's id, or its URL on this server")
+    melody: str | None = Field(None, description="an upload's id, or its URL on this server (melody models)")
 
 
 def version_id(model: str) -> str:
@@ -131,9 +134,9 @@ def validate_input(model: str, raw) -> BaseModel:
 
 
 def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -> tuple[str, str, dict]:
-    """(prompt, negative prompt, configs) of a validated input; ``resolve`` turns an ``input_audio`` value
-    into an upload id; ``cog_model`` replaces meta/musicgen's default model_version (Cog's API serves the
-    model its setting names)."""
+    """(prompt, negative prompt, configs) of a validated input; ``resolve(value, field)`` turns an
+    ``input_audio`` or ``melody`` value into an upload id; ``cog_model`` replaces meta/musicgen's default
+    model_version (Cog's API serves the model its setting names)."""
     if isinstance(inp, SoundryInput):
         if "model" in inp.model_fields_set:
             raise InputError("model", "the model is the one the path names (soundry/<model>)")
@@ -141,8 +144,9 @@ def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -
         if inp.negative_prompt:
             _text(inp.negative_prompt, "negative_prompt")
         data = inp.model_dump(exclude={"prompt", "negative_prompt"}, exclude_unset=True)
-        if inp.input_audio is not None:
-            data["input_audio"] = resolve(inp.input_audio)
+        for field in ("input_audio", "melody"):
+            if getattr(inp, field) is not None:
+                data[field] = resolve(getattr(inp, field), field)
         return inp.prompt, inp.negative_prompt, {**data, "model": models()[model][0]}
     if inp.prompt is None or not inp.prompt.strip():
         raise InputError("prompt", "soundry needs a prompt (a description of the audio)")
@@ -152,24 +156,26 @@ def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -
     if isinstance(inp, AudioGenInput):
         return inp.prompt, "", {**cfg, "model": cog_model or "audiogen"}
     version = inp.model_version if cog_model is None or "model_version" in inp.model_fields_set else cog_model
-    if version in MELODY_VERSIONS:
-        raise InputError("model_version", f"{version} is a melody model, which soundry does not serve yet; use "
-                                          "stereo-large or large (or a soundry MusicGen name)")
     name = MUSICGEN_VERSIONS.get(version, version)
     if name not in MODEL_NAMES or SPECS[canonical_name(name)].family != "musicgen":
-        raise InputError("model_version", f"unknown version {version!r}; use stereo-large, large or one of "
-                                          f"{', '.join(n for n in MODEL_NAMES if 'musicgen' in n)}")
-    if inp.multi_band_diffusion:
-        raise InputError("multi_band_diffusion", "true is not supported: soundry decodes with EnCodec only")
-    if inp.input_audio is not None and not inp.continuation:
-        raise InputError("input_audio", "as a melody (continuation false) it needs a melody model, which soundry "
-                                        "does not serve yet; set continuation to true to continue it")
-    if inp.input_audio is None and ("continuation_start" in inp.model_fields_set or inp.continuation_end is not None):
-        raise InputError("continuation_start", "continuation_start/continuation_end need input_audio")
+        raise InputError("model_version", f"unknown version {version!r}; use {', '.join(MUSICGEN_VERSIONS)} or one "
+                                          f"of {', '.join(n for n in MODEL_NAMES if 'musicgen' in n)}")
+    as_melody = inp.input_audio is not None and not inp.continuation
+    if as_melody and not SPECS[canonical_name(name)].melody:
+        raise InputError("input_audio", f"as a melody (continuation false) it needs a melody version "
+                                        f"(stereo-melody-large, melody-large), and {version} is not one; set "
+                                        "continuation to true to continue it")
+    if (inp.input_audio is None or as_melody) and ("continuation_start" in inp.model_fields_set
+                                                   or inp.continuation_end is not None):
+        raise InputError("continuation_start", "continuation_start/continuation_end need input_audio with "
+                                               "continuation true")
     cfg.update(model=name, normalization=NORMALIZATION[inp.normalization_strategy],
-               seed=None if inp.seed in (None, -1) else inp.seed)
-    if inp.input_audio is not None:
-        cfg.update(input_audio=resolve(inp.input_audio), continuation_start=inp.continuation_start,
+               seed=None if inp.seed in (None, -1) else inp.seed,
+               decoder="mbd" if inp.multi_band_diffusion else "encodec")
+    if as_melody:
+        cfg.update(melody=resolve(inp.input_audio, "input_audio"))
+    elif inp.input_audio is not None:
+        cfg.update(input_audio=resolve(inp.input_audio, "input_audio"), continuation_start=inp.continuation_start,
                    continuation_end=inp.continuation_end)
     return inp.prompt, "", cfg
 
@@ -184,19 +190,20 @@ def _text(value: str, field: str) -> None:
 _FILE_PATH = re.compile(r"/v1/(?:files|uploads)/([0-9a-f]{32})")
 
 
-def input_audio_id(value: str, own_origins: list[str]) -> str:
-    """The upload id an ``input_audio`` value names: an id, or a URL of this server's ``/v1/files/{id}``
-    (one of ``own_origins``). Anything else is refused: soundry never fetches a URL a user picks."""
+def input_audio_id(value: str, own_origins: list[str], field: str = "input_audio") -> str:
+    """The upload id an ``input_audio`` (or ``melody``: ``field``) value names: an id, or a URL of this server's
+    ``/v1/files/{id}`` (one of ``own_origins``). Anything else is refused: soundry never fetches a URL a user
+    picks."""
     if re.fullmatch(r"[0-9a-f]{32}", value):
         return value
     if value.startswith("data:"):
-        raise InputError("input_audio", "data: URLs are not accepted; upload the file (POST /v1/files, which the "
+        raise InputError(field, "data: URLs are not accepted; upload the file (POST /v1/files, which the "
                                         "replicate client does for a local file) and pass its URL")
     parts = urlsplit(value)
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     match = _FILE_PATH.fullmatch(parts.path)
     if origin not in [o.lower().rstrip("/") for o in own_origins] or match is None:
-        raise InputError("input_audio", "only files uploaded to this server are accepted (POST /v1/files, then its "
+        raise InputError(field, "only files uploaded to this server are accepted (POST /v1/files, then its "
                                         "urls.get); soundry does not fetch URLs")
     return match.group(1)
 
@@ -222,13 +229,11 @@ def create_task(svc, user: User, prompt: str, negative: str, configs: Configs, w
     """Store and enqueue the task (blocking: call it on the thread pool). The caps are checked atomically
     with the insert (``Limits.create_task``: 429/503 as ApiError)."""
     try:
-        check_input_audio(svc, user, configs)
-    except ApiError as exc:
-        field = "input_audio" if "input_audio" in exc.description else "duration"
-        for name in ("continuation_start", "continuation_end", "input_audio", "duration"):
-            if f"configs.{name}" in exc.description:
-                field = name
-                break
+        check_task_inputs(svc, user, configs)
+    except ApiError as exc:  # its description starts with the configs field it refuses
+        field = re.match(r"configs\.([a-z_]+)", exc.description).group(1)
+        if wire.get("model") == "meta/musicgen":
+            field = MUSICGEN_FIELDS.get(field, field)
         raise InputError(field, exc.description.replace("configs.", "").split(": ", 1)[-1], exc.status) from None
     task = Task(user_id=user.id, prompt=prompt, negative_prompt=negative,
                 config={**configs.model_dump(), "prediction": wire}, model=configs.model, webhook=webhook)

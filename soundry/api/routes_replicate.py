@@ -203,7 +203,8 @@ async def translate(request: Request, model: str, body: CreatePrediction, cog_mo
     svc = services(request)
     inp = core.validate_input(model, body.input)
     origins = own_origins(request)
-    prompt, negative, cfg = core.to_task(model, inp, lambda v: core.input_audio_id(v, origins), cog_model)
+    prompt, negative, cfg = core.to_task(model, inp, lambda value, field: core.input_audio_id(value, origins, field),
+                                         cog_model)
     configs = core.validated_configs(prompt, negative, cfg, svc.settings.max_duration, svc.settings.max_prompt_chars)
     events = list(body.webhook_events_filter or WEBHOOK_DEFAULT)
     webhook = body.webhook or body.webhook_completed or ""

@@ -15,7 +15,7 @@ from soundry.api.body import read_bounded_body
 from soundry.api.deps import current_user, services
 from soundry.api.docs_models import AiModels, ModelEntry, TaskCreated, TaskResult, answers
 from soundry.api.envelope import ApiError, ok
-from soundry.api.routes_uploads import check_input_audio
+from soundry.api.routes_uploads import check_task_inputs, decoders
 from soundry.api.schemas import CreateTask
 from soundry.api.streams import EventStreams
 from soundry.api.tasks_view import public_config, task_result
@@ -38,6 +38,7 @@ def _model_metadata(name: str, loaded: dict) -> dict:
             "license": None if spec.source else "CC-BY-NC-4.0", "source": spec.source or None,
             "adapter": spec.adapter or None, "loaded": engine is not None,
             # what the loaded model runs in; null until loaded here (or when Celery workers serve it)
+            "melody": spec.melody, "decoders": decoders(spec),
             "precision": engine.model.precision if engine is not None else None,
             "compiled": engine.compile_state if engine is not None else None,
             "weights": engine.model.weights if engine is not None else None}
@@ -48,7 +49,8 @@ def _model_metadata(name: str, loaded: dict) -> dict:
                         "(fp32, bf16, fp16 or int8); `metadata.compiled` says whether its decode step is compiled "
                         "(`off`, `compiling`, `on`, `failed`); `metadata.weights` how its linear weights are "
                         "held (`packed`: oneDNN's CPU layout, `int8`, `plain`). All three are null for models not "
-                        "loaded in this process.")
+                        "loaded in this process. `metadata.melody` says whether the model follows a tune "
+                        "(`configs.melody`); `metadata.decoders` the values `configs.decoder` takes for it.")
 def models(request: Request):
     engines = services(request).engines
     loaded = engines.loaded() if engines is not None else {}
@@ -82,7 +84,7 @@ async def create_task(request: Request, user: User = Depends(current_user)):
 
 def _store_and_enqueue(svc, user: User, req: CreateTask) -> Task:
     cfg = req.configs
-    check_input_audio(svc, user, cfg)
+    check_task_inputs(svc, user, cfg)
     task = svc.limits.create_task(Task(user_id=user.id, prompt=req.prompt, negative_prompt=req.negative_prompt,
                                        config=cfg.model_dump(), model=cfg.model, webhook=req.webhook or ""))
     svc.queue.enqueue(task.id, task.model)

@@ -1,4 +1,5 @@
-"""Audio uploads (``POST /v1/uploads``) to continue from, and the ``configs.input_audio`` check."""
+"""Audio uploads (``POST /v1/uploads``) to continue from or to follow as a melody, and the checks of a task's
+configs against its model and its uploads (``check_task_inputs``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from soundry.api.docs_models import answers
 from soundry.api.envelope import ApiError, ok
 from soundry.api.schemas import check_prompt
 from soundry.audio.decode import UndecodableAudio
-from soundry.models.registry import ALIASES, FAMILY_WINDOWS, SPECS
+from soundry.models.registry import ALIASES, FAMILY_WINDOWS, SPECS, ModelSpec
 from soundry.storage import StorageError
 from soundry.tasks.models import Upload, User
 from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
@@ -58,10 +59,11 @@ def _upload_answers() -> dict:
     return out
 
 
-@router.post("/uploads", status_code=201, summary="Upload an audio clip to continue from",
+@router.post("/uploads", status_code=201, summary="Upload an audio clip to continue from or to follow as a melody",
              description=f"multipart/form-data with one file field `file`: {_FORMATS} (libsndfile decodes it; "
                          "anything else is refused with 422 `invalid_audio`). The clip is decoded and kept, as "
-                         "FLAC, for `upload_retention_hours`; pass its `id` as `configs.input_audio`.",
+                         "FLAC, for `upload_retention_hours`; pass its `id` as `configs.input_audio` (to continue it) "
+                         "or `configs.melody` (a tune for a melody model to follow).",
              responses=_upload_answers(),
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
                  "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
@@ -157,22 +159,55 @@ async def _read_file_field(request: Request, max_bytes: int, name: str = "file")
     return form, field
 
 
-def check_input_audio(svc, user: User, cfg) -> None:
-    """Refuse (404/422, naming the field) a ``configs.input_audio`` the task could not use."""
+def check_task_inputs(svc, user: User, cfg) -> None:
+    """Refuse (404/422, naming the field) what a task's model cannot do with its configs (a melody, the MBD
+    decoder) and a ``configs.input_audio`` or ``configs.melody`` the task could not use. Blocking (it reads the
+    uploads): call it on the thread pool, before anything is stored."""
+    spec = SPECS[ALIASES.get(cfg.model, cfg.model)]
+    if cfg.decoder not in decoders(spec):
+        raise ApiError(422, "invalid_config", f"configs.decoder: {cfg.model} is not a MusicGen model; MultiBand "
+                                              "Diffusion decodes MusicGen's tokens only (use encodec)")
+    if cfg.melody is not None:
+        if not spec.melody:
+            raise ApiError(422, "invalid_config", f"configs.melody: {cfg.model} is not conditioned on a melody; use "
+                                                  f"one of {', '.join(melody_models())}")
+        if cfg.input_audio is not None:
+            raise ApiError(422, "invalid_config", "configs.melody: a melody and an audio prompt to continue "
+                                                  "(configs.input_audio) cannot be combined")
+        _own_upload_for(svc, user, "melody", cfg.melody)
+    _check_input_audio(svc, user, cfg, spec.family)
+
+
+def decoders(spec: ModelSpec) -> list[str]:
+    """What can decode a model's tokens: its codec, and MultiBand Diffusion for MusicGen."""
+    return ["encodec", "mbd"] if spec.family == "musicgen" else ["encodec"]
+
+
+def melody_models() -> list[str]:
+    """The registry's names of the models conditioned on a melody."""
+    return [name for name, spec in SPECS.items() if spec.melody]
+
+
+def _own_upload_for(svc, user: User, field: str, upload_id: str) -> Upload:
+    up = svc.uploads.get(upload_id, user.id)
+    if up is None:
+        raise ApiError(404, "not_found", f"configs.{field}: no upload {upload_id} for this user")
+    return up
+
+
+def _check_input_audio(svc, user: User, cfg, family: str) -> None:
     if cfg.input_audio is None:
         if "continuation_start" in cfg.model_fields_set or cfg.continuation_end is not None:  # as the schema says
             raise ApiError(422, "invalid_config", "configs.continuation_start/end need configs.input_audio")
         return
-    up = svc.uploads.get(cfg.input_audio, user.id)
-    if up is None:
-        raise ApiError(404, "not_found", f"configs.input_audio: no upload {cfg.input_audio} for this user")
+    up = _own_upload_for(svc, user, "input_audio", cfg.input_audio)
     end = up.duration if cfg.continuation_end is None else cfg.continuation_end
     if end > up.duration + 1e-3:
         raise ApiError(422, "invalid_config", f"configs.continuation_end: the clip is {up.duration:.3f} s long")
     if cfg.continuation_start >= end:
         raise ApiError(422, "invalid_config", "configs.continuation_start must be before continuation_end")
     prompt = end - cfg.continuation_start
-    context = FAMILY_WINDOWS[SPECS[ALIASES.get(cfg.model, cfg.model)].family][0]  # a prompt must be shorter
+    context = FAMILY_WINDOWS[family][0]  # a prompt must be shorter
     if prompt >= min(cfg.duration, context):
         raise ApiError(422, "invalid_config",
                        f"configs.duration: the audio prompt is {prompt:.2f} s; the total duration must be longer "

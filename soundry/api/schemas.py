@@ -57,6 +57,13 @@ class Configs(BaseModel):
                                                                                 "prompt ends (default: its end)")
     loop: StrictBool = Field(False, description="a clip that loops seamlessly (generated past its end, the extra tail "
                                           "crossfaded into its head)")
+    melody: str | None = Field(None, pattern="^[0-9a-f]{32}$", description=(
+        "id of an upload (POST /v1/uploads) whose tune the music follows (melody models only: those whose entry in "
+        "GET /v1/models/audio_generation says `melody: true`); the whole clip, tiled or cut to the model's 30 s "
+        "context in every window; not together with input_audio"))
+    decoder: Literal["encodec", "mbd"] = Field("encodec", description=(
+        "what turns the tokens into the stored file: `encodec` (the model's codec) or `mbd` (MultiBand Diffusion, "
+        "MusicGen models only: fewer artefacts, seconds of extra work per clip; live audio stays EnCodec)"))
 
     @field_validator("model")
     @classmethod

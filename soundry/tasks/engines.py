@@ -1,5 +1,6 @@
 """One engine per model name, loaded on first use; load failures are remembered for a while so
-every task of an unavailable model fails fast with the same reason."""
+every task of an unavailable model fails fast with the same reason. Also the MultiBand Diffusion decoder
+(``configs.decoder`` "mbd"), loaded once per process for the MusicGen models that ask for it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+
+import torch
 
 from soundry.engine import Engine
 from soundry.models.registry import canonical_name
@@ -19,6 +22,36 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
+MBD_REPO = "facebook/multiband-diffusion"
+MBD_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the U-Nets' dtype on a GPU; float32 elsewhere
+
+
+def mbd_weights(mbd_path: str = "") -> Path:
+    """MultiBand Diffusion's release file: ``mbd_path`` (a folder holding it, or the file), else the hub's
+    (from the local cache, else downloaded). Raises ModelUnavailable with a sentence naming the setting."""
+    from soundry.models.mbd import RELEASE_FILE
+
+    if mbd_path:
+        path = Path(mbd_path).expanduser()
+        path = path / RELEASE_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ModelUnavailable(f"MultiBand Diffusion: the mbd_path setting names {mbd_path}, which is neither "
+                                   f"{RELEASE_FILE} nor a folder holding it")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(MBD_REPO, RELEASE_FILE, local_files_only=True))
+    except Exception:  # not cached yet
+        pass
+    try:
+        return Path(hf_hub_download(MBD_REPO, RELEASE_FILE))
+    except Exception as exc:
+        raise ModelUnavailable(f"MultiBand Diffusion weights ({MBD_REPO}) are not in the local cache and the hub is "
+                               f"unreachable ({type(exc).__name__}); set mbd_path (SOUNDRY_MBD_PATH) to a folder "
+                               f"holding {RELEASE_FILE}") from exc
+
+
 class EngineManager:
     """``precision``, ``max_text_tokens`` and ``packed_weights`` go to the default loader; ``compile``
     and ``compile_cache`` to each Engine."""
@@ -26,7 +59,7 @@ class EngineManager:
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
                  packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
-                 rng: str = "generator", attention: str = "masked"):
+                 rng: str = "generator", attention: str = "masked", mbd_path: str = ""):
         self.max_batch, self.retry_after = max_batch, retry_after
         self.kv_cache_memory, self.rng, self.attention = kv_cache_memory, rng, attention
         self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
@@ -34,6 +67,10 @@ class EngineManager:
         self._failures: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self.mbd_path = mbd_path
+        self._mbd: dict[tuple, object] = {}  # (release file, model, dtype) -> MultiBandDiffusion
+        self._mbd_failures: dict[str, tuple[float, str]] = {}  # model -> (when, reason)
+        self._mbd_lock = threading.Lock()
         if loader is None:
             from soundry.models import load_model
 
@@ -46,7 +83,8 @@ class EngineManager:
         return cls(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
                    precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
                    packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
-                   fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention)
+                   fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention,
+                   mbd_path=settings.mbd_path)
 
     def key(self, name: str) -> str:
         try:
@@ -82,6 +120,36 @@ class EngineManager:
                 self._engines[key] = engine
                 self._failures.pop(key, None)
             return engine
+
+    def mbd(self, engine: Engine):
+        """The MultiBand Diffusion decoder of ``engine``'s model, loaded on first use and kept for the process:
+        one per (release file, model, dtype), bound to the model's codec, and shared by all its tasks. A failure
+        is remembered for ``retry_after`` seconds, as for models, so the tasks behind it fail at once with the
+        same reason (ModelUnavailable)."""
+        with self._mbd_lock:  # a load takes seconds: the tasks of other models wait for it (rare, once)
+            name = engine.model.name
+            failed = self._mbd_failures.get(name)
+            if failed and time.monotonic() - failed[0] < self.retry_after:
+                raise ModelUnavailable(failed[1])
+            codec = engine.model.codec
+            device = next(codec.parameters()).device
+            dtype = MBD_PRECISIONS.get(engine.model.precision, torch.float32) if device.type == "cuda" else \
+                torch.float32
+            try:
+                path = mbd_weights(self.mbd_path)
+                key = (str(path.resolve()), name, dtype)
+                if key not in self._mbd:
+                    from soundry.models.mbd import load_mbd
+
+                    self._mbd[key] = load_mbd(path, codec, dtype=dtype)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ModelUnavailable) else \
+                    f"MultiBand Diffusion could not be loaded for {name}: {exc}"
+                log.error(reason)
+                self._mbd_failures[name] = (time.monotonic(), reason)
+                raise ModelUnavailable(reason) from exc
+            self._mbd_failures.pop(name, None)
+            return self._mbd[key]
 
     def loaded(self) -> dict[str, Engine]:
         with self._lock:

@@ -63,6 +63,12 @@ def eta_seconds(task: Task, queue_position: int | None, seconds_per_audio_second
     return None
 
 
+def decoder_of(task: Task) -> str:
+    """What decoded the task's stored file: the decoder its configs asked for (the runner never falls back to
+    another; tasks from before the setting existed were decoded by EnCodec)."""
+    return (task.config or {}).get("decoder") or "encodec"
+
+
 def task_payload(task: Task, settings: Settings, base_url: str, queue_position: int | None = None,
                  eta: float | None = None) -> dict:
     inner = {
@@ -78,5 +84,5 @@ def task_payload(task: Task, settings: Settings, base_url: str, queue_position: 
                          {"rating": task.rating, "feedback": task.feedback, "rated_at": fmt_time(task.rated_at)})
     if task.status == "COMPLETED":
         inner.update(duration=round(task.audio_seconds, 4), sample_rate=task.sample_rate,
-                     output_format=task.file_format, seed=task.seed)
+                     output_format=task.file_format, seed=task.seed, decoder=decoder_of(task))
     return {"is_success": task.status != "FAILED", "data": inner}

@@ -5,7 +5,8 @@ while PROCESSING under a lease that lapsed (its worker died); the worker renews 
 tasks every few seconds. A redelivered message for a task that another live worker holds waits
 until that worker finishes (then it is skipped) or its lease lapses (then it takes the task over).
 Only the holder can complete a task, so it completes once. The audio file is written before the
-task says COMPLETED.
+task says COMPLETED. A task with ``decoder: mbd`` has its tokens decoded again by MultiBand Diffusion here, on
+the task's own thread, once the engine is done with it (the engine's decode loop never waits for it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class TaskRunner:
         self.progress_hooks: list = []  # callables(task_id, percent) after a new percent is written
         self._active: dict[str, list] = {}  # task_id -> [engine, percent to write or None]
         self._lock = threading.Lock()
+        # one MultiBand Diffusion decode at a time in this process: each already batches its bands and halves
+        # over every core (or the GPU); several at once would only share them and hold more memory
+        self._diffusing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,6 +153,38 @@ class TaskRunner:
             except Exception:
                 log.exception("task hook %r failed", hook)
 
+    UPLOADS = {"input_audio": "input audio", "melody": "melody"}  # configs fields naming an upload -> in a sentence
+
+    def _read_uploads(self, task, request: GenerationRequest) -> str | None:
+        """Put the task's uploads into ``request``: the part of ``input_audio`` to continue, the whole ``melody``.
+        Returns why the task fails (a sentence), or None."""
+        cfg = task.config
+        for field, what in self.UPLOADS.items():
+            if not cfg.get(field):
+                continue
+            start, end = ((float(cfg.get("continuation_start") or 0.0), cfg.get("continuation_end"))
+                          if field == "input_audio" else (0.0, None))
+            try:
+                audio, rate = self.uploads.read(cfg[field], task.user_id, start, end)
+            except LookupError:
+                return f"{what} {cfg[field]} no longer exists (deleted or expired)"
+            except Exception:
+                log.exception("task %s: reading its %s failed", task.id, what)
+                return f"its {what} could not be read"
+            if field == "input_audio":
+                request.prompt_audio, request.prompt_sample_rate = torch.from_numpy(audio), rate
+            else:
+                request.melody, request.melody_sample_rate = torch.from_numpy(audio), rate
+        return None
+
+    def _diffuse(self, engine, result, seed: int):
+        """The result's tokens decoded by MultiBand Diffusion (seeded with the task's seed), cut to the length
+        of the engine's EnCodec decode: [C, N] float32."""
+        mbd = self.engines.mbd(engine)
+        with self._diffusing:
+            audio = mbd.tokens_to_wav(result.tokens[None], seed=int(seed))[0]
+        return audio[..., :result.audio.shape[-1]].numpy()
+
     def _run(self, task) -> str:
         task_id, cfg, me = task.id, task.config, self.worker_id
         try:
@@ -163,21 +199,20 @@ class TaskRunner:
             top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
             negative_prompt=task.negative_prompt or None, id=task_id)
-        if cfg.get("input_audio"):
-            try:
-                start, end = float(cfg.get("continuation_start") or 0.0), cfg.get("continuation_end")
-                audio, rate = self.uploads.read(cfg["input_audio"], task.user_id, start, end)
-            except Exception as exc:
-                log.exception("task %s: reading its input audio failed", task_id)
-                self.store.fail(task_id, str(exc) if isinstance(exc, LookupError) else
-                                "its input audio could not be read", me)
-                return "FAILED"
-            request.prompt_audio, request.prompt_sample_rate = torch.from_numpy(audio), rate
+        refused = self._read_uploads(task, request)
+        if refused:
+            self.store.fail(task_id, refused, me)
+            return "FAILED"
         with self._lock:
             self._active[task_id] = [engine, None]
         try:
-            result = engine.submit(request, self._progress(task_id), sink=self._live_channel(task_id, engine, request,
-                                                                                           loop)).result()
+            try:  # submit turns an audio prompt into codes and a melody into chroma (seconds of CPU) on this thread
+                future = engine.submit(request, self._progress(task_id), sink=self._live_channel(task_id, engine,
+                                                                                               request, loop))
+            except ValueError as exc:  # what the model cannot take (a melody on a text-only model, ...): a sentence
+                self.store.fail(task_id, str(exc), me)
+                return "FAILED"
+            result = future.result()
         except GenerationCanceled:
             return "CANCELED"  # the store already says so (or another worker took the task over)
         except Exception as exc:
@@ -187,8 +222,21 @@ class TaskRunner:
         finally:
             with self._lock:
                 self._active.pop(task_id, None)
-        try:
+        decoder = cfg.get("decoder") or "encodec"
+        if decoder == "mbd":
+            try:
+                audio = self._diffuse(engine, result, request.seed)
+            except ModelUnavailable as exc:
+                self.store.fail(task_id, str(exc), me)
+                return "FAILED"
+            except Exception as exc:
+                log.exception("task %s: MultiBand Diffusion failed", task_id)
+                self.store.fail(task_id, f"decoding with MultiBand Diffusion failed ({type(exc).__name__}; the "
+                                         "server log has details)", me)
+                return "FAILED"
+        else:
             audio = result.audio.numpy()
+        try:
             if loop:
                 audio = make_loop(audio, int(round(duration * result.sample_rate)))
             audio = normalize(audio, result.sample_rate, cfg.get("normalization", "loudness"),
