@@ -35,6 +35,7 @@ def model():
 
     m = load_model(str(MELODY), device="cpu")
     m.melody.stems = lambda wav, shift, sample_rate=None: wav
+    m.melody.draw_shift = lambda generator: 0  # no demucs here, so no shift to draw
     return m
 
 
@@ -53,6 +54,32 @@ def test_tokens_equal_transformers_generate(case, kind):
     assert torch.equal(out.tokens, expected["tokens"]), f"{(out.tokens != expected['tokens']).sum()} tokens differ"
     head = expected["audio_head"]
     assert_close_rel(out.audio[..., : head.shape[-1]], head)
+
+
+def test_the_engine_batches_them_each_request_conditioned_alone():
+    """Through the engine, which conditions each request alone: a request with the tune and one without, the same
+    prompt, and a third with another prompt (a prefix of another length) share a batch; the first two give
+    transformers' tokens for the prompt alone."""
+    from soundry.engine import Engine, GenerationRequest
+    from soundry.engine.generate import job_windows, prepare_melody
+
+    ref, m = reference(), model()
+    duration, tune = ref["frames"] / ref["frame_rate"], ref["tune"][None]
+    requests = [GenerationRequest(ref["prompts"][0], duration, top_k=1, top_p=0.0, seed=1, melody=tune,
+                                  melody_sample_rate=ref["sample_rate"]),
+                GenerationRequest(ref["prompts"][0], duration, top_k=1, top_p=0.0, seed=2),
+                GenerationRequest(ref["prompts"][1], duration, top_k=1, top_p=0.0, seed=3, melody=tune,
+                                  melody_sample_rate=ref["sample_rate"])]
+    for r in requests:  # the chroma first, so that the submits are instant and all three decode together
+        prepare_melody(m, r, job_windows(m, r))
+    engine = Engine(m, max_batch=4).start()
+    try:
+        tokens = [f.result(timeout=300).tokens for f in [engine.submit(r) for r in requests]]
+        assert engine.stats.max_batch_size == len(requests)
+    finally:
+        engine.stop()
+    assert torch.equal(tokens[0], ref["single"]["melody"]["tokens"][0])
+    assert torch.equal(tokens[1], ref["single"]["none"]["tokens"][0])
 
 
 def test_the_melody_changes_the_tokens():
