@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 from pathlib import Path
 
 from soundry.config import PRECISIONS
-
-MBD_HUB_REPO = "facebook/multiband-diffusion"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the tokens become audio: encodec (default) or mbd, MultiBand Diffusion (MusicGen "
                         "models; slower, higher fidelity)")
     p.add_argument("--mbd-path", help="local --decoder mbd: the MultiBand Diffusion weights (mbd_musicgen_32khz.th "
-                                      "or its folder; default SOUNDRY_MBD_PATH or the mbd_path setting, else "
-                                      "the hub's facebook/multiband-diffusion)")
+                                      "or its folder; the mbd_path setting, also SOUNDRY_MBD_PATH; default: the "
+                                      "hub's facebook/multiband-diffusion)")
     p.add_argument("--normalization", default="loudness", choices=["loudness", "peak", "rms", "none"])
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -65,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # --precision > SOUNDRY_PRECISION > soundry.toml > auto (no compilation: one clip would not repay it)
         settings = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision,
-                                 data_dir=getattr(args, "data_dir", None))
+                                 data_dir=getattr(args, "data_dir", None), mbd_path=args.mbd_path)
         if not args.model_path:  # --model NAME may name a model added with `soundry models add`
             from soundry.models.user_models import register_user_models
 
@@ -90,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {option}: {exc}", file=sys.stderr)
                 return 2
     try:
-        mbd = load_local_mbd(args, settings, model) if args.decoder == "mbd" else None
-    except Exception as exc:
+        mbd = load_local_mbd(settings, model) if args.decoder == "mbd" else None
+    except Exception as exc:  # no weights at hand, or a file that is not MBD's
         print(f"error: --decoder mbd: {exc}", file=sys.stderr)
         return 1
     engine = Engine(model, max_batch=1).start()
@@ -152,19 +149,10 @@ def read_melody(args: argparse.Namespace, request) -> None:
     request.melody, request.melody_sample_rate = torch.from_numpy(audio), rate
 
 
-def load_local_mbd(args: argparse.Namespace, settings, model):
-    """MultiBand Diffusion over the model's codec, from --mbd-path, SOUNDRY_MBD_PATH / the mbd_path setting, or
-    the hub's release file (downloaded into the Hugging Face cache once)."""
-    from soundry.models.mbd import RELEASE_FILE, load_mbd
+def load_local_mbd(settings, model):
+    """MultiBand Diffusion over the model's codec, from the mbd_path setting (--mbd-path, SOUNDRY_MBD_PATH,
+    soundry.toml), else the hub's release file (downloaded into the Hugging Face cache once)."""
+    from soundry.models.mbd import load_mbd
+    from soundry.tasks.engines import mbd_weights
 
-    path = args.mbd_path or getattr(settings, "mbd_path", None) or os.environ.get("SOUNDRY_MBD_PATH")
-    if not path:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = hf_hub_download(MBD_HUB_REPO, RELEASE_FILE)
-        except Exception as exc:  # offline, unreachable, gated: one sentence and the way around it
-            raise RuntimeError(f"cannot fetch {RELEASE_FILE} of {MBD_HUB_REPO} from the Hugging Face hub "
-                               f"({type(exc).__name__}); once cached it loads offline, or give --mbd-path "
-                               "(or SOUNDRY_MBD_PATH)") from None
-    return load_mbd(path, model.codec)
+    return load_mbd(mbd_weights(settings.mbd_path), model.codec)
