@@ -1,6 +1,7 @@
 """Transformers-format MusicGen-melody checkpoints (``MusicgenMelodyForConditionalGeneration``, issue 23).
 
-The fixture tests/data/hf/musicgen-melody-hf-tiny was written by transformers' ``save_pretrained``, and
+The fixtures tests/data/hf/musicgen-melody-hf-tiny and musicgen-stereo-melody-hf-tiny were written by
+transformers' ``save_pretrained``, and
 ``melody_reference.pt`` holds transformers' own greedy ``generate`` (guidance 3.0) with a melody (the chroma of a
 synthetic tune by transformers' ``MusicgenMelodyFeatureExtractor``) and without one
 (tests/data/make_hf_melody_reference.py). soundry's tokens must equal transformers' exactly.
@@ -19,6 +20,7 @@ from tests.helpers_models import DATA, TINY, assert_close_rel, melody_reference
 
 HF = DATA / "hf"
 MELODY = HF / "musicgen-melody-hf-tiny"
+NAMES = ["musicgen-melody-hf-tiny", "musicgen-stereo-melody-hf-tiny"]
 
 
 @cache
@@ -27,13 +29,13 @@ def reference() -> dict:
 
 
 @cache
-def model():
-    """The fixture as soundry loads it, its stem separation replaced by the identity: the reference gave
+def model(name: str = NAMES[0]):
+    """A fixture as soundry loads it, its stem separation replaced by the identity: the reference gave
     transformers' feature extractor the tune itself (transformers leaves demucs to its user; soundry separates
     the stems first, ``test_the_melody_is_separated_by_demucs_first``)."""
     from soundry.models import load_model
 
-    m = load_model(str(MELODY), device="cpu")
+    m = load_model(str(HF / name), device="cpu")
     m.melody.stems = lambda wav, shift, sample_rate=None: wav
     m.melody.draw_shift = lambda generator: 0  # no demucs here, so no shift to draw
     return m
@@ -41,15 +43,16 @@ def model():
 
 @pytest.mark.parametrize("kind", ["melody", "none"])
 @pytest.mark.parametrize("case", ["batch", "single"])
-def test_tokens_equal_transformers_generate(case, kind):
+@pytest.mark.parametrize("name", NAMES)
+def test_tokens_equal_transformers_generate(name, case, kind):
     """Greedy, guidance 3.0, the tune as every prompt's melody or no melody; a batch of two prompts (the text
     padded to the longer, its padding attended to, as transformers' melody model does) and one prompt alone."""
     ref = reference()
     prompts = ref["prompts"] if case == "batch" else ref["prompts"][:1]
     melody = {"melody": ref["tune"][None], "melody_sample_rate": ref["sample_rate"], "demucs_shifts": [0]}
-    out = generate(model(), prompts, duration=ref["frames"] / ref["frame_rate"], top_k=1,
+    out = generate(model(name), prompts, duration=ref["frames"] / ref["frame_rate"], top_k=1,
                    cfg_coef=ref["guidance_scale"], **(melody if kind == "melody" else {}))
-    expected = ref[case][kind]
+    expected = ref[name][case][kind]
     assert out.tokens.shape == expected["tokens"].shape
     assert torch.equal(out.tokens, expected["tokens"]), f"{(out.tokens != expected['tokens']).sum()} tokens differ"
     head = expected["audio_head"]
@@ -78,13 +81,14 @@ def test_the_engine_batches_them_each_request_conditioned_alone():
         assert engine.stats.max_batch_size == len(requests)
     finally:
         engine.stop()
-    assert torch.equal(tokens[0], ref["single"]["melody"]["tokens"][0])
-    assert torch.equal(tokens[1], ref["single"]["none"]["tokens"][0])
+    assert torch.equal(tokens[0], ref[NAMES[0]]["single"]["melody"]["tokens"][0])
+    assert torch.equal(tokens[1], ref[NAMES[0]]["single"]["none"]["tokens"][0])
 
 
 def test_the_melody_changes_the_tokens():
     ref = reference()
-    assert not torch.equal(ref["single"]["melody"]["tokens"], ref["single"]["none"]["tokens"])
+    for name in NAMES:
+        assert not torch.equal(ref[name]["single"]["melody"]["tokens"], ref[name]["single"]["none"]["tokens"])
 
 
 def test_chroma_is_the_feature_extractors():
