@@ -85,6 +85,18 @@ def test_the_engine_batches_them_each_request_conditioned_alone():
     assert torch.equal(tokens[1], ref[NAMES[0]]["single"]["none"]["tokens"][0])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precisions_apply_to_a_melody_model(precision):
+    from soundry.models.hf_format import load_transformers_model
+
+    ref = reference()
+    m = load_transformers_model(MELODY, "m", "musicgen", torch.device("cpu"), precision, 64, True)
+    m.melody.stems = model().melody.stems
+    out = generate(m, ref["prompts"][:1], duration=ref["frames"] / ref["frame_rate"], top_k=1, melody=ref["tune"][None],
+                   melody_sample_rate=ref["sample_rate"], demucs_shifts=[0])
+    assert m.precision == precision and out.tokens.shape == ref[NAMES[0]]["single"]["melody"]["tokens"].shape
+
+
 def test_the_melody_changes_the_tokens():
     ref = reference()
     for name in NAMES:
