@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 from pathlib import Path
 
@@ -109,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     audio, rate = result.audio, result.sample_rate
     if mbd is not None:
         print("decoding with MultiBand Diffusion…", file=sys.stderr)
-        seed = args.seed if args.seed is not None else secrets.randbits(31)
-        audio, rate = mbd.tokens_to_wav(result.tokens[None], seed=seed)[0], mbd.sample_rate
+        # as a served task: the request's seed (the engine drew one if none was given), the EnCodec decode's length
+        audio = mbd.tokens_to_wav(result.tokens[None], seed=int(request.seed))[0][..., :result.audio.shape[-1]]
     encoded = encode(normalize(audio.numpy(), rate, args.normalization), rate, fmt)
     out.write_bytes(encoded.data)
     print(f"wrote {out} ({audio.shape[-1] / rate:.2f} s, {encoded.sample_rate} Hz)")
