@@ -169,6 +169,13 @@ def test_models_add_takes_a_melody_checkpoint(tmp_path, capsys):
         args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
         assert main(["models", "add", "mymelody", str(MELODY), *args]) == 0
         assert "added mymelody: transformers format" in capsys.readouterr().out
+        # the APIs take a melody for it (configs.melody is checked against the registry's entry)
+        assert registry.SPECS["mymelody"].melody
+        release = DATA / "musicgen-stereo-melody-tiny"
+        assert main(["models", "add", "mystereotune", str(release), *args]) == 0
+        assert registry.SPECS["mystereotune"].melody and registry.SPECS["mystereotune"].channels == 2
+        assert main(["models", "add", "plain", str(DATA / "musicgen-tiny"), *args]) == 0
+        assert not registry.SPECS["plain"].melody
     finally:  # the registry as it was (other tests compare it with the OpenAPI schema)
         registry.SPECS.clear()
         registry.SPECS.update(specs)

@@ -14,12 +14,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not in the release format."""
 
 
-def load_package(path: Path) -> dict[str, Any]:
-    """Load a release package without unpickling code."""
+def load_package(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a release package without unpickling code (``mmap``: tensors stay on disk until read, for a look at
+    its xp.cfg)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        pkg = torch.load(path, map_location="cpu", weights_only=True)
+        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(pkg, dict):

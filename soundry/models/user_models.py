@@ -86,20 +86,26 @@ def from_model_paths(entries: list[str]) -> dict[str, UserModel]:
 def _spec(m: UserModel) -> ModelSpec:
     kind = "hub" if m.source.startswith("hf:") else "folder"
     what = f"{m.family} from {kind} {m.source}" + (f" + LoRA adapter {m.adapter}" if m.adapter else "")
-    return ModelSpec(m.name, m.source, m.family, what, channels=_channels(m.source), source=m.source,
-                     adapter=m.adapter)
+    channels, melody = _facts(m.source)
+    return ModelSpec(m.name, m.source, m.family, what, channels=channels, source=m.source, adapter=m.adapter,
+                     melody=melody)
 
 
-def _channels(source: str) -> int:
-    """The audio channels a transformers-format config here says (a folder, or a hub reference already in the
-    cache); 1 when it cannot be read here."""
+def _facts(source: str) -> tuple[int, bool]:
+    """(audio channels, whether it takes a melody) as the checkpoint here says — a folder, or a hub reference
+    already in the cache, in either format; (1, False) when it cannot be read here."""
+    from soundry.models.checkpoint import CheckpointError, load_package, parse_cfg
     from soundry.models.sources import fetch
 
     try:
-        path = fetch(source, download=False) / "config.json"
-        return int(json.loads(path.read_text())["decoder"].get("audio_channels", 1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ModelNotAvailable):
-        return 1
+        path = fetch(source, download=False)
+        if (path / "config.json").is_file():  # transformers format
+            cfg = json.loads((path / "config.json").read_text())
+            return int(cfg["decoder"].get("audio_channels", 1)), cfg.get("model_type") == "musicgen_melody"
+        cfg = parse_cfg(load_package(path / "state_dict.bin", mmap=True), path / "state_dict.bin")
+        return int(cfg.get("channels", 1)), "self_wav" in ((cfg.get("fuser") or {}).get("prepend") or ())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ModelNotAvailable, CheckpointError):
+        return 1, False
 
 
 def user_models(data_dir: Path, model_paths: list[str] | None = None) -> dict[str, UserModel]:
