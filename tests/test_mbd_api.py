@@ -104,3 +104,28 @@ def test_without_the_setting_the_hub_is_asked_and_an_unreachable_one_names_the_s
         mbd_weights("")
     assert engines_module.MBD_REPO == "facebook/multiband-diffusion"
     assert mbd_weights(str(MBD)) == mbd_weights(str(MBD / "mbd_musicgen_32khz.th")) == MBD / "mbd_musicgen_32khz.th"
+
+
+def test_a_task_canceled_while_diffusing_stops_after_the_current_pass(api, monkeypatch):
+    """A MultiBand Diffusion decode takes minutes of CPU: a cancel stops it within one U-Net pass, the task stays
+    CANCELED and no file is stored."""
+    from soundry.models.mbd import MultiBandDiffusion
+
+    original, passes, task = MultiBandDiffusion.tokens_to_wav, [], {}
+
+    def cancel_at_first_pass(self, tokens, seed, step_list=None, details=None, progress=None):
+        def on_pass(done, total):
+            passes.append((done, total))
+            if done == 1:
+                assert api.svc.store.cancel(task["id"])  # what the cancel route does to the record
+            progress(done, total)
+        return original(self, tokens, seed, step_list, details, on_pass)
+
+    monkeypatch.setattr(MultiBandDiffusion, "tokens_to_wav", cancel_at_first_pass)
+    r = create(api, model="musicgen-stereo", duration=0.2, seed=3, decoder="mbd")
+    assert r.status_code == 201, r.text
+    task["id"] = r.json()["data"]["task_id"]
+    result = wait_for(api, task["id"], api.headers)
+    assert result["status"] == "CANCELED"
+    assert passes and passes[-1][0] == 1 < passes[-1][1]  # stopped after the first of the 80 passes
+    assert api.svc.store.get(task["id"]).file_key == ""

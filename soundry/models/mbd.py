@@ -204,9 +204,11 @@ class _Band(nn.Module):
 
     @torch.no_grad()
     def generate(self, initial: torch.Tensor, condition: torch.Tensor, step_list: list[int],
-                 noise: typing.Callable[[], torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+                 noise: typing.Callable[[], torch.Tensor], dtype: torch.dtype,
+                 after_pass: typing.Callable[[], None] | None = None) -> torch.Tensor:
         """``NoiseSchedule.generate_subsampled``: the reverse process through the states of ``step_list``;
-        ``noise()`` gives each step's fresh noise (shaped as ``initial``, already on its device)."""
+        ``noise()`` gives each step's fresh noise (shaped as ``initial``, already on its device); ``after_pass()``
+        runs after each U-Net pass."""
         ab_sub = (1 - self.betas).cumprod(dim=0)[list(reversed(step_list))]
         betas_sub = 1 - torch.cat([ab_sub[:1], ab_sub[1:] / ab_sub[:-1]])
         alpha_bar = self.alpha_bar(len(self.betas) - 1)
@@ -227,6 +229,8 @@ class _Band(nn.Module):
             if step == 0:
                 previous = previous * self.rescale
             current, alpha_bar = previous, previous_alpha_bar
+            if after_pass is not None:
+                after_pass()
         return self.processor(current)
 
 
@@ -287,7 +291,8 @@ class MultiBandDiffusion:
 
     @torch.no_grad()
     def tokens_to_wav(self, tokens: torch.Tensor, seed: int, step_list: list[int] | None = None,
-                      details: dict | None = None) -> torch.Tensor:
+                      details: dict | None = None,
+                      progress: typing.Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Decode ``tokens`` [B, K, T] to audio [B, C, N] (C = 1, or 2 for stereo codes), float32 on the CPU.
 
         As audiocraft after ``torch.manual_seed(seed)``, per mono half: the EnCodec decode, the sum of the bands'
@@ -296,7 +301,8 @@ class MultiBandDiffusion:
         with it, so decode a request's rows together for reproducibility). ``step_list``, strictly decreasing chain
         states, defaults to ``range(1000)[::-50] + [0]`` (21 states: 20 U-Net passes a band). ``details``, when
         given, receives the stages (``wav_encodec``, ``wav_diffusion``, ``band_outputs`` and ``initial_noises``
-        [halves * bands, B, 1, N], half-major).
+        [halves * bands, B, 1, N], half-major). ``progress(done, total)`` runs after each of the U-Net passes (an
+        exception it raises stops the decode: how a canceled task stops).
         """
         step_list = self._checked(DEFAULT_STEPS if step_list is None else step_list)
         dev = self._codec_device()
@@ -322,9 +328,16 @@ class MultiBandDiffusion:
 
         out = torch.zeros_like(ref)
         band_outputs, initial_noises = [], []
+        passes = {"done": 0, "total": len(self.bands) * (len(step_list) - 1)}
+
+        def after_pass() -> None:
+            passes["done"] += 1
+            if progress is not None:
+                progress(passes["done"], passes["total"])
+
         for band in self.bands:
             initial = draw()
-            y = band.generate(initial, condition, step_list, draw, self.dtype)
+            y = band.generate(initial, condition, step_list, draw, self.dtype, after_pass)
             out += y
             if details is not None:
                 band_outputs.append(y.cpu())

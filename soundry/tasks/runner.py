@@ -177,12 +177,19 @@ class TaskRunner:
                 request.melody, request.melody_sample_rate = torch.from_numpy(audio), rate
         return None
 
-    def _diffuse(self, engine, result, seed: int):
+    def _diffuse(self, task_id: str, engine, result, seed: int):
         """The result's tokens decoded by MultiBand Diffusion (seeded with the task's seed), cut to the length
-        of the engine's EnCodec decode: [C, N] float32."""
+        of the engine's EnCodec decode: [C, N] float32. Raises ``_Stopped`` once the task is no longer this
+        worker's to finish (canceled, or taken over), checked after every U-Net pass."""
         mbd = self.engines.mbd(engine)
+
+        def still_ours(_done: int, _total: int) -> None:
+            current = self.store.get(task_id)
+            if current is None or current.status != "PROCESSING" or current.worker != self.worker_id:
+                raise _Stopped(task_id)
+
         with self._diffusing:
-            audio = mbd.tokens_to_wav(result.tokens[None], seed=int(seed))[0]
+            audio = mbd.tokens_to_wav(result.tokens[None], seed=int(seed), progress=still_ours)[0]
         return audio[..., :result.audio.shape[-1]].numpy()
 
     def _run(self, task) -> str:
@@ -225,7 +232,10 @@ class TaskRunner:
         decoder = cfg.get("decoder") or "encodec"
         if decoder == "mbd":
             try:
-                audio = self._diffuse(engine, result, request.seed)
+                audio = self._diffuse(task_id, engine, result, request.seed)
+            except _Stopped:
+                current = self.store.get(task_id)
+                return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
             except ModelUnavailable as exc:
                 self.store.fail(task_id, str(exc), me)
                 return "FAILED"
@@ -256,3 +266,7 @@ class TaskRunner:
             current = self.store.get(task_id)
             return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
         return "COMPLETED"
+
+
+class _Stopped(Exception):
+    """A MultiBand Diffusion decode stopped: its task was canceled or taken over meanwhile."""
