@@ -84,6 +84,18 @@ def test_stereo_is_two_mono_halves(mbd, ref, seeded):
         mbd.tokens_to_wav(tokens, seed=0, step_list=[0, 999])
 
 
+def test_one_set_of_weights_serves_every_model(mbd, ref):
+    """``with_codec`` binds the loaded networks to another model's codec without copying them, and decodes as a
+    decoder loaded for that codec does."""
+    mono_model = load_model(os.path.join(os.path.dirname(__file__), "data", "musicgen-tiny"))
+    shared = mbd.with_codec(mono_model.codec)
+    assert shared.bands is mbd.bands and shared.mono is mono_model.codec
+    own = load_mbd(MBD_DIR, mono_model.codec)
+    codes = ref["tokens"][:1, 0::2, :10]
+    assert torch.equal(shared.tokens_to_wav(codes, seed=3, step_list=SHORT),
+                       own.tokens_to_wav(codes, seed=3, step_list=SHORT))
+
+
 class _Payload:
     """Unpickling this would call os.system; a safe loader must refuse before building it."""
 

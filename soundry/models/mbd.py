@@ -13,6 +13,7 @@ batched together through each U-Net with one generator per half.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import typing
 from pathlib import Path
@@ -243,7 +244,8 @@ class MultiBandDiffusion:
     """``tokens_to_wav(tokens [B, K, T], seed, step_list=None) -> [B, C, N]`` float32 on the CPU; the bands run on
     the codec's device in ``dtype``. Contract details in ``tokens_to_wav``."""
 
-    def __init__(self, pkg: dict, codec: Codec, dtype: torch.dtype = torch.float32):
+    def __init__(self, pkg: dict, codec: Codec, dtype: torch.dtype = torch.float32, bands: nn.ModuleList | None = None):
+        """``bands``: networks already built (``with_codec``) instead of the package's."""
         self.codec = codec
         self.mono = codec.mono if isinstance(codec, InterleavedStereo) else codec
         self.sample_rate = int(pkg["sample_rate"])
@@ -253,8 +255,9 @@ class MultiBandDiffusion:
         if int(self.mono.sample_rate) != self.sample_rate:
             raise CheckpointError(f"MultiBand Diffusion runs at {self.sample_rate} Hz, the codec at "
                                   f"{self.mono.sample_rate} Hz")
-        self.bands = nn.ModuleList(_Band(pkg[i]["cfg"], self.sample_rate, pkg[i]["model_state"],
-                                         pkg[i]["processor_state"]) for i in range(int(pkg["n_bands"])))
+        self.bands = bands if bands is not None else nn.ModuleList(
+            _Band(pkg[i]["cfg"], self.sample_rate, pkg[i]["model_state"], pkg[i]["processor_state"])
+            for i in range(int(pkg["n_bands"])))
         latent_dim = self.mono.decode_latent(torch.zeros(1, self.mono.n_q, 1, dtype=torch.long,
                                                          device=self._codec_device())).shape[1]
         for i, band in enumerate(self.bands):
@@ -270,6 +273,17 @@ class MultiBandDiffusion:
 
     def _codec_device(self) -> torch.device:
         return next(self.codec.parameters()).device
+
+    @property
+    def device(self) -> torch.device:
+        return self._codec_device()
+
+    def with_codec(self, codec: Codec) -> MultiBandDiffusion:
+        """The same decoder over another model's codec (checked as at load). On the same device the networks are
+        shared, not copied: every MusicGen model a worker serves uses one set of MBD weights."""
+        device = next(codec.parameters()).device
+        bands = self.bands if device == self._codec_device() else copy.deepcopy(self.bands)
+        return MultiBandDiffusion({"sample_rate": self.sample_rate}, codec, self.dtype, bands=bands)
 
     def _checked(self, step_list: list[int]) -> list[int]:
         """Strictly decreasing states of the chain (so every step but the last draws its noise, which the second

@@ -123,7 +123,8 @@ class EngineManager:
 
     def mbd(self, engine: Engine):
         """The MultiBand Diffusion decoder of ``engine``'s model, loaded on first use and kept for the process:
-        one per (release file, model, dtype), bound to the model's codec, and shared by all its tasks. A failure
+        its weights once per (release file, device, dtype), shared by every model (each bound to its own codec:
+        ``MultiBandDiffusion.with_codec``) and all their tasks. A failure
         is remembered for ``retry_after`` seconds, as for models, so the tasks behind it fail at once with the
         same reason (ModelUnavailable)."""
         with self._mbd_lock:  # a load takes seconds: the tasks of other models wait for it (rare, once)
@@ -141,7 +142,10 @@ class EngineManager:
                 if key not in self._mbd:
                     from soundry.models.mbd import load_mbd
 
-                    self._mbd[key] = load_mbd(path, codec, dtype=dtype)
+                    loaded = next((m for (p, _n, d), m in self._mbd.items() if (p, d) == (key[0], dtype)
+                                   and m.device == device), None)
+                    self._mbd[key] = loaded.with_codec(codec) if loaded is not None else \
+                        load_mbd(path, codec, dtype=dtype)
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, ModelUnavailable) else \
                     f"MultiBand Diffusion could not be loaded for {name}: {exc}"
