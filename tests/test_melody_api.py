@@ -5,6 +5,7 @@ answered before anything is stored. One app (tiny models, SQLite) serves the who
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -121,3 +122,29 @@ def test_a_melody_deleted_before_the_task_runs_fails_it_with_a_sentence(api):
     result = wait_for(api, task.id, api.users["alice"])
     assert result["status"] == "FAILED" and result["error_description"] == (
         f"melody {melody} no longer exists (deleted or expired)")
+
+
+def test_a_task_canceled_while_its_melody_is_separated_is_not_decoded(api, monkeypatch):
+    """The stems are computed before the engine knows the request: a cancel arriving then still stops it (the
+    runner's sweep of its tasks hands it to the engine, which drops it instead of decoding it to the end)."""
+    from soundry.models.melody import MelodyConditioner
+
+    melody = upload(api, "alice", tune(0.5)).json()["data"]["id"]
+    separate, task = MelodyConditioner.chroma, {}
+
+    def cancel_meanwhile(self, wav, shift):
+        assert api.svc.store.cancel(task["id"])  # what POST .../cancel does: the record, then the queue
+        api.svc.queue.cancel(task["id"])
+        return separate(self, wav, shift)
+
+    monkeypatch.setattr(MelodyConditioner, "chroma", cancel_meanwhile)
+    engine = api.svc.queue.runner.engines.get("musicgen-melody")
+    canceled, completed = engine.stats.canceled, engine.stats.completed
+    r = create(api, model="musicgen-melody", duration=30.0, seed=8, melody=melody)
+    assert r.status_code == 201, r.text
+    task["id"] = r.json()["data"]["task_id"]
+    assert wait_for(api, task["id"], api.users["alice"])["status"] == "CANCELED"
+    deadline = time.monotonic() + 60
+    while engine.stats.canceled == canceled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert engine.stats.canceled == canceled + 1 and engine.stats.completed == completed
