@@ -180,7 +180,7 @@ class CompiledSteps:
             torch._dynamo.mark_dynamic(t, 2)
         torch._dynamo.mark_dynamic(cache.cross_mask, 0)
         torch._dynamo.mark_dynamic(cache.cross_mask, 1)
-        for name in ("codes", "steps", "lengths", "prompts", "params"):
+        for name in ("codes", "steps", "lengths", "prompts", "offsets", "params"):
             torch._dynamo.mark_dynamic(getattr(scratch, name), 0)
         torch._dynamo.mark_dynamic(scratch.codes, 2)
         _run_compiled(scratch, uniforms, marker)
@@ -192,7 +192,7 @@ def scratch_batch(batch):
     touches a few positions of a few rows, so most of their pages never become resident."""
     scratch = copy.copy(batch)
     scratch.jobs, scratch.static = [], None
-    for name in ("codes", "steps", "lengths", "prompts", "params"):
+    for name in ("codes", "steps", "lengths", "prompts", "offsets", "params"):
         setattr(scratch, name, torch.zeros_like(getattr(batch, name)))
     scratch.params[:, 0] = 1.0  # temperature 1: finite sampling in the compile run
     scratch.params[:, 1] = TOPK_BOUND
