@@ -87,3 +87,37 @@ def test_compiled_step_runs_in_bf16(tmp_path):
     assert out.tokens.shape == eager.tokens.shape
     assert 0 <= int(out.tokens.min()) and int(out.tokens.max()) < model.cfg.card
     assert torch.isfinite(out.audio).all() and out.audio.abs().max() > 0
+
+
+@pytest.mark.slow
+def test_compiled_step_on_a_melody_model_gives_the_eager_tokens():
+    """A melody model's rows sit at their prefix length plus their step (the offsets are batch state the graph
+    reads): a melody request and a text-only one, with prefixes of different lengths, decode compiled as eagerly."""
+    from tests.helpers_models import melody_reference
+
+    model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
+    tune = ref["melody_wav"][0][..., : ref["melody_sample_rate"]]
+
+    def requests():
+        return [GenerationRequest("calm piano with strings", 0.6, top_k=50, seed=5, melody=tune,
+                                  melody_sample_rate=ref["melody_sample_rate"]),
+                GenerationRequest("drums", 0.4, top_k=50, seed=6)]
+
+    def run(**kw) -> tuple[list[torch.Tensor], int]:
+        engine = Engine(model, max_batch=4, **kw).start()
+        try:
+            if kw.get("compile"):
+                deadline = time.monotonic() + 60
+                while (engine._batch is None or engine._batch.static is None) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert engine._batch.static.wait(timeout=600) and engine.compile_state == "on"
+            futures = [engine.submit(r) for r in requests()]
+            return [f.result(timeout=300).tokens for f in futures], getattr(engine._batch.static, "steps_compiled", 0)
+        finally:
+            engine.stop()
+
+    eager, _ = run()
+    compiled, steps = run(compile=True)
+    assert steps > 0
+    for e, c in zip(eager, compiled, strict=True):
+        assert torch.equal(e, c)
