@@ -162,3 +162,21 @@ def test_a_melody_is_separated_off_the_decode_loop(monkeypatch):
         assert engine.cancel(drums.id)
     finally:
         engine.stop()
+
+
+def test_static_steps_serve_prefixes_as_the_dynamic_step_does():
+    """The static-shape steps (what CUDA graphs replay: bucketed slots, attention over the whole cache, prefix
+    positions included) give a melody request and text-only ones the dynamic step's tokens."""
+    model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
+    requests = _melody_requests(ref)[:3]
+    for r in requests:  # the stems once, shared by both runs
+        prepare_melody(model, r, job_windows(model, r))
+    dynamic, _ = _run(model, [_copy_prepared(r) for r in requests], max_batch=4)
+    static, most = _run(model, [_copy_prepared(r) for r in requests], max_batch=4, static_steps=True)
+    assert most == 3  # bucket 4: one padding slot stepped beside them
+    for d, s in zip(dynamic, static, strict=True):
+        assert torch.equal(d, s)
+
+
+def _copy_prepared(r: GenerationRequest) -> GenerationRequest:
+    return GenerationRequest(**{**r.__dict__, "id": r.id + "-copy"})
