@@ -114,8 +114,8 @@ class Engine:
             request.prompt_codes = self.model.prompt_codes(request.prompt_audio,
                                                            request.prompt_sample_rate or self.model.sample_rate)
             request.prompt_audio = None
-        # a melody's stems and chroma, for every window, also here: seconds of CPU work the loop must not wait on
-        prepare_melody(self.model, request, job_windows(self.model, request), cache=self.chroma_cache)
+        if request.melody is not None:  # its stems and chroma, every window's, also here: seconds of CPU work
+            prepare_melody(self.model, request, job_windows(self.model, request), cache=self.chroma_cache)
         fut: Future = Future()
         with self._lock:
             if self._stop and self._thread is not None:

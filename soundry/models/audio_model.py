@@ -72,9 +72,7 @@ class AudioModel:
     @property
     def max_prefix(self) -> int:
         """The most positions a request's prepended conditions take (0: conditions via cross-attention)."""
-        parts = {"self_wav": self.melody.chroma_len if self.melody is not None else 0,
-                 "description": self.conditioner.max_tokens}
-        return sum(parts[name] for name in self.cfg.prepend)
+        return self.prefix_len(self.conditioner.max_tokens)
 
     # -- conditions ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,6 +107,7 @@ class AudioModel:
 
     # -- prepended conditions (MusicGen-melody) ---------------------------------------------------
     def prefix_len(self, text_len: int) -> int:
+        """Positions the prepended conditions take with a text of ``text_len`` tokens."""
         return sum(self.melody.chroma_len if name == "self_wav" else text_len for name in self.cfg.prepend)
 
     @torch.no_grad()
@@ -145,6 +144,7 @@ class AudioModel:
         wav = melody_to_model(melody, sample_rate, self.sample_rate, self.channels)
         digest = hashlib.blake2b(wav.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
         n, rate = wav.shape[-1], self.sample_rate
+        span = int((max_duration or self.max_duration) * rate)
         out = []
         for w in windows:
             start = int(w.start / self.frame_rate * rate) if len(windows) > 1 else None
@@ -152,7 +152,6 @@ class AudioModel:
             key = (digest, start, draw)
             chroma = cache.get(key) if cache is not None else None
             if chroma is None:
-                span = int((max_duration or self.max_duration) * rate)
                 clip = wav if start is None else wav[..., (start + torch.arange(span)) % n]
                 chroma = self.melody.chroma(clip, shift=draw)
                 if cache is not None:

@@ -25,6 +25,7 @@ from soundry.engine import GenerationCanceled, GenerationRequest
 from soundry.storage import Storage, StorageError
 from soundry.tasks.engines import EngineManager, ModelUnavailable
 from soundry.tasks.live_audio import LiveAudio
+from soundry.tasks.result import decoder_of
 from soundry.tasks.store import TaskStore
 from soundry.tasks.uploads import UploadStore
 
@@ -229,13 +230,11 @@ class TaskRunner:
         finally:
             with self._lock:
                 self._active.pop(task_id, None)
-        decoder = cfg.get("decoder") or "encodec"
-        if decoder == "mbd":
+        if decoder_of(task) == "mbd":
             try:
                 audio = self._diffuse(task_id, engine, result, request.seed)
             except _Stopped:
-                current = self.store.get(task_id)
-                return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
+                return self._not_ours(task_id)
             except ModelUnavailable as exc:
                 self.store.fail(task_id, str(exc), me)
                 return "FAILED"
@@ -263,9 +262,13 @@ class TaskRunner:
                                    audio.shape[-1] / result.sample_rate, request.seed, me)
         if not done:  # canceled while encoding, or taken over: this attempt's file is never served
             self.storage.delete(key)
-            current = self.store.get(task_id)
-            return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
+            return self._not_ours(task_id)
         return "COMPLETED"
+
+    def _not_ours(self, task_id: str) -> str:
+        """What became of a task this worker can no longer finish: CANCELED, or SKIPPED (another took it over)."""
+        current = self.store.get(task_id)
+        return "CANCELED" if current is None or current.status == "CANCELED" else "SKIPPED"
 
 
 class _Stopped(Exception):
