@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from soundry.models.lm import TransformerLM, sin_embedding
+from soundry.models.audiocraft.lm.transformer import TransformerLM, sin_embedding
 
 
 class EagerDecoder:

@@ -8,7 +8,7 @@ service does, and times generating the same clips three ways, interleaved run by
 machine's drift hits all alike), median of ``--repeats``:
 
 - ``soundry generate``: ``soundry.engine.generate.generate`` on the model loaded with the CPU
-  weight layout the service uses (oneDNN-packed linears; ``soundry.models.packed``);
+  weight layout the service uses (oneDNN-packed linears; ``soundry.models.audiocraft.lm.packed``);
 - the same with the decode step compiled (``generate(compile=True)``, ``soundry.engine.compiled_steps``;
   ``--no-compile`` leaves it out); its first call compiles, which the warm-up round absorbs and the
   table reports apart (cold: a fresh inductor cache);
@@ -43,7 +43,7 @@ from bench.machine import cpu_flags, parse_args, tiny_companion  # noqa: E402
 from soundry.engine.generate import generate  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.models import load_model  # noqa: E402
-from soundry.models.shapes import write_random_release  # noqa: E402
+from soundry.models.audiocraft.shapes import write_random_release  # noqa: E402
 
 PROMPTS = ["calm piano with soft strings", "motorcycle engine revving", "rain on a tin roof", "a dog barking",
            "lofi hip hop beat", "wind through pine trees", "crowd cheering in a stadium", "church bells"]

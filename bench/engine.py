@@ -42,11 +42,11 @@ from soundry.engine.compiled_steps import CompiledSteps  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
-from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
-from soundry.models.packed import is_packed  # noqa: E402
-from soundry.models.precision import DTYPES, apply_precision, describe_lm_precision  # noqa: E402
-from soundry.models.quantize import quantize_lm  # noqa: E402
-from soundry.models.shapes import SHAPES, lm_config  # noqa: E402
+from soundry.models.audiocraft.lm.packed import is_packed  # noqa: E402
+from soundry.models.audiocraft.lm.precision import DTYPES, apply_precision, describe_lm_precision  # noqa: E402
+from soundry.models.audiocraft.lm.quantize import quantize_lm  # noqa: E402
+from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_  # noqa: E402
+from soundry.models.audiocraft.shapes import SHAPES, lm_config  # noqa: E402
 
 FRAME_RATE = 50
 CLIP_SECONDS = 5.0
@@ -240,7 +240,7 @@ def main(argv=None) -> dict:
         add("transformers MusicGen generate", 1, hf_steps_per_s(a.shape, a.steps, a.repeats))
     precision = next(name for name, dt in DTYPES.items() if dt == dtype)
     lm_dev = apply_precision(copy.deepcopy(lm), precision, device, packed=False)  # plain nn.Linear weights
-    # The service's layout: on the CPU in fp32/bf16, linears prepacked for oneDNN (soundry.models.packed).
+    # The service's layout: on the CPU in fp32/bf16, linears prepacked for oneDNN (soundry.models.audiocraft.lm.packed).
     lm_packed = apply_precision(copy.deepcopy(lm), precision, device) if a.plain != "only" else None
     lm_packed = lm_packed if lm_packed is not None and is_packed(lm_packed) else None
     static = a.static == "on" or (a.static == "auto" and torch.device(device).type == "cuda")

@@ -33,9 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import TEST_DATA, parse_args, tiny_companion  # noqa: E402
-from soundry.engine.generate import generate, teacher_logits  # noqa: E402
+from soundry.engine.generate import generate  # noqa: E402
 from soundry.models import load_model  # noqa: E402
-from soundry.models.shapes import SHAPES, write_random_release  # noqa: E402
+from soundry.models.audiocraft.shapes import SHAPES, write_random_release  # noqa: E402
+from tests.helpers_teacher import teacher_logits  # noqa: E402
 
 PROMPT = "a dog barks while rain falls on a tin roof"
 

@@ -32,13 +32,13 @@ import tests.device  # noqa: E402  (models load on CUDA, TF32 off)
 from soundry.engine import Engine, GenerationRequest  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.generate import make_job  # noqa: E402
-from soundry.engine.kv_cache import KVCache  # noqa: E402
 from soundry.engine.memory import fit_slots  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
-from soundry.models.lm import TransformerLM  # noqa: E402
-from soundry.models.precision import keep_fp32_  # noqa: E402
-from soundry.models.shapes import lm_config  # noqa: E402
+from soundry.models.audiocraft.lm.kv_cache import KVCache  # noqa: E402
+from soundry.models.audiocraft.lm.precision import keep_fp32_  # noqa: E402
+from soundry.models.audiocraft.lm.transformer import TransformerLM  # noqa: E402
+from soundry.models.audiocraft.shapes import lm_config  # noqa: E402
 
 torch.set_grad_enabled(False)
 DEV = torch.device("cuda")

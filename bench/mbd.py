@@ -1,5 +1,6 @@
 """What MultiBand Diffusion costs against the EnCodec decode of the same codes, on the real models' shapes with
-random weights (``soundry.models.mbd``; audiocraft's ``score/basic`` U-Net as ``grids/diffusion/4_bands_base_32khz``
+random weights (``soundry.models.audiocraft.codecs.mbd``; audiocraft's ``score/basic`` U-Net as
+``grids/diffusion/4_bands_base_32khz``
 trains it for MusicGen: hidden 48, depth 4, growth 4, kernel 8, stride 4, 128-dim codec latent; 4 bands, the top
 two with the 8-band sample processor; ``facebook/encodec_32khz``'s shape for the codec).
 
@@ -29,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import cpu_flags, parse_args  # noqa: E402
-from soundry.models.codec import HFEncodec  # noqa: E402
-from soundry.models.mbd import DEFAULT_STEPS, DiffusionUNet, MultiBandDiffusion  # noqa: E402
+from soundry.models.audiocraft.codecs.encodec import HFEncodec  # noqa: E402
+from soundry.models.audiocraft.codecs.mbd import DEFAULT_STEPS, DiffusionUNet, MultiBandDiffusion  # noqa: E402
 
 FRAME_RATE, SAMPLE_RATE, N_Q = 50, 32000, 4
 UNET = {"hidden": 48, "depth": 4, "res_blocks": 1, "norm_groups": 4, "kernel": 8, "stride": 4, "growth": 4,

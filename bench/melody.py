@@ -4,7 +4,8 @@
 
 Times, in one process: stem separation (a real-size HTDemucs with random weights: the htdemucs release's shape,
 its parameter count printed) of a ``--seconds`` stereo 44.1 kHz melody, as soundry runs it
-(``soundry.models.melody.melody_stems``: split segments, one time shift); the chroma of the stems; and, as the
+(``soundry.models.audiocraft.conditioners.melody.melody_stems``: split segments, one time shift); the chroma of
+the stems; and, as the
 baseline a task pays anyway, decode steps of a real-shape MusicGen-melody LM (musicgen-melody's 1.5B shape, no
 cross-attention, random weights) at batch 1 with the prefix a melody task carries (235 chroma frames + 20 text
 tokens), timed interleaved with the separations. Reports medians, the separation's cost in decode steps, and the
@@ -31,9 +32,9 @@ from bench.machine import cpu_flags, parse_args  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
 from soundry.engine.request import GenerationRequest  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402
-from soundry.models.lm import TransformerLM, init_random_  # noqa: E402
-from soundry.models.melody import ChromaExtractor, melody_stems  # noqa: E402
-from soundry.models.shapes import lm_config  # noqa: E402
+from soundry.models.audiocraft.conditioners.melody import ChromaExtractor, melody_stems  # noqa: E402
+from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_  # noqa: E402
+from soundry.models.audiocraft.shapes import lm_config  # noqa: E402
 
 
 def htdemucs_random():

@@ -54,7 +54,7 @@ print(json.dumps(row))
 
 def main(argv=None) -> list[dict]:
     from bench.machine import tiny_companion
-    from soundry.models.shapes import SHAPES, write_random_release
+    from soundry.models.audiocraft.shapes import SHAPES, write_random_release
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="audiogen-medium", choices=sorted(SHAPES))
@@ -63,7 +63,7 @@ def main(argv=None) -> list[dict]:
                     help="also time generating this many seconds of audio after the load (decode steps/s)")
     ap.add_argument("--formats", default="audiocraft",
                     help="audiocraft,transformers: also load the same weights written in transformers' layout "
-                         "(soundry.models.hf_convert, float16 like the release; needs a musicgen shape)")
+                         "(tests.helpers_hf_convert, float16 like the release; needs a musicgen shape)")
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="soundry-startup-") as tmp:
@@ -73,7 +73,7 @@ def main(argv=None) -> list[dict]:
         if "transformers" in a.formats:
             import torch
 
-            from soundry.models.hf_convert import to_transformers
+            from tests.helpers_hf_convert import to_transformers
 
             dirs["transformers"] = to_transformers(release, Path(tmp) / "transformers", dtype=torch.float16)
         print(f"shape {a.shape}: checkpoint {size / 2**30:.2f} GiB (float16), loaded on the CPU, one process each")

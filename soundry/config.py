@@ -13,7 +13,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # the LM's precision (soundry.models.precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # the LM's precision (soundry.models.audiocraft.lm.precision)
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
     compile: bool = False  # compile the CPU fp32/bf16 decode step (torch.compile); 1.05-1.5x here, minutes to build
-    # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.packed), ~2x
+    # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.audiocraft.lm.packed), ~2x
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True
     kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from soundry.api.app import create_app
-from soundry.api.server import uvicorn_config
+from soundry.api.http.server import uvicorn_config
 from soundry.config import Settings
 from soundry.tasks.result import listened_url
 

@@ -1,5 +1,5 @@
 """Bounded work per request and per connection, against a real uvicorn server with the production
-settings (soundry.api.server): a stalled broker does not stall other requests, overload is answered
+settings (soundry.api.http.server): a stalled broker does not stall other requests, overload is answered
 (503 + Retry-After), idle keep-alive connections outlast the client's own expiry, progress streams
 are capped, end, and stop when the client leaves, and client addresses pass through trusted proxies
 only."""

@@ -84,8 +84,8 @@ def test_user_commands_as_the_readme_writes_them(tmp_path, capsys, monkeypatch):
     assert "created user erin" in capsys.readouterr().out
     assert run("soundry users token NAME") == 0
     key = capsys.readouterr().out.strip()
-    from soundry.accounts import Accounts
     from soundry.config import Settings
+    from soundry.service.accounts import Accounts
     from soundry.tasks.store import TaskStore
 
     settings = Settings.load(config_file=str(tmp_path / "none.toml"), data_dir="./data")
@@ -93,7 +93,7 @@ def test_user_commands_as_the_readme_writes_them(tmp_path, capsys, monkeypatch):
     assert accounts.authenticate("erin", "erin's password").username == "erin"
     assert accounts.user_for_api_key(key).username == "erin"
     assert run("soundry users disable NAME") == 0
-    from soundry.accounts import AuthError
+    from soundry.service.accounts import AuthError
 
     with pytest.raises(AuthError):
         accounts.user_for_api_key(key)  # a disabled user's keys stop working at once

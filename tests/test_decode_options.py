@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import soundry.models.lm as lm_module
+import soundry.models.audiocraft.lm.transformer as lm_module
 from soundry.engine import Engine, GenerationRequest
 from soundry.engine.counter_rng import counter_uniforms
-from soundry.engine.generate import teacher_logits
 from soundry.models import load_model
 from tests.helpers_models import TINY, assert_close_rel, tiny_model
+from tests.helpers_teacher import teacher_logits
 
 PROMPTS = [("rain on a tin roof", 3), ("a dog barking twice", 4)]
 

@@ -14,7 +14,7 @@ from elevenlabs import ElevenLabs
 from elevenlabs.core.api_error import ApiError
 from elevenlabs.errors import UnprocessableEntityError
 
-from soundry.api.routes_elevenlabs import cfg_coef_for
+from soundry.api.elevenlabs.routes import cfg_coef_for
 from soundry.audio.loop import make_loop
 from soundry.tasks.models import Task, utcnow
 

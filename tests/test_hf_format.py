@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from soundry.engine.generate import generate
-from soundry.models.checkpoint import CheckpointError
-from soundry.models.registry import ModelNotAvailable, ModelSpec, register
+from soundry.models.catalog import ModelSpec, register
+from soundry.models.errors import CheckpointError, ModelNotAvailable
 from tests.helpers_models import DATA, TINY, assert_close_rel
 
 HF = DATA / "hf"
@@ -28,7 +28,7 @@ MONO, STEREO, LORA = HF / "musicgen-hf-tiny", HF / "musicgen-stereo-hf-tiny", HF
 def _registry_restored():
     """Models these tests add are forgotten after each one (other tests compare the registry with the
     OpenAPI schema, which lists the built-in names)."""
-    from soundry.models import registry
+    from soundry.models import catalog as registry
 
     specs, names = dict(registry.SPECS), list(registry.MODEL_NAMES)
     yield
@@ -119,7 +119,12 @@ def _copy(src, dst, drop=()):
 
 
 def test_refusals_name_the_cause(tmp_path):
-    from soundry.models.hf_format import load_transformers_model, merge_adapter, read_config, read_weights
+    from soundry.models.audiocraft.formats.transformers import (
+        load_transformers_model,
+        merge_adapter,
+        read_config,
+        read_weights,
+    )
 
     bin_only = _copy(MONO, tmp_path / "bin", drop=("model.safetensors",))
     torch.save({"x": torch.zeros(1)}, bin_only / "pytorch_model.bin")
@@ -145,12 +150,12 @@ def test_refusals_name_the_cause(tmp_path):
 
 
 def test_same_model_in_two_formats_gives_the_same_tokens(tmp_path):
-    """The tiny audiocraft reference written in transformers' layout (soundry.models.hf_convert): soundry
+    """The tiny audiocraft reference written in transformers' layout (tests.helpers_hf_convert): soundry
     loads both to the same tokens, and transformers itself generates them from the converted folder."""
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     from soundry.models import load_model
-    from soundry.models.hf_convert import to_transformers
+    from tests.helpers_hf_convert import to_transformers
 
     out = to_transformers(TINY["musicgen"], tmp_path / "converted")
     prompt = ["an energetic techno beat"]
@@ -181,8 +186,8 @@ def _fake_hub_cache(root, repo: str, sha: str, folder, card: str | None = None):
 
 
 def test_hub_reference_from_the_cache_offline(tmp_path, monkeypatch):
-    from soundry.models.sources import fetch, parse_hub, pin
-    from soundry.models.user_models import UserModel, describe
+    from soundry.models.sources.added import UserModel, describe
+    from soundry.models.sources.hub import fetch, parse_hub, pin
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: the env is too late
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -207,7 +212,7 @@ def test_hub_download_fetches_only_the_files_of_its_format(tmp_path, monkeypatch
     """The network calls (the listing and the download) are replaced; what soundry asks for is checked."""
     import huggingface_hub
 
-    from soundry.models import sources
+    from soundry.models.sources.hub import hub as sources
 
     asked = []
     listing = {"someone/tune": ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
@@ -235,7 +240,7 @@ def test_hub_download_fetches_only_the_files_of_its_format(tmp_path, monkeypatch
     assert len(asked) == 2
 
     # `soundry models add` pins a branch to the commit it names, and the model list reports that revision
-    from soundry.models.user_models import add, describe, read_records
+    from soundry.models.sources.added import add, describe, read_records
 
     sha = "fedcba9876543210fedcba9876543210fedcba98"
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from soundry.engine.generate import generate
-from soundry.models.hf_format import TransformersMelodyConditioner, read_weights
+from soundry.models.audiocraft.formats.transformers import TransformersMelodyConditioner, read_weights
 from tests.helpers_models import DATA, TINY, assert_close_rel, melody_reference
 
 HF = DATA / "hf"
@@ -87,7 +87,7 @@ def test_the_engine_batches_them_each_request_conditioned_alone():
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_precisions_apply_to_a_melody_model(precision):
-    from soundry.models.hf_format import load_transformers_model
+    from soundry.models.audiocraft.formats.transformers import load_transformers_model
 
     ref = reference()
     m = load_transformers_model(MELODY, "m", "musicgen", torch.device("cpu"), precision, 64, True)
@@ -144,7 +144,7 @@ def test_a_lora_adapter_on_a_melody_model_is_merged(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import MusicgenMelodyForConditionalGeneration
 
-    from soundry.models.hf_format import load_transformers_model
+    from soundry.models.audiocraft.formats.transformers import load_transformers_model
 
     base = MusicgenMelodyForConditionalGeneration.from_pretrained(MELODY).eval()
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def test_a_lora_adapter_on_a_melody_model_is_merged(tmp_path):
 
 def test_models_add_takes_a_melody_checkpoint(tmp_path, capsys):
     from soundry.cli.main import main
-    from soundry.models import registry
+    from soundry.models import catalog as registry
 
     specs, names = dict(registry.SPECS), list(registry.MODEL_NAMES)
     try:

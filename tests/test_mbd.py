@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from soundry.models.checkpoint import CheckpointError
+from soundry.models.audiocraft.codecs.mbd import load_mbd
+from soundry.models.errors import CheckpointError
 from soundry.models.loader import load_model
-from soundry.models.mbd import load_mbd
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "musicgen-stereo-tiny")
 MBD_DIR = os.path.join(DATA, "mbd")
@@ -48,7 +48,7 @@ def test_matches_audiocraft(mbd, ref):
 
 
 def test_default_steps_are_audiocraft_s(mbd, ref):
-    from soundry.models.mbd import DEFAULT_STEPS
+    from soundry.models.audiocraft.codecs.mbd import DEFAULT_STEPS
 
     assert DEFAULT_STEPS == ref["step_list"]
 

@@ -109,7 +109,7 @@ def test_without_the_setting_the_hub_is_asked_and_an_unreachable_one_names_the_s
 def test_a_task_canceled_while_diffusing_stops_after_the_current_pass(api, monkeypatch):
     """A MultiBand Diffusion decode takes minutes of CPU: a cancel stops it within one U-Net pass, the task stays
     CANCELED and no file is stored."""
-    from soundry.models.mbd import MultiBandDiffusion
+    from soundry.models.audiocraft.codecs.mbd import MultiBandDiffusion
 
     original, passes, task = MultiBandDiffusion.tokens_to_wav, [], {}
 

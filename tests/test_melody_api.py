@@ -127,7 +127,7 @@ def test_a_melody_deleted_before_the_task_runs_fails_it_with_a_sentence(api):
 def test_a_task_canceled_while_its_melody_is_separated_is_not_decoded(api, monkeypatch):
     """The stems are computed before the engine knows the request: a cancel arriving then still stops it (the
     runner's sweep of its tasks hands it to the engine, which drops it instead of decoding it to the end)."""
-    from soundry.models.melody import MelodyConditioner
+    from soundry.models.audiocraft.conditioners.melody import MelodyConditioner
 
     melody = upload(api, "alice", tune(0.5)).json()["data"]["id"]
     separate, task = MelodyConditioner.chroma, {}

@@ -1,4 +1,5 @@
-"""The melody conditioner (soundry.models.melody) reproduces audiocraft 1.3.0's ChromaStemConditioner on the two
+"""The melody conditioner (soundry.models.audiocraft.conditioners.melody) reproduces audiocraft 1.3.0's
+ChromaStemConditioner on the two
 melody fixtures (tests/data/musicgen-*melody-tiny/melody.pt, made by make_melody.py).
 
 A separation by the tiny random HTDemucs costs one 4 s segment (about 8 s on two CPU cores), so each fixture's
@@ -14,8 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from soundry.models import melody
-from soundry.models.checkpoint import CheckpointError, load_package, parse_cfg
+from soundry.models.audiocraft.conditioners import melody
+from soundry.models.audiocraft.formats.release import load_package, parse_cfg
+from soundry.models.errors import CheckpointError
 from tests.helpers_models import assert_close_rel
 
 DATA = Path(__file__).parent / "data"
@@ -189,7 +191,7 @@ def test_one_shift_per_model_in_the_bag():
 def test_demucs_hub_unreachable_is_one_sentence(monkeypatch):
     import huggingface_hub
 
-    from soundry.models.registry import ModelNotAvailable
+    from soundry.models.errors import ModelNotAvailable
 
     def offline(repo_id, filename, **kw):
         raise ConnectionError("no network in tests")

@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 
-from soundry.engine.kv_cache import KVCache
-from soundry.models.checkpoint import LMConfig
-from soundry.models.lm import TransformerLM, init_random_
-from soundry.models.packed import can_pack, is_packed
-from soundry.models.precision import apply_precision, resolve_precision
-from soundry.models.shapes import xp_cfg
+from soundry.models.audiocraft.formats.release import LMConfig
+from soundry.models.audiocraft.lm.kv_cache import KVCache
+from soundry.models.audiocraft.lm.packed import can_pack, is_packed
+from soundry.models.audiocraft.lm.precision import apply_precision, resolve_precision
+from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_
+from soundry.models.audiocraft.shapes import xp_cfg
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_leases_decide_who_runs_a_task(tmp_path, kind):
     """A task under a live lease is never re-queued nor claimed by another worker (a second process's start
     included); a lapsed (or missing) lease is; each start counts, and the start after the last allowed one
     fails the task with the reason."""
-    from soundry.accounts import Accounts
+    from soundry.service.accounts import Accounts
     from soundry.tasks.store import TaskStore
     from tests.databases import database
 

@@ -1,4 +1,4 @@
-"""The CPU weight layout (oneDNN-prepacked linears, soundry.models.packed): on by default for fp32
+"""The CPU weight layout (oneDNN-prepacked linears, soundry.models.audiocraft.lm.packed): on by default for fp32
 and bf16 on the CPU, the same results as plain nn.Linear up to float32 rounding, and a setting that
 turns it off (the plain path must keep reproducing the reference too)."""
 
@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from soundry.engine.generate import generate, teacher_logits
+from soundry.engine.generate import generate
 from soundry.models import load_model
-from soundry.models.packed import PackedLinear, can_pack, is_packed, pack_linears_
+from soundry.models.audiocraft.lm.packed import PackedLinear, can_pack, is_packed, pack_linears_
 from soundry.tasks.engines import EngineManager
 from tests.conftest import make_settings
 from tests.helpers_models import TINY, golden, tiny_model
+from tests.helpers_teacher import teacher_logits
 
 
 def test_packed_linear_is_nn_linear_up_to_rounding():

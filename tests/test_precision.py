@@ -12,11 +12,16 @@ from fastapi.testclient import TestClient
 
 from soundry.config import Settings
 from soundry.engine import Engine, GenerationRequest
-from soundry.engine.generate import teacher_logits
 from soundry.models import load_model
-from soundry.models.precision import PrecisionError, check_precision, describe_lm_precision, resolve_precision
+from soundry.models.audiocraft.lm.precision import (
+    PrecisionError,
+    check_precision,
+    describe_lm_precision,
+    resolve_precision,
+)
 from tests.conftest import make_settings
 from tests.helpers_models import TINY
+from tests.helpers_teacher import teacher_logits
 
 
 @pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
@@ -82,7 +87,7 @@ def test_auto_and_gpu_only_rules():
 def test_a_precision_the_device_cannot_run_fails_at_load_with_its_name(monkeypatch):
     """E.g. an op with no float16 kernel on this CPU: the load fails, naming the precision, instead
     of every request failing later."""
-    from soundry.models.lm import TransformerLM
+    from soundry.models.audiocraft.lm.transformer import TransformerLM
 
     def no_kernel(self, *args, **kwargs):
         raise RuntimeError('"addmm_impl_cpu_" not implemented for \'Half\'')

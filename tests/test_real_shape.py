@@ -5,7 +5,7 @@ import torch
 
 from soundry.engine import Engine, GenerationRequest
 from soundry.models import load_model
-from soundry.models.shapes import SHAPES, write_random_release
+from soundry.models.audiocraft.shapes import SHAPES, write_random_release
 from tests.helpers_models import TINY
 
 

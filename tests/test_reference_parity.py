@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from soundry.engine.generate import generate, teacher_logits
+from soundry.engine.generate import generate
 from tests.helpers_models import assert_close_rel, golden, tiny_model
+from tests.helpers_teacher import teacher_logits
 
 KINDS = ["audiogen", "musicgen", "musicgen-stereo"]
 

@@ -219,7 +219,7 @@ def _data(url: str) -> bytes:
 
 
 def _cog_task(server, cog_id: str) -> str:
-    from soundry.api.routes_cog import _task_id
+    from soundry.api.cog.routes import _task_id
 
     user = server.services.accounts.user_for_bearer(server.api_key)
     return _task_id(user, cog_id)
@@ -332,7 +332,7 @@ def test_logs_webhooks_are_coalesced_one_in_flight(server):
     import datetime as dt
     import threading
 
-    from soundry.api.predictions import version_id
+    from soundry.api.predictions.core import version_id
     from soundry.tasks.models import Task, utcnow
 
     svc, gate = server.services, threading.Event()

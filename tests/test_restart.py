@@ -13,7 +13,7 @@ def test_restart_completes_pending_and_interrupted_tasks(tmp_path, tiny_models, 
     settings = make_settings(tmp_path, database_url=database_url)
     # A previous server accepted these and stopped: one PENDING, one PROCESSING mid-way.
     store = TaskStore(settings.database_url)
-    from soundry.accounts import Accounts
+    from soundry.service.accounts import Accounts
 
     user = Accounts(store, settings.secret).create_user("carol", "carol password")
     cfg = {"model": "audiogen", "duration": 0.5, "top_k": 15, "top_p": 0.9, "temperature": 1.0, "cfg_coef": 3.0,

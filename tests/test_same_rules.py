@@ -20,7 +20,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from soundry.api.app import create_app
-from soundry.api.envelope import ApiError
+from soundry.api.http.envelope import ApiError
 from soundry.signing import derive_key
 from soundry.tasks import webhook_target
 from soundry.tasks.models import Task
@@ -176,8 +176,8 @@ def test_the_documented_text_patterns_match_the_validation(tmp_path, tiny_models
     """The OpenAPI document's patterns refuse what the validators refuse, character by character."""
     from pydantic import ValidationError
 
-    from soundry.api.routes_elevenlabs import SoundGeneration
-    from soundry.api.schemas import CreateTask, Feedback
+    from soundry.api.elevenlabs.routes import SoundGeneration
+    from soundry.api.flexstack.schemas import CreateTask, Feedback
 
     doc = create_app(make_settings(tmp_path), start_worker=False).openapi()
 
@@ -331,10 +331,10 @@ def test_the_create_schema_says_what_validation_accepts(tmp_path, tiny_models):
     names, continuation_start/end only with input_audio, integers that may be written 5.0."""
     from pydantic import ValidationError
 
-    from soundry.api.schemas import CreateTask
-    from soundry.models.registry import MODEL_NAMES
+    from soundry.api.flexstack.schemas import CreateTask
 
-    schemas = create_app(make_settings(tmp_path), start_worker=False).openapi()["components"]["schemas"]
+    app = create_app(make_settings(tmp_path), start_worker=False)
+    schemas = app.openapi()["components"]["schemas"]
     pattern = re.compile(schemas["CreateTask"]["properties"]["webhook"]["pattern"])  # strings only; null is fine
     for url in WEBHOOKS:
         try:
@@ -344,7 +344,7 @@ def test_the_create_schema_says_what_validation_accepts(tmp_path, tiny_models):
             accepted = False
         assert accepted == (pattern.fullmatch(url) is not None), url  # (ECMA's $: the very end)
     configs = schemas["Configs"]
-    assert configs["properties"]["model"]["enum"] == list(MODEL_NAMES)
+    assert configs["properties"]["model"]["enum"] == app.state.services.catalog.names()
     assert configs["dependentRequired"] == {"continuation_start": ["input_audio"], "continuation_end": ["input_audio"]}
     for name in ("top_k", "seed"):
         assert getattr(CreateTask.model_validate({"prompt": "x", "configs": {name: 5.0}}).configs, name) == 5

@@ -15,10 +15,10 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 
-import soundry.accounts as accounts_module
+import soundry.service.accounts as accounts_module
 from soundry.api.app import create_app
-from soundry.api.limits import storage_uri
 from soundry.config import Settings
+from soundry.service.limits import storage_uri
 from soundry.signing import PURPOSES, derive_key, sign
 from soundry.tasks.models import ApiKey
 from soundry.tasks.store import TaskStore

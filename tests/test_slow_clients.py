@@ -1,4 +1,4 @@
-"""Slow and greedy clients against a real uvicorn server (soundry.api.server's settings), over raw
+"""Slow and greedy clients against a real uvicorn server (soundry.api.http.server's settings), over raw
 sockets on 127.0.0.1: a request head that stalls is closed after ``header_timeout``, a body that
 stalls is answered 408 and closed after ``body_timeout``, stalled unauthenticated requests from
 one address cannot take the server's request budget from the others, ``/readyz`` says when the

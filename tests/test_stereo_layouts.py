@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from soundry.models import load_model
-from soundry.models.checkpoint import CheckpointError
+from soundry.models.errors import CheckpointError
 from tests.helpers_models import TINY
 
 

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
-from soundry.accounts import Accounts
 from soundry.api.app import create_app
+from soundry.service.accounts import Accounts
 from soundry.tasks import webhook_target
 from soundry.tasks.models import Task
 from soundry.tasks.store import TaskStore

@@ -13,33 +13,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from soundry import __version__
-from soundry.accounts import Accounts
-from soundry.api import (
-    routes_cog,
-    routes_elevenlabs,
-    routes_feedback,
-    routes_replicate,
-    routes_stream,
-    routes_tasks,
-    routes_uploads,
-    routes_user,
-)
-from soundry.api.deps import Services
-from soundry.api.docs_models import ErrorEnvelope
-from soundry.api.envelope import ApiError, error_response, ok
-from soundry.api.limits import Limits
-from soundry.api.metrics import install_metrics
+from soundry.api import files
+from soundry.api.cog import routes as cog
+from soundry.api.elevenlabs import routes as elevenlabs
+from soundry.api.flexstack import feedback, stream, tasks, uploads, user
+from soundry.api.http.docs import ErrorEnvelope
+from soundry.api.http.envelope import error_response, ok
+from soundry.api.http.metrics import install_metrics
+from soundry.api.http.server import BodyTimeout, ConcurrencyCap, InFlight
+from soundry.api.http.streams import AudioStreams, EventStreams
 from soundry.api.openapi import install_openapi
-from soundry.api.server import BodyTimeout, ConcurrencyCap, InFlight
-from soundry.api.streams import AudioStreams, EventStreams
+from soundry.api.predictions.core import webhook_body
+from soundry.api.replicate import routes as replicate
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
-from soundry.models.user_models import register_user_models
-from soundry.storage import open_storage
-from soundry.tasks.live_audio import LiveAudio
-from soundry.tasks.store import TaskStore
+from soundry.models.sources.added import open_catalog
+from soundry.service.container import build_services
+from soundry.service.errors import ServiceError
 from soundry.tasks.uploads import UploadStore
-from soundry.tasks.webhooks import WebhookSender, attach_webhooks
 from soundry.web import mount_playground
 
 log = logging.getLogger(__name__)
@@ -47,50 +38,6 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
                429: "rate_limited", 503: "unavailable"}
-
-
-def build_services(settings: Settings, queue=None) -> Services:
-    store = TaskStore(settings.database_url)
-    accounts = Accounts(store, settings.secret, settings.access_token_ttl, settings.refresh_token_ttl,
-                        hash_concurrency=settings.password_hash_concurrency)
-    storage = open_storage(settings.storage_url, settings)
-    webhooks = WebhookSender(store, settings)
-    engines = live = None
-    if queue is None:
-        live = live_audio(settings.broker_url)
-        queue, engines = make_queue(settings, store, storage, webhooks, live)
-    uploads = UploadStore(store, storage, settings.upload_retention_hours * 3600, settings.upload_decode_concurrency)
-    return Services(settings, store, accounts, storage, queue, engines, webhooks, Limits(settings, store), uploads,
-                    live)
-
-
-def live_audio(broker_url: str):
-    """Where tasks' audio comes from while generated: this process (embedded), Redis (workers on a
-    Redis broker), or nowhere (RabbitMQ: the stored file once ready)."""
-    if not broker_url:
-        return LiveAudio()
-    if broker_url.startswith(("redis://", "rediss://")):
-        from soundry.tasks.live_redis import RedisLiveReader
-
-        return RedisLiveReader(broker_url)
-    return None
-
-
-def make_queue(settings: Settings, store: TaskStore, storage, webhooks: WebhookSender, live: LiveAudio | None = None):
-    """Celery workers when a broker is configured, else the embedded queue (in-process worker)."""
-    if settings.broker_url:
-        from soundry.tasks.distributed import CeleryQueue
-
-        return CeleryQueue(settings.broker_url), None
-    from soundry.tasks.embedded import EmbeddedQueue
-    from soundry.tasks.engines import EngineManager
-    from soundry.tasks.runner import TaskRunner
-
-    engines = EngineManager.from_settings(settings)
-    runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live,
-                        max_attempts=settings.max_task_attempts)
-    attach_webhooks(runner, webhooks)
-    return EmbeddedQueue(runner, concurrency=4 * settings.max_batch), engines
 
 
 def _preload(engines, names: list[str]) -> None:
@@ -119,8 +66,8 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    register_user_models(settings.data_dir, settings.model_paths)  # soundry models add / model_paths
-    svc = build_services(settings, queue)
+    catalog = open_catalog(settings.data_dir, settings.model_paths)  # soundry models add / model_paths
+    svc = build_services(settings, catalog, queue, webhook_body)
     run_worker = settings.worker if start_worker is None else start_worker
 
     @asynccontextmanager
@@ -160,8 +107,8 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
         request.state.start_time = time.time()
         return await call_next(request)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
+    @app.exception_handler(ServiceError)  # FlexStack's envelope; the other wire APIs answer in their own shapes
+    async def service_error(request: Request, exc: ServiceError):
         return error_response(request, exc.status, exc.code, exc.description, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -218,17 +165,18 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
                                   {"Retry-After": "5"}, data=checks)
         return ok(request, {"status": "ready", **checks})
 
-    install_openapi(app, settings)
+    install_openapi(app, settings, catalog)
     install_metrics(app, svc)
     app.add_middleware(ConcurrencyCap, in_flight=in_flight)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
-    app.include_router(routes_user.router)
-    app.include_router(routes_tasks.router)
-    app.include_router(routes_uploads.router)
-    app.include_router(routes_feedback.router)
-    app.include_router(routes_stream.router)
-    app.include_router(routes_elevenlabs.router)
-    app.include_router(routes_replicate.router)
-    app.include_router(routes_cog.router)
+    app.include_router(user.router)
+    app.include_router(tasks.router)
+    app.include_router(uploads.router)
+    app.include_router(feedback.router)
+    app.include_router(stream.router)
+    app.include_router(elevenlabs.router)
+    app.include_router(replicate.router)
+    app.include_router(files.router)
+    app.include_router(cog.router)
     mount_playground(app)
     return app

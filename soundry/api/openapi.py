@@ -1,8 +1,8 @@
 """The OpenAPI document, completed where FastAPI cannot see: the create route reads its body itself
 (to answer malformed JSON with 400), so its schema, with every model it refers to, is added here;
-limits that come from the settings (prompt length, duration) are written into it, so the document
-says what validation does; and links from a created task to its result, cancel and events let
-clients and stateful fuzzers follow a task."""
+limits that come from the settings (prompt length, duration) and the model names of the live catalog are
+written into it, so the document says what validation does; and links from a created task to its result,
+cancel and events let clients and stateful fuzzers follow a task."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import copy
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from soundry.api.schemas import NON_BLANK_PATTERN, TEXT_PATTERN, CreateTask
-from soundry.api.server import UNCOUNTED, UNCOUNTED_SUFFIXES
+from soundry.api.flexstack.schemas import CreateTask
+from soundry.api.http.server import UNCOUNTED, UNCOUNTED_SUFFIXES
 from soundry.config import Settings
+from soundry.models.catalog import Catalog
+from soundry.service.configs import NON_BLANK_PATTERN, TEXT_PATTERN
 
 CREATE = ("/v1/ai/audio_generation", "post")
 ELEVENLABS = "/v1/sound-generation"
@@ -72,12 +74,17 @@ def _document_common_answers(doc: dict) -> None:
         doc["components"]["schemas"].pop(unused, None)
 
 
-def install_openapi(app: FastAPI, settings: Settings) -> None:
+def install_openapi(app: FastAPI, settings: Settings, catalog: Catalog) -> None:
+    """The document, made again when the catalog's names change (a model added while the server runs)."""
+    made_for: list = [None]
+
     def openapi() -> dict:
-        if app.openapi_schema:
+        names = catalog.names()
+        if app.openapi_schema and made_for[0] == names:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         doc.setdefault("components", {}).setdefault("schemas", {}).update(create_task_schemas(settings))
+        doc["components"]["schemas"]["Configs"]["properties"]["model"]["enum"] = names
         create = doc["paths"][CREATE[0]][CREATE[1]]
         create["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/CreateTask"}}}}
@@ -87,7 +94,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             for name, (path, method, text) in TASK_LINKS.items()}
         _elevenlabs_limits(doc, settings)
         _document_common_answers(doc)
-        app.openapi_schema = doc
+        app.openapi_schema, made_for[0] = doc, names
         return doc
 
     app.openapi = openapi

@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.load(getattr(args, "config", None), finalize=False, precision=args.precision,
                                  data_dir=getattr(args, "data_dir", None), mbd_path=args.mbd_path)
         if not args.model_path:  # --model NAME may name a model added with `soundry models add`
-            from soundry.models.user_models import register_user_models
+            from soundry.models.sources.added import open_catalog
 
-            register_user_models(settings.data_dir, settings.model_paths)
+            open_catalog(settings.data_dir, settings.model_paths)
         model = load_model(args.model_path or args.model, device=args.device, precision=settings.precision,
                            packed=settings.packed_weights)
     except Exception as exc:
@@ -151,7 +151,7 @@ def read_melody(args: argparse.Namespace, request) -> None:
 def load_local_mbd(settings, model):
     """MultiBand Diffusion over the model's codec, from the mbd_path setting (--mbd-path, SOUNDRY_MBD_PATH,
     soundry.toml), else the hub's release file (downloaded into the Hugging Face cache once)."""
-    from soundry.models.mbd import load_mbd
+    from soundry.models.audiocraft.codecs.mbd import load_mbd
     from soundry.tasks.engines import mbd_weights
 
     return load_mbd(mbd_weights(settings.mbd_path), model.codec)

@@ -144,19 +144,20 @@ def server_side(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command in ("serve", "worker"):  # models added with `soundry models add` or named in model_paths
-        from soundry.models.user_models import register_user_models
+        from soundry.models.sources.added import open_catalog
 
         try:
-            register_user_models(settings.data_dir, settings.model_paths)
+            open_catalog(settings.data_dir, settings.model_paths)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if args.command == "serve":
         return serve(settings, args.host, args.port)
     if args.command == "worker":
+        from soundry.api.predictions.core import webhook_body
         from soundry.tasks.worker import run_worker
 
-        run_worker(settings, [m for m in args.models.split(",") if m], args.concurrency, args.loglevel)
+        run_worker(settings, [m for m in args.models.split(",") if m], args.concurrency, args.loglevel, webhook_body)
         return 0
     if args.command == "migrate":
         from soundry.tasks import migrate
@@ -170,7 +171,7 @@ def server_side(args) -> int:
 
 
 def _accounts(settings):
-    from soundry.accounts import Accounts
+    from soundry.service.accounts import Accounts
     from soundry.tasks.store import TaskStore
 
     return Accounts(TaskStore(settings.database_url), settings.secret)
@@ -229,7 +230,7 @@ def serve(settings, host: str, port: int) -> int:
     import uvicorn
 
     from soundry.api.app import create_app
-    from soundry.api.server import uvicorn_config
+    from soundry.api.http.server import uvicorn_config
     from soundry.data_dir_lock import DataDirInUse, DataDirLock
     from soundry.tasks.result import WILDCARDS, listened_url
 

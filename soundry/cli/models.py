@@ -23,10 +23,9 @@ def _size(n: int | None) -> str:
 
 
 def add(args: argparse.Namespace) -> int:
-    from soundry.models.checkpoint import CheckpointError
-    from soundry.models.registry import ModelNotAvailable
-    from soundry.models.user_models import add as add_model
-    from soundry.models.user_models import describe
+    from soundry.models.errors import CheckpointError, ModelNotAvailable
+    from soundry.models.sources.added import add as add_model
+    from soundry.models.sources.added import describe
 
     settings = _settings(args)
     try:
@@ -43,7 +42,7 @@ def add(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    from soundry.models.user_models import remove as remove_model
+    from soundry.models.sources.added import remove as remove_model
 
     settings = _settings(args)
     if not remove_model(settings.data_dir, args.name):
@@ -55,15 +54,16 @@ def remove(args: argparse.Namespace) -> int:
 
 def pull(args: argparse.Namespace) -> int:
     """Download a model's files (and its adapter's) into the Hugging Face cache."""
-    from soundry.models.registry import SPECS, ModelNotAvailable, resolve_model_dir
-    from soundry.models.sources import fetch
-    from soundry.models.user_models import register_user_models
+    from soundry.models.errors import ModelNotAvailable
+    from soundry.models.sources.added import open_catalog
+    from soundry.models.sources.hub import fetch
+    from soundry.models.sources.paths import resolve_model_dir
 
     settings = _settings(args)
     try:
-        register_user_models(settings.data_dir, settings.model_paths)
+        names = open_catalog(settings.data_dir, settings.model_paths)
         path = resolve_model_dir(args.name, download=True)
-        spec = SPECS.get(args.name.strip().lower())
+        spec = names.find(args.name)
         if spec is not None and spec.adapter:
             print(f"{args.name} adapter: {fetch(spec.adapter, download=True, kind='adapter')}")
     except (ModelNotAvailable, ValueError) as exc:
@@ -75,8 +75,10 @@ def pull(args: argparse.Namespace) -> int:
 
 def list_local(args: argparse.Namespace) -> int:
     """Built-in models and where their weights are, then the added ones with their details."""
-    from soundry.models.registry import MODEL_NAMES, SPECS, ModelNotAvailable, resolve_model_dir
-    from soundry.models.user_models import describe, user_models
+    from soundry.models.catalog import ALIASES, BUILTINS
+    from soundry.models.errors import ModelNotAvailable
+    from soundry.models.sources.added import describe, user_models
+    from soundry.models.sources.paths import resolve_model_dir
 
     settings = _settings(args)
     try:
@@ -84,8 +86,8 @@ def list_local(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name in MODEL_NAMES:
-        if name in added or SPECS.get(name, None) is not None and SPECS[name].source:
+    for name in [*ALIASES, *(s.name for s in BUILTINS)]:
+        if name in added:
             continue
         try:
             where = str(resolve_model_dir(name, download=False))

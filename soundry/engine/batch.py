@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 
 from soundry.engine.counter_rng import counter_uniforms
-from soundry.engine.kv_cache import KVCache
 from soundry.engine.request import GenerationRequest
 from soundry.engine.sampling import apply_cfg, sample
 from soundry.engine.windows import Window
-from soundry.models.lm import TransformerLM
+from soundry.models.audiocraft.lm.kv_cache import KVCache
+from soundry.models.audiocraft.lm.transformer import TransformerLM
 from soundry.models.transfer import to_device
 
 

@@ -3,7 +3,7 @@
 One graph runs a single request (dynamo specialises a size of 1), the other any number of requests
 from 2 up: the row count, the self-attention key length and the cache's own sizes are symbolic, so
 neither a request's position, nor the batch size, nor a longer condition recompiles, and nothing is
-padded. The LM keeps its oneDNN-packed linears (``soundry.models.packed``): with freezing on,
+padded. The LM keeps its oneDNN-packed linears (``soundry.models.audiocraft.lm.packed``): with freezing on,
 inductor calls that kernel as an external op and fuses what lies between (norms, attention,
 residuals, guidance, sampling) into a few C++ loops, which removes most of the eager step's
 per-operator overhead. Plain ``nn.Linear`` weights compile too (inductor then packs them itself).

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
-from soundry.models.audio_model import AudioModel
-from soundry.models.checkpoint import CheckpointError, LMConfig, load_package, parse_cfg
-from soundry.models.conditioner import DEFAULT_MAX_TOKENS, TextConditioner
-from soundry.models.hf_format import is_transformers_dir, load_transformers_model
-from soundry.models.lm import TransformerLM, normalize_state_dict
-from soundry.models.precision import DTYPES, apply_precision, check_precision, resolve_precision
-from soundry.models.registry import ALIASES, SPECS, ModelNotAvailable, resolve_component, resolve_model_dir
+from soundry.models import catalog
+from soundry.models.audiocraft.conditioners.text import DEFAULT_MAX_TOKENS, TextConditioner
+from soundry.models.audiocraft.formats.release import LMConfig, load_package, parse_cfg
+from soundry.models.audiocraft.formats.transformers import is_transformers_dir, load_transformers_model
+from soundry.models.audiocraft.lm.precision import DTYPES, apply_precision, check_precision, resolve_precision
+from soundry.models.audiocraft.lm.transformer import TransformerLM, normalize_state_dict
+from soundry.models.audiocraft.model import AudioModel
+from soundry.models.errors import CheckpointError, ModelNotAvailable
+from soundry.models.sources.paths import resolve_component, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,15 @@ def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype 
                max_text_tokens: int | None = None, packed: bool = True, fused_heads: bool = False) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
-    ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.precision``) sets how
+    ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.audiocraft.lm.precision``) sets how
     the LM runs; ``auto`` (the default) is bfloat16 on CUDA and float32 on the CPU. The older
     ``dtype`` and ``quantize="int8"`` arguments still work when ``precision`` is not given.
     A precision the device cannot run raises ``PrecisionError`` here, at load.
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
-    ``packed`` (CPU, fp32/bf16) puts the LM's linear weights in oneDNN's layout (``soundry.models.packed``).
+    ``packed`` (CPU, fp32/bf16) puts the LM's linear weights in oneDNN's layout
+    (``soundry.models.audiocraft.lm.packed``).
     ``fused_heads`` computes the K output heads as one matmul (``TransformerLM.fuse_heads_``; release
     checkpoints only).
     """
@@ -63,7 +66,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
     release_dir = resolve_model_dir(name_or_path)
-    spec = SPECS.get(ALIASES.get(name_or_path.lower(), name_or_path.lower()))
+    spec = catalog.active().find(name_or_path)
     if is_transformers_dir(release_dir) or (spec is not None and spec.adapter):
         return _load_transformers(name_or_path, release_dir, spec, dev, precision, max_text_tokens, packed)
     lm_path = release_dir / "state_dict.bin"
@@ -97,7 +100,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
         "weight": proj_w.float(), "bias": state[_CONDITIONER_PREFIX + "output_proj.bias"].float()})
     conditioner = conditioner.eval().to(dev)
 
-    from soundry.models.codec import load_codec, wrap_codec
+    from soundry.models.audiocraft.codecs.encodec import load_codec, wrap_codec
 
     codec = load_codec(release_dir, lambda hub_name: Path(resolve_component(release_dir, "encodec", hub_name)))
     codec = wrap_codec(codec, cfg_dict)
@@ -109,7 +112,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
     melody = None
     if "self_wav" in cfg.prepend:  # MusicGen-melody: the chroma conditioner (demucs loads on first use)
-        from soundry.models.melody import from_release
+        from soundry.models.audiocraft.conditioners.melody import from_release
 
         melody = from_release(cfg_dict, state, release_dir, dev)
     model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir, melody=melody)
@@ -119,13 +122,13 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
 
 def _load_transformers(name_or_path: str, model_dir: Path, spec, dev: torch.device, precision: str,
                        max_text_tokens: int, packed: bool) -> AudioModel:
-    """A transformers-format checkpoint (``soundry.models.hf_format``), with its LoRA adapter if registered."""
+    """A transformers-format checkpoint (``formats.transformers``), with its LoRA adapter if registered."""
     adapter_dir = None
     if spec is not None and spec.adapter:
         if not is_transformers_dir(model_dir):
             raise CheckpointError(f"{spec.name}: a LoRA adapter is merged into a transformers-format base; "
                                   f"{model_dir} is in audiocraft's release format")
-        from soundry.models.sources import fetch
+        from soundry.models.sources.hub import fetch
 
         adapter_dir = fetch(spec.adapter, download=True, kind="adapter")
     family = spec.family if spec is not None else "musicgen"
@@ -136,9 +139,9 @@ def _load_transformers(name_or_path: str, model_dir: Path, spec, dev: torch.devi
 
 
 def _family(name_or_path: str, cfg: LMConfig) -> str:
-    key = ALIASES.get(name_or_path.lower(), name_or_path.lower())
-    if key in SPECS:
-        return SPECS[key].family
+    spec = catalog.active().find(name_or_path)
+    if spec is not None:
+        return spec.family
     return "audiogen" if cfg.sample_rate == 16000 else "musicgen"
 
 

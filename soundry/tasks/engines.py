@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from soundry.engine import Engine
-from soundry.models.registry import canonical_name
+from soundry.models.catalog import canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ MBD_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the U-Nets' 
 def mbd_weights(mbd_path: str = "") -> Path:
     """MultiBand Diffusion's release file: ``mbd_path`` (a folder holding it, or the file), else the hub's
     (from the local cache, else downloaded). Raises ModelUnavailable with a sentence naming the setting."""
-    from soundry.models.mbd import RELEASE_FILE
+    from soundry.models.audiocraft.codecs.mbd import RELEASE_FILE
 
     if mbd_path:
         path = Path(mbd_path).expanduser()
@@ -140,7 +140,7 @@ class EngineManager:
                 path = mbd_weights(self.mbd_path)
                 key = (str(path.resolve()), name, dtype)
                 if key not in self._mbd:
-                    from soundry.models.mbd import load_mbd
+                    from soundry.models.audiocraft.codecs.mbd import load_mbd
 
                     loaded = next((m for (p, _n, d), m in self._mbd.items() if (p, d) == (key[0], dtype)
                                    and m.device == device), None)

@@ -3,7 +3,8 @@ its live events and webhooks)."""
 
 from __future__ import annotations
 
-from soundry.accounts import fmt_time
+import datetime as dt
+
 from soundry.config import Settings
 from soundry.signing import signed_path, signed_stream_path
 from soundry.tasks.models import Task, utcnow
@@ -86,3 +87,8 @@ def task_payload(task: Task, settings: Settings, base_url: str, queue_position: 
         inner.update(duration=round(task.audio_seconds, 4), sample_rate=task.sample_rate,
                      output_format=task.file_format, seed=task.seed, decoder=decoder_of(task))
     return {"is_success": task.status != "FAILED", "data": inner}
+
+
+def fmt_time(t: dt.datetime | None) -> str | None:
+    """A timestamp as every answer writes it (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f") if t else None

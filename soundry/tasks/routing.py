@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from soundry.models.registry import model_family
+from soundry.models.catalog import model_family
 
 TASK_NAMES = {"audiogen": ("tasks.audiogen_task", "audiogen_queue"),
               "musicgen": ("tasks.musicgen_task", "musicgen_queue")}

@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 FINAL = ("COMPLETED", "FAILED", "CANCELED")
 FINAL_EVENT = "completed"
+LOG_STEP = 10  # a prediction's progress: a new line (a ``logs`` event) each time another 10 % is done
+# A wire API's webhook body of a prediction task (Replicate's and Cog's): (task, settings, link base) -> body.
+# Given by the layer that knows the wire shapes (the app, the worker command); None: the FlexStack result.
+BodyRenderer = Callable[[Task, Settings, str], dict]
 
 
 def prediction_events(task: Task) -> list[str] | None:
@@ -74,9 +79,9 @@ class _UserSlots:
 
 
 class WebhookSender:
-    def __init__(self, store: TaskStore, settings: Settings, attempts: int | None = None,
-                 backoff: float | None = None, timeout: float | None = None):
-        self.store, self.settings = store, settings
+    def __init__(self, store: TaskStore, settings: Settings, prediction_body: BodyRenderer | None = None,
+                 attempts: int | None = None, backoff: float | None = None, timeout: float | None = None):
+        self.store, self.settings, self.prediction_body = store, settings, prediction_body
         self.attempts = attempts or settings.webhook_attempts
         self.backoff = settings.webhook_backoff if backoff is None else backoff
         self.timeout = timeout or settings.webhook_timeout
@@ -136,8 +141,6 @@ class WebhookSender:
 
     @staticmethod
     def _lines(percent: int) -> int:
-        from soundry.api.predictions import LOG_STEP
-
         return percent // LOG_STEP
 
     def resume(self) -> int:
@@ -180,10 +183,8 @@ class WebhookSender:
 
     def _payload(self, task: Task) -> dict:
         base = base_without_request(self.settings)
-        if prediction_events(task) is not None:  # created on Replicate's or Cog's API
-            from soundry.api.predictions import webhook_body
-
-            return webhook_body(task, self.settings, base)  # the prediction, as those APIs send it
+        if prediction_events(task) is not None and self.prediction_body is not None:  # Replicate's or Cog's
+            return self.prediction_body(task, self.settings, base)  # the prediction, as those APIs send it
         return task_payload(task, self.settings, base)
 
     # -- on the delivery loop ---------------------------------------------------------------------------

@@ -63,7 +63,9 @@ class Reconciler:
         return sent
 
 
-def run_worker(settings: Settings, models: list[str], concurrency: int = 32, loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, models: list[str], concurrency: int = 32, loglevel: str = "INFO",
+               prediction_body=None) -> None:
+    """A Celery worker of ``models``; ``prediction_body`` renders Replicate/Cog webhook bodies (``WebhookSender``)."""
     if not settings.broker_url:
         raise SystemExit("soundry worker needs a broker: set --broker / SOUNDRY_BROKER_URL (redis://… or amqp://…)")
     store = TaskStore(settings.database_url)
@@ -79,7 +81,7 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
         live = RedisLiveWriter(settings.broker_url)
     runner = TaskRunner(store, storage, engines, lease_seconds=settings.lease_seconds, live=live,
                         max_attempts=settings.max_task_attempts).start()
-    webhooks = attach_webhooks(runner, WebhookSender(store, settings))
+    webhooks = attach_webhooks(runner, WebhookSender(store, settings, prediction_body))
     distributed.set_runner(runner)
     queue = distributed.CeleryQueue(settings.broker_url)
     names = sorted({n for model in models for n in store_models_of(model)})
@@ -98,7 +100,8 @@ def run_worker(settings: Settings, models: list[str], concurrency: int = 32, log
 
 def store_models_of(model: str) -> list[str]:
     """The task ``model`` values a worker of ``model`` serves: every name of the same family."""
-    from soundry.models.registry import MODEL_NAMES, model_family
+    from soundry.models import catalog
 
-    fam = model_family(model)
-    return [n for n in MODEL_NAMES if model_family(n) == fam]
+    names = catalog.active()
+    fam = names.get(model).family
+    return [n for n in names.names() if names.get(n).family == fam]

@@ -1,0 +1,182 @@
+"""Cog's local HTTP API (``POST /predictions``, ``PUT /predictions/{id}``, ``POST /predictions/{id}/cancel``,
+``GET /health-check``), which self-hosters' tools call, answered by the model the ``cog_model`` setting
+names (default ``musicgen``) with that family's public inputs (``meta/musicgen``'s or ``sepal/audiogen``'s).
+
+Unlike Cog, soundry wants ``Authorization: Bearer <API key or access token>`` on the prediction routes
+(every prediction is a task of a user). Errors are FastAPI's ``{"detail": …}``, as Cog answers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from soundry.api.http.auth import services
+from soundry.api.http.body import parse_json_body
+from soundry.api.http.docs import either
+from soundry.api.http.envelope import ApiError
+from soundry.api.http.links import link_base
+from soundry.api.http.live import task_end
+from soundry.api.predictions import core
+from soundry.api.predictions.create import CreatePrediction, caller, translate
+from soundry.service.errors import ServiceError, invalid
+from soundry.tasks.models import Task, User
+
+router = APIRouter(tags=["Cog compatibility"])
+COG_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+class CogError(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(examples=["input.duration: Input should be greater than 0"])
+
+
+class CogPrediction(BaseModel):
+    id: str
+    input: dict[str, Any]
+    output: str | None = Field(description="the audio as a data: URL (a signed https link behind https)")
+    status: str
+    error: str | None
+    logs: str
+    metrics: dict[str, float]
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+
+
+class CogRequest(CreatePrediction):
+    id: str | None = Field(None, description="ignored on POST (the answer names the prediction's id)")
+    created_at: str | None = None
+    output_file_prefix: str | None = Field(None, description="accepted; outputs are data: URLs or signed links")
+    context: dict[str, str] | None = None
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["READY"], description="STARTING, READY or SETUP_FAILED (the model's load)")
+    setup: dict[str, Any]
+
+
+def _error(status: int, detail, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _answer(exc: ServiceError, request: Request) -> JSONResponse:
+    """A refusal in Cog's shape (FastAPI's ``detail``: a list naming the input on 422), the status every API
+    gives it."""
+    model = getattr(request.state, "prediction_model", "")
+    if exc.status != 422 or not exc.field or isinstance(exc, ApiError):  # the body's shape, a credential, ...
+        text = exc.description if isinstance(exc, ApiError) else exc.described(lambda f: core.field_name(f, model))
+        return _error(exc.status, text, exc.headers)
+    field = core.field_name(exc.field, model)
+    return _error(422, [{"loc": ["body", "input", field], "msg": exc.message, "type": "value_error"}])
+
+
+_cog = core.answering_errors(_answer)
+
+
+def _docs(status: int, *errors: int) -> dict:
+    return {status: {"model": CogPrediction}, **{c: {"model": CogError} for c in (401, *errors)},
+            429: either("CogError", "rate limited, or a cap on your tasks: retry after `Retry-After`"),
+            503: either("CogError", "the queue is full or the server overloaded: retry after `Retry-After`")}
+
+
+def _model_ref(svc) -> tuple[str, str]:
+    """(the public model whose inputs Cog's API takes, the soundry model it runs)."""
+    name = svc.settings.cog_model
+    return ("sepal/audiogen" if svc.catalog.get(name).family == "audiogen" else "meta/musicgen"), name
+
+
+def _view(request: Request, task: Task, cog_id: str | None = None) -> dict:
+    out = core.prediction(task, core.output_of(services(request), task, link_base(request)), None, cog_id)
+    for key in ("model", "version"):
+        out.pop(key)
+    return out
+
+
+def _task_id(user: User, cog_id: str) -> str:
+    """The task of a client-chosen id: one per user and id (another user's ids are not seen)."""
+    return hashlib.sha256(f"cog:{user.id}:{cog_id}".encode()).hexdigest()[:32]
+
+
+async def _start(request: Request, user: User, body: CogRequest, cog_id: str | None) -> Task:
+    """The task of a create (for a PUT id already used, the one that exists)."""
+    svc = services(request)
+    public, model = _model_ref(svc)
+    spec = await translate(request, public, body, model)
+    if not cog_id:
+        return await svc.tasks.submit(user, spec)
+    spec.wire["cog_id"], spec.task_id = cog_id, _task_id(user, cog_id)
+    task, _ = await svc.tasks.submit_once(user, spec)
+    return task
+
+
+@router.post("/predictions", summary="Cog: run a prediction (sync, or async with Prefer: respond-async)",
+             description="The body is Cog's: `{\"input\": {...}, \"webhook\"?, \"webhook_events_filter\"?}`; the "
+                         "inputs are those of meta/musicgen (or sepal/audiogen when `cog_model` is an AudioGen). "
+                         "Without `Prefer: respond-async` the answer waits for the end (200); with it, 202 at once.",
+             responses={**_docs(200, 400, 413, 422, 503), 202: {"model": CogPrediction}},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+@_cog
+async def create_prediction(request: Request):
+    user = await run_in_threadpool(caller, request)
+    body = await parse_json_body(request, CogRequest)
+    task = await _start(request, user, body, None)
+    if "respond-async" in request.headers.get("prefer", ""):
+        return JSONResponse(await run_in_threadpool(_view, request, task), status_code=202)
+    task = await task_end(request, task.id) or task
+    return JSONResponse(await run_in_threadpool(_view, request, task))
+
+
+@router.put("/predictions/{prediction_id}", status_code=202, summary="Cog: start a prediction with your id (async)",
+            description="Idempotent: the same id again answers the prediction already started.",
+            responses=_docs(202, 400, 413, 422, 503),
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+@_cog
+async def put_prediction(request: Request, prediction_id: str):
+    user = await run_in_threadpool(caller, request)
+    if not COG_ID.fullmatch(prediction_id):
+        raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
+    body = await parse_json_body(request, CogRequest)
+    if body.id is not None and body.id != prediction_id:
+        raise invalid("id", "the body's id differs from the path's")
+    task = await _start(request, user, body, prediction_id)
+    return JSONResponse(await run_in_threadpool(_view, request, task, prediction_id), status_code=202)
+
+
+@router.post("/predictions/{prediction_id}/cancel", summary="Cog: cancel a prediction",
+             responses={200: {"description": "canceled (or already ended)", "content": {"application/json": {
+                 "schema": {"type": "object"}}}}, **{c: {"model": CogError} for c in (401, 404)},
+                        429: either("CogError", "rate limited: retry after `Retry-After`")})
+@_cog
+async def cancel_prediction(request: Request, prediction_id: str):
+    svc = services(request)
+    user = await run_in_threadpool(caller, request)
+
+    def find() -> Task | None:
+        if len(prediction_id) > 128:
+            return None
+        return svc.store.get(_task_id(user, prediction_id), user.id) or (
+            svc.store.get(prediction_id, user.id) if len(prediction_id) <= 64 else None)
+
+    task = await run_in_threadpool(find)
+    if task is None:
+        raise ApiError(404, "not_found", f"no prediction {prediction_id} of yours")
+    await run_in_threadpool(svc.tasks.cancel_task, task.id)
+    return JSONResponse({})
+
+
+@router.get("/health-check", summary="Cog: the server's state", responses={200: {"model": Health}},
+            description="READY unless the `cog_model` failed to load here (SETUP_FAILED); the model loads at its "
+                        "first prediction unless the `preload` setting names it.")
+def health_check(request: Request):
+    svc = services(request)
+    failed = svc.engines is not None and svc.engines.key(svc.settings.cog_model) in svc.engines.failures()
+    return JSONResponse({"status": "SETUP_FAILED" if failed else "READY",
+                         "setup": {"status": "failed" if failed else "succeeded", "logs": ""}})

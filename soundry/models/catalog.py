@@ -1,0 +1,246 @@
+"""The catalog: every model this process can serve, by name, with its capabilities as data.
+
+Built-in models are listed here; models an operator adds (``soundry models add``) are records in
+``DATA_DIR/models.json`` whose facts (channels, melody, licence) were read from the checkpoint when it was
+added (``soundry.models.sources.added``); ``model_paths`` entries naming new models are read at start. A
+:class:`Catalog` re-reads ``models.json`` when it changes, so a model added while the server runs is served,
+listed, validated and documented (OpenAPI, Replicate's schemas) without a restart.
+
+The process's catalog is :func:`active` (set by :func:`use` when a server, worker or CLI command starts); the
+API, the service, the task runner and the loader all read it, never a copy taken at import.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECORDS = "models.json"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every model of a family shares."""
+
+    name: str
+    kind: str  # "autoregressive": codec tokens decoded step by step (an LM, a KV cache, a codec)
+    sample_rate: int
+    context: float  # seconds one window covers (longer clips: windows)
+    stride: float  # seconds a window moves on beyond the context
+    decoders: tuple[str, ...]  # what turns its tokens into the stored audio (configs.decoder)
+    inputs: tuple[str, ...]  # the audio inputs it takes (configs.input_audio; configs.melody for melody models)
+    license: str  # the built-in releases' licence
+
+
+FAMILIES: dict[str, Family] = {
+    "audiogen": Family("audiogen", "autoregressive", 16000, 10.0, 2.0, ("encodec",), ("input_audio",),
+                       "CC-BY-NC-4.0"),
+    "musicgen": Family("musicgen", "autoregressive", 32000, 30.0, 18.0, ("encodec", "mbd"), ("input_audio",),
+                       "CC-BY-NC-4.0"),
+}
+# Each family's generation window: its context (max_duration, seconds) and the stride of windows beyond it
+# (extend_stride), as audiocraft's AudioGen and MusicGen set them.
+FAMILY_WINDOWS = {name: (f.context, f.stride) for name, f in FAMILIES.items()}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's name, where its weights come from, and what it can do."""
+
+    name: str
+    hub_repo: str
+    family: str  # a key of FAMILIES
+    description: str
+    channels: int = 1
+    # an added model (``soundry models add``, model_paths): where its weights are ("hf:owner/repo@revision" or a
+    # folder, either format) and an optional LoRA adapter (same forms)
+    source: str = ""
+    adapter: str = ""
+    melody: bool = False  # conditioned on a tune as well as the text (MusicGen-melody's chroma)
+    license: str | None = None  # None: the family's (built-ins); an added model's as its card says ("" unknown)
+
+    @property
+    def facts(self) -> Family:
+        return FAMILIES[self.family]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.facts.sample_rate
+
+    @property
+    def decoders(self) -> list[str]:
+        return list(self.facts.decoders)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*self.facts.inputs, *(["melody"] if self.melody else [])]
+
+    @property
+    def licence(self) -> str | None:
+        return self.facts.license if self.license is None else (self.license or None)
+
+    def capabilities(self) -> dict:
+        """What the model list and the wire APIs say about the model."""
+        return {"name": self.name, "hub_repo": self.hub_repo, "family": self.family, "kind": self.facts.kind,
+                "description": self.description, "sample_rate": self.sample_rate, "channels": self.channels,
+                "license": self.licence, "source": self.source or None, "adapter": self.adapter or None,
+                "melody": self.melody, "decoders": self.decoders, "inputs": self.inputs,
+                "context_seconds": self.facts.context}
+
+
+BUILTINS = [
+    ModelSpec("audiogen-medium", "facebook/audiogen-medium", "audiogen", "AudioGen 1.5B: sound effects, 16 kHz"),
+    ModelSpec("musicgen-small", "facebook/musicgen-small", "musicgen", "MusicGen 300M: music, 32 kHz"),
+    ModelSpec("musicgen-medium", "facebook/musicgen-medium", "musicgen", "MusicGen 1.5B: music, 32 kHz"),
+    ModelSpec("musicgen-large", "facebook/musicgen-large", "musicgen", "MusicGen 3.3B: music, 32 kHz"),
+    ModelSpec("musicgen-stereo-small", "facebook/musicgen-stereo-small", "musicgen",
+              "MusicGen 300M stereo: music, 32 kHz, 2 channels", 2),
+    ModelSpec("musicgen-stereo-medium", "facebook/musicgen-stereo-medium", "musicgen",
+              "MusicGen 1.5B stereo: music, 32 kHz, 2 channels", 2),
+    ModelSpec("musicgen-stereo-large", "facebook/musicgen-stereo-large", "musicgen",
+              "MusicGen 3.3B stereo: music, 32 kHz, 2 channels", 2),
+    ModelSpec("musicgen-melody", "facebook/musicgen-melody", "musicgen",
+              "MusicGen 1.5B melody: music that follows a given tune, 32 kHz", melody=True),
+    ModelSpec("musicgen-melody-large", "facebook/musicgen-melody-large", "musicgen",
+              "MusicGen 3.3B melody: music that follows a given tune, 32 kHz", melody=True),
+    ModelSpec("musicgen-stereo-melody", "facebook/musicgen-stereo-melody", "musicgen",
+              "MusicGen 1.5B stereo melody: music that follows a given tune, 32 kHz, 2 channels", 2, melody=True),
+    ModelSpec("musicgen-stereo-melody-large", "facebook/musicgen-stereo-melody-large", "musicgen",
+              "MusicGen 3.3B stereo melody: music that follows a given tune, 32 kHz, 2 channels", 2, melody=True),
+]
+ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small", "musicgen-stereo": "musicgen-stereo-small"}
+BUILTIN_NAMES = frozenset([*ALIASES, *(s.name for s in BUILTINS)])
+
+
+@dataclass(frozen=True)
+class AddedModel:
+    """A record of ``models.json``: an added model, its source and the facts read from it when it was added."""
+
+    name: str
+    source: str
+    adapter: str = ""
+    family: str = "musicgen"
+    added_at: str = ""
+    origin: str = "data directory"  # or "model_paths"
+    channels: int | None = None  # None: not recorded (a record written before soundry recorded facts)
+    melody: bool = False
+    license: str = ""
+
+    def spec(self) -> ModelSpec:
+        kind = "hub" if self.source.startswith("hf:") else "folder"
+        what = f"{self.family} from {kind} {self.source}" + (f" + LoRA adapter {self.adapter}" if self.adapter else "")
+        return ModelSpec(self.name, self.source, self.family, what, channels=self.channels or 1, source=self.source,
+                         adapter=self.adapter, melody=self.melody, license=self.license)
+
+
+_RECORD_FIELDS = ("source", "adapter", "family", "added_at", "channels", "melody", "license")
+
+
+def read_records(data_dir: Path) -> dict[str, AddedModel]:
+    path = Path(data_dir) / RECORDS
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); fix or remove it") from exc
+    return {name: AddedModel(name=name, **{k: v for k, v in entry.items() if k in _RECORD_FIELDS})
+            for name, entry in raw.get("models", {}).items()}
+
+
+def write_records(data_dir: Path, models: dict[str, AddedModel]) -> None:
+    """Written whole to a temporary file, then renamed over the old one (a reader sees the old or the new)."""
+    import os
+    import tempfile
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    body = {"models": {m.name: {k: getattr(m, k) for k in _RECORD_FIELDS} for m in models.values()}}
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".models-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=2)
+    os.replace(tmp, data_dir / RECORDS)
+
+
+@dataclass
+class Catalog:
+    """Built-ins, the models recorded in ``data_dir``'s ``models.json`` (re-read when the file changes) and
+    ``extra`` specs (``model_paths`` entries; models registered in this process)."""
+
+    data_dir: Path | None = None
+    extra: dict[str, ModelSpec] = field(default_factory=dict)
+    _stamp: tuple | None = field(default=None, repr=False)
+    _recorded: dict[str, ModelSpec] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _records(self) -> dict[str, ModelSpec]:
+        if self.data_dir is None:
+            return {}
+        path = Path(self.data_dir) / RECORDS
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                self._recorded = {n: m.spec() for n, m in read_records(self.data_dir).items()} if stamp else {}
+                self._stamp = stamp
+            return self._recorded
+
+    def specs(self) -> dict[str, ModelSpec]:
+        """Every canonical name → its spec (added models after the built-ins)."""
+        return {**{s.name: s for s in BUILTINS}, **self._records(), **self.extra}
+
+    def names(self) -> list[str]:
+        """Every name a request may use: the aliases, then the canonical names."""
+        return [*ALIASES, *self.specs()]
+
+    def canonical(self, name: str) -> str:
+        """'audiogen' → 'audiogen-medium'; KeyError naming the known models."""
+        key = ALIASES.get(name.strip().lower(), name.strip().lower())
+        if key not in self.specs():
+            raise KeyError(f"unknown model {name!r}; known models: {', '.join(self.names())}")
+        return key
+
+    def get(self, name: str) -> ModelSpec:
+        return self.specs()[self.canonical(name)]
+
+    def find(self, name: str) -> ModelSpec | None:
+        try:
+            return self.get(name)
+        except KeyError:
+            return None
+
+    def register(self, spec: ModelSpec) -> None:
+        """Serve ``spec`` in this process (a ``model_paths`` entry, a test's model)."""
+        self.extra[spec.name] = spec
+
+
+_active = Catalog()
+
+
+def active() -> Catalog:
+    """The process's catalog."""
+    return _active
+
+
+def use(catalog: Catalog) -> Catalog:
+    """Make ``catalog`` the process's (a server, a worker or a CLI command at start)."""
+    global _active
+    _active = catalog
+    return catalog
+
+
+def canonical_name(name: str) -> str:
+    return _active.canonical(name)
+
+
+def model_family(name: str) -> str:
+    return _active.get(name).family
+
+
+def register(spec: ModelSpec) -> None:
+    _active.register(spec)

@@ -1,0 +1,110 @@
+"""Where a model's files are on this machine: a folder given as a path, a name pointed at a folder or a hub
+reference (``SOUNDRY_MODEL_PATHS="audiogen=/dir,musicgen=hf:owner/repo@rev"`` or an added model's source), else
+the Hugging Face hub's cache (downloading on first use).
+
+A folder holds an audiocraft release (``state_dict.bin`` and ``compression_state_dict.bin``, optionally ``t5/``,
+``encodec/``, ``demucs/`` which replace the hub names of those components) or a transformers-format MusicGen
+(``config.json`` + safetensors, ``soundry.models.audiocraft.formats.transformers``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from soundry.models import catalog
+from soundry.models.catalog import ALIASES, ModelSpec
+from soundry.models.errors import ModelNotAvailable
+
+# Hub names of text encoders / codecs that a local directory's subfolders replace.
+LOCAL_COMPONENTS = {"t5": "t5", "encodec": "encodec", "demucs": "demucs"}
+
+
+def local_model_paths(env: str | None = None) -> dict[str, Path]:
+    """Parse SOUNDRY_MODEL_PATHS ("name=/dir,name2=/dir2"); keys are the names as written."""
+    raw = os.environ.get("SOUNDRY_MODEL_PATHS", "") if env is None else env
+    out: dict[str, Path] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        if "=" not in part:
+            raise ValueError(f"SOUNDRY_MODEL_PATHS entry {part!r} must look like name=/path")
+        key, value = part.split("=", 1)
+        out[key.strip().lower()] = Path(value.strip()).expanduser()
+    return out
+
+
+def local_dir_for(name: str) -> Path | None:
+    """The local directory configured for a name or its canonical name, if any."""
+    paths = local_model_paths()
+    key = name.strip().lower()
+    for candidate in (key, ALIASES.get(key, key)):
+        if candidate in paths:
+            return paths[candidate]
+    for alias, target in ALIASES.items():  # "audiogen=/dir" also serves "audiogen-medium"
+        if target == key and alias in paths:
+            return paths[alias]
+    return None
+
+
+def resolve_model_dir(name_or_path: str, download: bool = True) -> Path:
+    """A directory holding the release files for a model name or a path.
+
+    Order: an existing directory path; SOUNDRY_MODEL_PATHS; the Hugging Face hub (cache first).
+    """
+    as_path = Path(name_or_path).expanduser()
+    if as_path.is_dir():
+        return check_release_dir(as_path)
+    local = local_dir_for(name_or_path)
+    spec = catalog.active().find(name_or_path)
+    if local is None and spec is not None and spec.source:  # registered with a source (soundry models add)
+        local = Path(spec.source)
+    if local is not None and str(local).startswith("hf:"):  # a hub reference, hf:owner/repo@revision
+        from soundry.models.sources.hub import fetch
+
+        return check_release_dir(fetch(str(local), download=download))
+    if local is not None:
+        if not local.is_dir():
+            raise ModelNotAvailable(f"SOUNDRY_MODEL_PATHS points {name_or_path} at {local}, which is not a directory")
+        return check_release_dir(local)
+    if spec is None:
+        raise ModelNotAvailable(f"{name_or_path!r} is neither a model directory nor a known model name "
+                                f"({', '.join(catalog.active().names())})")
+    return _from_hub(spec, download)
+
+
+def check_release_dir(path: Path) -> Path:
+    from soundry.models.audiocraft.formats.transformers import is_transformers_dir
+
+    if is_transformers_dir(path):  # transformers format (soundry.models.hf_format checks the rest at load)
+        return path
+    missing = [f for f in ("state_dict.bin", "compression_state_dict.bin") if not (path / f).is_file()]
+    if missing and (path / "config.json").is_file():
+        raise ModelNotAvailable(f"model directory {path} has a config.json that names no MusicGen model and lacks "
+                                f"{', '.join(missing)}: it is in neither format soundry serves (audiocraft release, "
+                                "transformers MusicgenForConditionalGeneration)")
+    if missing:
+        raise ModelNotAvailable(f"model directory {path} lacks {', '.join(missing)} (audiocraft release layout) "
+                                "and config.json (transformers layout)")
+    return path
+
+
+def _from_hub(spec: ModelSpec, download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    files = ["state_dict.bin", "compression_state_dict.bin"]
+    try:
+        return Path(snapshot_download(spec.hub_repo, allow_patterns=files, local_files_only=True))
+    except Exception:  # not cached yet
+        if not download:
+            raise ModelNotAvailable(f"weights for {spec.name} ({spec.hub_repo}) are not in the local cache") from None
+    try:
+        return Path(snapshot_download(spec.hub_repo, allow_patterns=files))
+    except Exception as exc:
+        raise ModelNotAvailable(
+            f"weights for {spec.name} not found locally and the hub is unreachable ({type(exc).__name__}); "
+            f"set SOUNDRY_MODEL_PATHS={spec.name.split('-')[0]}=/path/to/release/dir") from exc
+
+
+def resolve_component(release_dir: Path, component: str, hub_name: str) -> str:
+    """Local subfolder (``t5/``, ``encodec/``) of a release dir if present, else the hub name."""
+    sub = release_dir / LOCAL_COMPONENTS[component]
+    return str(sub) if sub.is_dir() else hub_name
