@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from soundry.models.audiocraft.formats.release import LMConfig, load_package, parse_cfg
+from soundry.models.audiocraft.checkpoint import LMConfig, load_package, parse_cfg
 from soundry.models.audiocraft.lm.transformer import normalize_state_dict
 from soundry.models.errors import CheckpointError
 

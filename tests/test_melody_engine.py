@@ -11,7 +11,7 @@ import torch
 
 from soundry.engine import Engine, GenerationRequest
 from soundry.engine.generate import generate, job_windows, prepare_melody
-from soundry.models.audiocraft.formats.release import LMConfig, load_package, parse_cfg
+from soundry.models.audiocraft.checkpoint import LMConfig, load_package, parse_cfg
 from soundry.models.errors import CheckpointError
 from tests.helpers_models import TINY, assert_close_rel, melody_reference, tiny_model
 from tests.helpers_teacher import teacher_logits

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from soundry.models.audiocraft.formats.release import LMConfig
+from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.lm.kv_cache import KVCache
 from soundry.models.audiocraft.lm.packed import can_pack, is_packed
 from soundry.models.audiocraft.lm.precision import apply_precision, resolve_precision

@@ -1,4 +1,5 @@
-"""Build an ``AudioModel`` from a release directory or a registry name."""
+"""``load_model``: a catalog name or a folder → a loaded model, its checkpoint format detected from its files
+(``audiocraft.formats``: the release layout, transformers' layout with an optional LoRA adapter)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,15 @@ from pathlib import Path
 import torch
 
 from soundry.models import catalog
-from soundry.models.audiocraft.conditioners.text import DEFAULT_MAX_TOKENS, TextConditioner
-from soundry.models.audiocraft.formats.release import LMConfig, load_package, parse_cfg
+from soundry.models.audiocraft.conditioners.text import DEFAULT_MAX_TOKENS
+from soundry.models.audiocraft.formats.release import load_release_model
 from soundry.models.audiocraft.formats.transformers import is_transformers_dir, load_transformers_model
-from soundry.models.audiocraft.lm.precision import DTYPES, apply_precision, check_precision, resolve_precision
-from soundry.models.audiocraft.lm.transformer import TransformerLM, normalize_state_dict
+from soundry.models.audiocraft.lm.precision import DTYPES, resolve_precision
 from soundry.models.audiocraft.model import AudioModel
 from soundry.models.errors import CheckpointError, ModelNotAvailable
-from soundry.models.sources.paths import resolve_component, resolve_model_dir
+from soundry.models.sources.paths import resolve_model_dir
 
 log = logging.getLogger(__name__)
-
-_CONDITIONER_PREFIX = "condition_provider.conditioners.description."
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -69,54 +67,10 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
     spec = catalog.active().find(name_or_path)
     if is_transformers_dir(release_dir) or (spec is not None and spec.adapter):
         return _load_transformers(name_or_path, release_dir, spec, dev, precision, max_text_tokens, packed)
-    lm_path = release_dir / "state_dict.bin"
-    pkg = load_package(lm_path)
-    cfg_dict = parse_cfg(pkg, lm_path)
-    cfg = LMConfig.from_cfg(cfg_dict)
-    state = pkg.get("best_state")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{lm_path} has no 'best_state' dict")
-    family = _family(name_or_path, cfg)
-
-    # Built on the meta device and given the checkpoint's tensors (cast once, straight to the load
-    # dtype): no second full-size copy of the weights, which matters for 1.5B-parameter models.
-    with torch.device("meta"):
-        lm = TransformerLM(cfg)
-    load_dtype = DTYPES.get(precision, torch.float32)  # int8 quantises from float32
-    weights = {k: v.to(load_dtype) for k, v in normalize_state_dict(state).items()}
-    missing, unexpected = lm.load_state_dict(weights, strict=False, assign=True)
-    del weights
-    if missing or unexpected:
-        raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
-    lm = apply_precision(lm.eval(), precision, dev, packed=packed, fused_heads=fused_heads)
-    check_precision(lm, precision, dev)
-
-    t5_source = resolve_component(release_dir, "t5", cfg.t5_name)
-    proj_w = state[_CONDITIONER_PREFIX + "output_proj.weight"]
-    conditioner = TextConditioner(t5_source, output_dim=proj_w.shape[0], t5_dim=proj_w.shape[1],
-                                  max_tokens=max_text_tokens)
-    conditioner.output_proj.load_state_dict({
-        "weight": proj_w.float(), "bias": state[_CONDITIONER_PREFIX + "output_proj.bias"].float()})
-    conditioner = conditioner.eval().to(dev)
-
-    from soundry.models.audiocraft.codecs.encodec import load_codec, wrap_codec
-
-    codec = load_codec(release_dir, lambda hub_name: Path(resolve_component(release_dir, "encodec", hub_name)))
-    codec = wrap_codec(codec, cfg_dict)
-    if codec.n_q != cfg.n_q:
-        raise CheckpointError(f"{lm_path}: xp.cfg transformer_lm.n_q={cfg.n_q} does not match the codec's "
-                              f"{codec.n_q} codebooks (channels={codec.channels})")
-    codec = codec.eval().to(dev)
-    name = _display_name(name_or_path)
-    log.info("loaded %s from %s on %s (%s)", name, release_dir, dev, precision)
-    melody = None
-    if "self_wav" in cfg.prepend:  # MusicGen-melody: the chroma conditioner (demucs loads on first use)
-        from soundry.models.audiocraft.conditioners.melody import from_release
-
-        melody = from_release(cfg_dict, state, release_dir, dev)
-    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir, melody=melody)
-    model.precision = precision
+    family = spec.family if spec is not None else None
+    model = load_release_model(release_dir, _display_name(name_or_path), family, dev, precision, max_text_tokens,
+                               packed, fused_heads)
+    log.info("loaded %s from %s on %s (%s)", model.name, release_dir, dev, precision)
     return model
 
 
@@ -136,13 +90,6 @@ def _load_transformers(name_or_path: str, model_dir: Path, spec, dev: torch.devi
                                     packed, adapter_dir)
     model.format, model.adapter = "transformers", adapter_dir
     return model
-
-
-def _family(name_or_path: str, cfg: LMConfig) -> str:
-    spec = catalog.active().find(name_or_path)
-    if spec is not None:
-        return spec.family
-    return "audiogen" if cfg.sample_rate == 16000 else "musicgen"
 
 
 def _display_name(name_or_path: str) -> str:

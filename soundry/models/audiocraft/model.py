@@ -11,8 +11,8 @@ from typing import Protocol
 import torch
 
 from soundry.audio.convert import convert_audio
+from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.conditioners.text import TextConditioner
-from soundry.models.audiocraft.formats.release import LMConfig
 from soundry.models.audiocraft.lm.packed import weight_layout
 from soundry.models.audiocraft.lm.transformer import TransformerLM
 from soundry.models.catalog import FAMILY_WINDOWS

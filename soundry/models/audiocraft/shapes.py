@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from soundry.models.audiocraft.formats.release import LMConfig
+from soundry.models.audiocraft.checkpoint import LMConfig
 
 SHAPES: dict[str, dict] = {
     "audiogen-medium": {"dim": 1536, "num_heads": 24, "num_layers": 48, "t5": "t5-large", "t5_dim": 1024,

@@ -54,7 +54,7 @@ def from_model_paths(entries: list[str]) -> dict[str, AddedModel]:
 def read_facts(source: str) -> tuple[int, bool, str]:
     """(audio channels, whether it takes a melody, licence) as the checkpoint says — a folder, or a hub
     reference in the cache, in either format. Raises ModelNotAvailable / CheckpointError / ValueError."""
-    from soundry.models.audiocraft.formats.release import load_package, parse_cfg
+    from soundry.models.audiocraft.checkpoint import load_package, parse_cfg
     from soundry.models.sources.hub import card_license, fetch
 
     path = fetch(source, download=False)

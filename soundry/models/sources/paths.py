@@ -16,9 +16,6 @@ from soundry.models import catalog
 from soundry.models.catalog import ALIASES, ModelSpec
 from soundry.models.errors import ModelNotAvailable
 
-# Hub names of text encoders / codecs that a local directory's subfolders replace.
-LOCAL_COMPONENTS = {"t5": "t5", "encodec": "encodec", "demucs": "demucs"}
-
 
 def local_model_paths(env: str | None = None) -> dict[str, Path]:
     """Parse SOUNDRY_MODEL_PATHS ("name=/dir,name2=/dir2"); keys are the names as written."""
@@ -102,9 +99,3 @@ def _from_hub(spec: ModelSpec, download: bool) -> Path:
         raise ModelNotAvailable(
             f"weights for {spec.name} not found locally and the hub is unreachable ({type(exc).__name__}); "
             f"set SOUNDRY_MODEL_PATHS={spec.name.split('-')[0]}=/path/to/release/dir") from exc
-
-
-def resolve_component(release_dir: Path, component: str, hub_name: str) -> str:
-    """Local subfolder (``t5/``, ``encodec/``) of a release dir if present, else the hub name."""
-    sub = release_dir / LOCAL_COMPONENTS[component]
-    return str(sub) if sub.is_dir() else hub_name

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soundry.models.audiocraft.checkpoint import load_package, parse_cfg
 from soundry.models.audiocraft.codecs.seanet import seanet_decoder, seanet_encoder
-from soundry.models.audiocraft.formats.release import load_package, parse_cfg
 from soundry.models.errors import CheckpointError
 
 

@@ -1,129 +1,71 @@
-"""Reading audiocraft release checkpoints safely (``torch.load(weights_only=True)``)."""
+"""The audiocraft release format as a model: ``state_dict.bin`` (the LM and the text projection, its xp.cfg) and
+``compression_state_dict.bin`` (the codec), with ``t5/``, ``encodec/`` and ``demucs/`` beside them when a folder
+carries its components (``checkpoint.resolve_component``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 
+from soundry.models.audiocraft.checkpoint import LMConfig, load_package, parse_cfg, resolve_component
+from soundry.models.audiocraft.conditioners.text import TextConditioner
+from soundry.models.audiocraft.lm.precision import DTYPES, apply_precision, check_precision
+from soundry.models.audiocraft.lm.transformer import TransformerLM, normalize_state_dict
+from soundry.models.audiocraft.model import AudioModel
 from soundry.models.errors import CheckpointError
 
-
-def load_package(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """Load a release package without unpickling code (``mmap``: tensors stay on disk until read, for a look at
-    its xp.cfg)."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(pkg, dict):
-        raise CheckpointError(f"checkpoint {path} is not a dict package")
-    return pkg
+_CONDITIONER_PREFIX = "condition_provider.conditioners.description."
 
 
-def parse_cfg(pkg: dict[str, Any], path: Path) -> dict[str, Any]:
-    raw = pkg.get("xp.cfg")
-    if raw is None:
-        raise CheckpointError(f"checkpoint {path} has no 'xp.cfg'")
-    cfg = yaml.safe_load(raw) if isinstance(raw, str) else dict(raw)
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"checkpoint {path}: xp.cfg is not a mapping")
-    return cfg
+def load_release_model(release_dir: Path, name: str, family: str | None, dev: torch.device, precision: str,
+                       max_text_tokens: int, packed: bool, fused_heads: bool = False) -> AudioModel:
+    """The model of a release folder, on ``dev`` in ``precision`` (``family``: the catalog's, else from the
+    sample rate)."""
+    lm_path = release_dir / "state_dict.bin"
+    pkg = load_package(lm_path)
+    cfg_dict = parse_cfg(pkg, lm_path)
+    cfg = LMConfig.from_cfg(cfg_dict)
+    state = pkg.get("best_state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{lm_path} has no 'best_state' dict")
+    family = family or ("audiogen" if cfg.sample_rate == 16000 else "musicgen")
 
+    # Built on the meta device and given the checkpoint's tensors (cast once, straight to the load
+    # dtype): no second full-size copy of the weights, which matters for 1.5B-parameter models.
+    with torch.device("meta"):
+        lm = TransformerLM(cfg)
+    load_dtype = DTYPES.get(precision, torch.float32)  # int8 quantises from float32
+    weights = {k: v.to(load_dtype) for k, v in normalize_state_dict(state).items()}
+    missing, unexpected = lm.load_state_dict(weights, strict=False, assign=True)
+    del weights
+    if missing or unexpected:
+        raise CheckpointError(f"{lm_path}: weights do not match xp.cfg (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    lm = apply_precision(lm.eval(), precision, dev, packed=packed, fused_heads=fused_heads)
+    check_precision(lm, precision, dev)
 
-@dataclass(frozen=True)
-class LMConfig:
-    """What xp.cfg says about the transformer LM (the parts inference needs)."""
+    t5_source = resolve_component(release_dir, "t5", cfg.t5_name)
+    proj_w = state[_CONDITIONER_PREFIX + "output_proj.weight"]
+    conditioner = TextConditioner(t5_source, output_dim=proj_w.shape[0], t5_dim=proj_w.shape[1],
+                                  max_tokens=max_text_tokens)
+    conditioner.output_proj.load_state_dict({
+        "weight": proj_w.float(), "bias": state[_CONDITIONER_PREFIX + "output_proj.bias"].float()})
+    conditioner = conditioner.eval().to(dev)
 
-    dim: int
-    num_heads: int
-    num_layers: int
-    hidden_scale: int
-    n_q: int
-    card: int
-    delays: tuple[int, ...]
-    norm_first: bool
-    bias_ff: bool
-    bias_attn: bool
-    bias_proj: bool
-    cross_attention: bool
-    positional_embedding: str
-    max_period: float
-    positional_scale: float
-    activation: str
-    t5_name: str
-    t5_dim_hint: int | None
-    cfg_coef: float
-    sample_rate: int
-    segment_duration: float
-    # Where transformers' MusicGen differs from audiocraft's (formats.transformers): "transformers" for
-    # transformers-format checkpoints (its sinusoid, text padding masked in a batch), else "audiocraft".
-    layout: str = "audiocraft"
-    special_token: int | None = None  # the delay pattern's filler token; None: ``card`` (audiocraft's)
-    # Conditions prepended to the LM's input ("self_wav": the melody's chroma, "description": the text), in
-    # xp.cfg's fuser order; the LM reads them through self-attention (MusicGen-melody has no cross-attention).
-    prepend: tuple[str, ...] = ()
+    from soundry.models.audiocraft.codecs.encodec import load_codec, wrap_codec
 
-    @classmethod
-    def from_cfg(cls, cfg: dict[str, Any]) -> LMConfig:
-        lm = cfg.get("transformer_lm", {})
-        pattern = cfg.get("codebooks_pattern", {})
-        if pattern.get("modeling", "delay") != "delay":
-            raise CheckpointError(f"codebooks pattern {pattern.get('modeling')!r} is not supported (only 'delay')")
-        delays = tuple(pattern.get("delay", {}).get("delays") or range(lm["n_q"]))
-        for key in ("flatten_first", "empty_initial"):
-            if pattern.get("delay", {}).get(key, 0):
-                raise CheckpointError(f"delay pattern with {key} != 0 is not supported")
-        fuser = cfg.get("fuser") or {}
-        cross = bool(fuser.get("cross")) or bool(lm.get("cross_attention", False))
-        prepend = tuple(fuser.get("prepend") or ())
-        for method in ("sum", "input_interpolate"):
-            if fuser.get(method):
-                raise CheckpointError(f"xp.cfg fuser.{method} ({', '.join(fuser[method])}) is not supported "
-                                      f"(conditions are read by cross-attention or prepended)")
-        conditioners = {k: v for k, v in (cfg.get("conditioners") or {}).items()
-                        if isinstance(v, dict) and v.get("model")}
-        for name in [*prepend, *(fuser.get("cross") or ())]:
-            if name not in conditioners:
-                raise CheckpointError(f"xp.cfg fuser names the condition {name!r}, which conditioners does not define")
-        for name, spec in conditioners.items():
-            if name == "self_wav" and spec.get("model") == "chroma_stem":
-                if name not in prepend:
-                    raise CheckpointError("xp.cfg conditioners.self_wav (chroma) is supported only prepended "
-                                          "(fuser.prepend), as the melody releases fuse it")
-            elif name != "description":
-                raise CheckpointError(f"xp.cfg conditioners.{name} (model {spec.get('model')!r}) is not supported "
-                                      f"(text and the melody's chroma only)")
-        cond = cfg.get("conditioners", {}).get("description", {})
-        if cond.get("model") != "t5":
-            raise CheckpointError(f"text conditioner {cond.get('model')!r} is not supported (only t5)")
-        for flag in ("qk_layer_norm", "qk_layer_norm_cross", "xpos"):
-            if lm.get(flag):
-                raise CheckpointError(f"transformer_lm.{flag} is not supported")
-        if lm.get("layer_scale") is not None:
-            raise CheckpointError("transformer_lm.layer_scale is not supported")
-        if lm.get("kv_repeat", 1) != 1:
-            raise CheckpointError("transformer_lm.kv_repeat != 1 is not supported")
-        if lm.get("positional_embedding", "sin") != "sin":
-            raise CheckpointError(f"positional embedding {lm.get('positional_embedding')!r} is not supported")
-        return cls(
-            dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
-            hidden_scale=int(lm.get("hidden_scale", 4)), n_q=int(lm["n_q"]), card=int(lm["card"]),
-            delays=delays, norm_first=bool(lm.get("norm_first", False)),
-            bias_ff=bool(lm.get("bias_ff", True)), bias_attn=bool(lm.get("bias_attn", True)),
-            bias_proj=bool(lm.get("bias_proj", True)), cross_attention=cross,
-            positional_embedding=lm.get("positional_embedding", "sin"),
-            max_period=float(lm.get("max_period", 10000)),
-            positional_scale=float(lm.get("positional_scale", 1.0)),
-            activation=str(lm.get("activation", "gelu")),
-            t5_name=str(cond.get("t5", {}).get("name", "t5-base")), t5_dim_hint=None,
-            cfg_coef=float(cfg.get("classifier_free_guidance", {}).get("inference_coef", 3.0)),
-            sample_rate=int(cfg.get("sample_rate", 32000)),
-            segment_duration=float(cfg.get("dataset", {}).get("segment_duration", 30)),
-            prepend=prepend,
-        )
+    codec = load_codec(release_dir, lambda hub_name: Path(resolve_component(release_dir, "encodec", hub_name)))
+    codec = wrap_codec(codec, cfg_dict)
+    if codec.n_q != cfg.n_q:
+        raise CheckpointError(f"{lm_path}: xp.cfg transformer_lm.n_q={cfg.n_q} does not match the codec's "
+                              f"{codec.n_q} codebooks (channels={codec.channels})")
+    codec = codec.eval().to(dev)
+    melody = None
+    if "self_wav" in cfg.prepend:  # MusicGen-melody: the chroma conditioner (demucs loads on first use)
+        from soundry.models.audiocraft.conditioners.melody import from_release
+
+        melody = from_release(cfg_dict, state, release_dir, dev)
+    model = AudioModel(name, family, cfg, lm, conditioner, codec, source=release_dir, melody=melody)
+    model.precision = precision
+    return model

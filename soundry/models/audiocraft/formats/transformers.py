@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.conditioners.melody import MelodyConditioner
-from soundry.models.audiocraft.formats.release import LMConfig
 from soundry.models.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soundry.models.audiocraft.formats.release import LMConfig
+from soundry.models.audiocraft.checkpoint import LMConfig
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
