@@ -24,19 +24,6 @@ HF = DATA / "hf"
 MONO, STEREO, LORA = HF / "musicgen-hf-tiny", HF / "musicgen-stereo-hf-tiny", HF / "musicgen-hf-tiny-lora"
 
 
-@pytest.fixture(autouse=True)
-def _registry_restored():
-    """Models these tests add are forgotten after each one (other tests compare the registry with the
-    OpenAPI schema, which lists the built-in names)."""
-    from soundry.models import catalog as registry
-
-    specs, names = dict(registry.SPECS), list(registry.MODEL_NAMES)
-    yield
-    registry.SPECS.clear()
-    registry.SPECS.update(specs)
-    registry.MODEL_NAMES[:] = names
-
-
 @cache
 def reference() -> dict:
     return torch.load(HF / "reference.pt", weights_only=True)

@@ -162,21 +162,16 @@ def test_a_lora_adapter_on_a_melody_model_is_merged(tmp_path):
 
 def test_models_add_takes_a_melody_checkpoint(tmp_path, capsys):
     from soundry.cli.main import main
-    from soundry.models import catalog as registry
+    from soundry.models.catalog import Catalog
 
-    specs, names = dict(registry.SPECS), list(registry.MODEL_NAMES)
-    try:
-        args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
-        assert main(["models", "add", "mymelody", str(MELODY), *args]) == 0
-        assert "added mymelody: transformers format" in capsys.readouterr().out
-        # the APIs take a melody for it (configs.melody is checked against the registry's entry)
-        assert registry.SPECS["mymelody"].melody
-        release = DATA / "musicgen-stereo-melody-tiny"
-        assert main(["models", "add", "mystereotune", str(release), *args]) == 0
-        assert registry.SPECS["mystereotune"].melody and registry.SPECS["mystereotune"].channels == 2
-        assert main(["models", "add", "plain", str(DATA / "musicgen-tiny"), *args]) == 0
-        assert not registry.SPECS["plain"].melody
-    finally:  # the registry as it was (other tests compare it with the OpenAPI schema)
-        registry.SPECS.clear()
-        registry.SPECS.update(specs)
-        registry.MODEL_NAMES[:] = names
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
+    catalog = Catalog(tmp_path / "data")  # what a server on this data directory reads
+    assert main(["models", "add", "mymelody", str(MELODY), *args]) == 0
+    assert "added mymelody: transformers format" in capsys.readouterr().out
+    # the APIs take a melody for it (configs.melody is checked against the catalog's entry)
+    assert catalog.get("mymelody").melody
+    release = DATA / "musicgen-stereo-melody-tiny"
+    assert main(["models", "add", "mystereotune", str(release), *args]) == 0
+    assert catalog.get("mystereotune").melody and catalog.get("mystereotune").channels == 2
+    assert main(["models", "add", "plain", str(DATA / "musicgen-tiny"), *args]) == 0
+    assert not catalog.get("plain").melody
