@@ -123,3 +123,35 @@ def test_live_audio_is_kept_on_disk_not_in_memory_and_a_late_listener_hears_it_a
     heard = asyncio.run(listen())
     assert len(heard) == seconds and all(c.shape == (1, rate) for c in heard)
     assert all(np.all(c == np.float32(i / seconds)) for i, c in enumerate(heard))
+
+
+def test_a_shared_link_is_counted_apart_from_the_owners_own_streams(server):
+    """A signed stream link reaches webhook receivers and can be shared: streams opened with it are counted
+    against the link, so its holders cannot use up the owner's cap (issue 30: with 8 link streams open the
+    owner's own stream was 429), and the link has a cap of its own."""
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    from soundry.signing import signed_stream_path
+
+    task_id = _create(server, headers, 0.5)
+    _wait(server, task_id, headers)  # finished: each stream answers the stored file (its slot held meanwhile)
+    url = server.url + signed_stream_path(server.services.settings.secret, task_id, 600)  # its url_stream
+    slots = server.app.state.audio_streams  # (simulated open streams: the counts the route checks)
+    owner = server.services.store.get(task_id).user_id
+    cap = server.services.settings.max_audio_streams_per_user
+    for _ in range(cap):  # as many link streams open as the cap
+        slots.reserve(("link", task_id))
+    try:
+        assert httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}/stream", headers=headers).status_code == 200
+        refused = httpx.get(url)
+        assert refused.status_code == 429 and "this link" in refused.json()["error_description"]
+    finally:
+        for _ in range(cap):
+            slots.release(("link", task_id))
+    for _ in range(cap):  # the owner's own streams at the cap: the link still plays
+        slots.reserve(owner)
+    try:
+        assert httpx.get(url).status_code == 200
+        assert httpx.get(f"{server.url}/v1/ai/audio_generation/{task_id}/stream", headers=headers).status_code == 429
+    finally:
+        for _ in range(cap):
+            slots.release(owner)

@@ -25,6 +25,7 @@ from soundry.api.http.links import link_base
 from soundry.api.http.live import task_end
 from soundry.api.predictions import core
 from soundry.api.predictions.create import CreatePrediction, caller, translate
+from soundry.api.predictions.docs import PredictionFields
 from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import Task, User
 
@@ -36,17 +37,8 @@ class CogError(BaseModel):
     detail: str | list[dict[str, Any]] = Field(examples=["input.duration: Input should be greater than 0"])
 
 
-class CogPrediction(BaseModel):
-    id: str
-    input: dict[str, Any]
-    output: str | None = Field(description="the audio as a data: URL (a signed https link behind https)")
-    status: str
-    error: str | None
-    logs: str
-    metrics: dict[str, float]
-    created_at: str | None
-    started_at: str | None
-    completed_at: str | None
+class CogPrediction(PredictionFields):
+    """A prediction as Cog answers it."""
 
 
 class CogRequest(CreatePrediction):

@@ -42,8 +42,8 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
                         "CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
                         "stored file (see docs/streaming.md). Open streams are capped per task owner "
-                        "(`max_audio_streams_per_user`, 429 `too_many_streams`) and in all (`max_audio_streams`, 503), "
-                        "whether asked for with a header or the signed link.",
+                        "(`max_audio_streams_per_user`, 429 `too_many_streams`), apart from those of its signed link (the "
+                        "same cap per link), and in all (`max_audio_streams`, 503).",
             responses={**answers(None, 200, 401, 403, 404, 409, 410, 422, 429, 503), 200: {"content": {
                 "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}}}})
 async def stream_task(request: Request, task_id: str,
@@ -61,17 +61,19 @@ async def stream_task(request: Request, task_id: str,
         task = await run_in_threadpool(svc.store.get, task_id)
         if task is None:
             raise ApiError(404, "not_found", f"no task {task_id}")
-    slots = request.app.state.audio_streams  # counted against the task's owner, however the link was sent
-    slots.reserve(task.user_id)
+    # counted against the owner's own streams, or apart against the signed link (shared, it cannot block them)
+    key, holder = (task.user_id, "you have") if expires is None else (("link", task.id), "this link has")
+    slots = request.app.state.audio_streams
+    slots.reserve(key, holder)
     try:
         channel = await first_audio(request, task.id)
     except BaseException:
-        slots.release(task.user_id)
+        slots.release(key)
         raise
     if channel is not None:
-        return ReleasingResponse(lambda: slots.release(task.user_id), _wav(channel), media_type="audio/wav",
+        return ReleasingResponse(lambda: slots.release(key), _wav(channel), media_type="audio/wav",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    slots.release(task.user_id)  # what is left is the stored file, a download like any other
+    slots.release(key)  # what is left is the stored file, a download like any other
     task = await run_in_threadpool(svc.store.get, task.id)
     if task.status != "COMPLETED":
         reason = f": {task.error}" if task.error else ""

@@ -8,7 +8,9 @@ away. Their database reads run on a small limiter of their own (``POLL_THREADS``
 streams never take the shared thread pool that every other request needs; when many streams are
 open they poll more slowly instead. Counts are per API process (the events of one task are
 watched from one connection, so a process-local count is what bounds a process's work).
-Audio streams (``…/stream``) are counted the same way (``AudioStreams``), against the task's owner.
+Audio streams (``…/stream``) are counted the same way (``AudioStreams``): against the task's owner when the
+owner asks with a credential, and against the task's signed link when the link is used (a link reaches
+webhook receivers and can be shared: its holders cannot use up the owner's own streams).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 
 import anyio
 import anyio.to_thread
@@ -38,23 +40,24 @@ class OpenStreams:
     def __init__(self, per_user: int, total: int, what: str, alternative: str, retry_after: int):
         self.per_user, self.total, self.what, self.alternative = per_user, total, what, alternative
         self.retry_after = retry_after
-        self._open: Counter[int] = Counter()
+        self._open: Counter[Hashable] = Counter()
 
-    def open_count(self, user_id: int | None = None) -> int:
+    def open_count(self, user_id: Hashable | None = None) -> int:
         return self._open[user_id] if user_id is not None else sum(self._open.values())
 
-    def reserve(self, user_id: int) -> None:
-        """Count a new stream for the user, or refuse it (429 over the user's cap, 503 over the total)."""
+    def reserve(self, user_id: Hashable, holder: str = "you have") -> None:
+        """Count a new stream for the user (or another key: a signed link's), or refuse it (429 over the key's
+        cap, 503 over the total)."""
         retry = {"Retry-After": str(self.retry_after)}
         if self.per_user and self._open[user_id] >= self.per_user:
-            raise ApiError(429, "too_many_streams", f"you have {self._open[user_id]} {self.what} open; the "
+            raise ApiError(429, "too_many_streams", f"{holder} {self._open[user_id]} {self.what} open; the "
                                                     f"limit is {self.per_user}: close one first", retry)
         if self.total and self.open_count() >= self.total:
             raise ApiError(503, "too_many_streams", f"the server has too many {self.what} open; "
                                                     f"{self.alternative}", retry)
         self._open[user_id] += 1
 
-    def release(self, user_id: int) -> None:
+    def release(self, user_id: Hashable) -> None:
         self._open[user_id] -= 1
         if self._open[user_id] <= 0:
             del self._open[user_id]

@@ -28,6 +28,7 @@ from soundry.api.http.live import task_end
 from soundry.api.http.multipart import receive_upload
 from soundry.api.predictions import core
 from soundry.api.predictions.create import CreatePrediction, caller, translate
+from soundry.api.predictions.docs import PredictionFields
 from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import FINAL_STATUSES, Task, Upload, User
 from soundry.tasks.result import download_url
@@ -49,19 +50,9 @@ class Problem(BaseModel):
     invalid_fields: list[dict[str, str]] | None = Field(None, description="422: the fields refused")
 
 
-class PredictionView(BaseModel):
-    id: str
+class PredictionView(PredictionFields):
     model: str = Field(examples=["meta/musicgen"])
     version: str
-    input: dict[str, Any]
-    status: Literal["starting", "processing", "succeeded", "failed", "canceled"]
-    output: str | None = Field(description="the audio: a data: URL, or a signed https link behind https")
-    error: str | None
-    logs: str
-    metrics: dict[str, float]
-    created_at: str | None
-    started_at: str | None
-    completed_at: str | None
     urls: dict[str, str]
 
 
