@@ -155,3 +155,40 @@ def test_the_refusal_table_lists_every_refusal_tested_here():
     table = (Path(__file__).resolve().parent.parent / "docs" / "refusals.md").read_text()
     for name in [*REFUSALS, *NOT_ON_ELEVENLABS, "the unfinished-task cap"]:
         assert f"| {name} |" in table, name
+
+
+def test_a_cog_model_setting_that_names_no_model_is_said_not_a_500(tmp_path, tiny_models):
+    """Issue 30 item 9: ``cog_model`` naming no model answered 500 (a KeyError) on every Cog call."""
+    with TestClient(create_app(make_settings(tmp_path, cog_model="no-such-model"), start_worker=False)) as c:
+        svc = c.app.state.services
+        key = svc.accounts.create_api_key(svc.accounts.create_user("ann", PASSWORD))
+        r = c.post("/predictions", headers={"Authorization": f"Bearer {key}"}, json={"input": {"prompt": "x"}})
+        assert r.status_code == 503 and "cog_model" in r.json()["detail"], r.text
+        health = c.get("/health-check").json()
+        assert health["status"] == "SETUP_FAILED" and "no-such-model" in health["setup"]["logs"]
+
+
+def test_cog_health_says_starting_while_the_model_loads(tmp_path, tiny_models):
+    """Cog's schema has STARTING: it is said while the cog_model's load runs (READY said it before)."""
+    import threading
+
+    with TestClient(create_app(make_settings(tmp_path), start_worker=False)) as c:
+        engines = c.app.state.services.engines
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_load(name):
+            entered.set()
+            release.wait(60)
+            raise RuntimeError("the test's load fails after the check")
+
+        engines._loader = slow_load
+        loading = threading.Thread(target=lambda: pytest.raises(Exception, engines.get, "musicgen"), daemon=True)
+        loading.start()
+        assert entered.wait(30)
+        try:
+            assert c.get("/health-check").json()["status"] == "STARTING"
+        finally:
+            release.set()
+            loading.join(30)
+        health = c.get("/health-check").json()
+        assert health["status"] == "SETUP_FAILED" and "the test's load fails" in health["setup"]["logs"]

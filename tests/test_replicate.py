@@ -374,3 +374,42 @@ def test_logs_webhooks_are_coalesced_one_in_flight(server):
         svc.settings.webhook_allow_cidrs = []
         svc.webhooks.allowed = svc.settings.webhook_networks()
         receiver.close()
+
+
+# -- nothing accepted and ignored (issue 30 item 14) -----------------------------------------------------------
+def test_stream_true_gives_urls_stream_of_the_live_audio(server):
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as http:
+        r = http.post("/v1/models/sepal/audiogen/predictions", headers={"Prefer": "wait"},
+                      json={"input": {"prompt": "rain", "duration": 0.5}, "stream": True})
+        assert r.status_code == 201 and r.json()["status"] == "succeeded", r.text
+        link = r.json()["urls"]["stream"]
+        assert "sig=" in link
+        audio = httpx.get(link, timeout=60)  # no header: a signed link (the stored file once it ended)
+        assert audio.status_code == 200 and audio.headers["content-type"].startswith("audio/")
+        plain = http.post("/v1/models/sepal/audiogen/predictions", json={"input": {"prompt": "rain",
+                                                                                  "duration": 0.5}})
+        assert "stream" not in plain.json()["urls"]
+
+
+def test_two_webhook_urls_are_refused_not_one_dropped(server):
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    r = httpx.post(server.url + "/v1/models/sepal/audiogen/predictions", headers=auth, json={
+        "input": {"prompt": "rain", "duration": 0.5}, "webhook": "https://a.example/hook",
+        "webhook_completed": "https://b.example/hook"})
+    assert r.status_code == 422 and r.json()["invalid_fields"][0]["field"] == "webhook_completed", r.text
+
+
+def test_cog_fields_soundry_cannot_honour_are_refused_and_a_post_id_is_kept(server):
+    auth = {"Authorization": f"Bearer {server.api_key}", "Prefer": "respond-async"}
+    inp = {"prompt": "a waltz", "duration": 0.5}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=60) as http:
+        for extra, field in (({"output_file_prefix": "s3://bucket/out/"}, "output_file_prefix"),
+                             ({"context": {"k": "v"}}, "context"), ({"stream": True}, "stream")):
+            r = http.post("/predictions", json={"input": inp, **extra})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, r.text
+        first = http.post("/predictions", json={"input": inp, "id": "job-7"})
+        again = http.post("/predictions", json={"input": inp, "id": "job-7"})
+        assert first.status_code == again.status_code == 202, first.text
+        assert first.json()["id"] == again.json()["id"] == "job-7"
+        http.post("/predictions/job-7/cancel")

@@ -147,3 +147,23 @@ def test_uploads_expire_after_the_retention_period(tmp_path, tiny_models):
         assert files_in(settings) == []
         assert svc.uploads.count(1) == 0
         assert client.get(f"/v1/uploads/{up['id']}", headers=h).status_code == 404
+
+
+def test_a_full_disk_while_receiving_an_upload_is_503_and_says_no_path(client, user, monkeypatch):
+    """A server-side failure (no space left while the file is spooled or decoded) is the server's trouble: 503
+    with Retry-After and a sentence, never a 400 that echoes the exception (issue 30 item 11)."""
+    import starlette.formparsers
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device: '/var/lib/soundry/private/tmpx1'")
+
+    for target in ("starlette.formparsers.MultiPartParser.parse", "soundry.tasks.uploads.decode_to_flac"):
+        with monkeypatch.context() as mp:
+            mp.setattr(target, full_disk)
+            r = upload(client, user["headers"], clip())
+        assert r.status_code == 503 and r.headers.get("retry-after"), (target, r.text)
+        assert "private" not in r.text and r.json()["errors"] == ["storage_unavailable"]
+    assert starlette.formparsers.MultiPartParser.parse is not full_disk
+    bad = client.post("/v1/uploads", headers={**user["headers"], "Content-Type": "multipart/form-data; boundary=x"},
+                      content=b"--x\r\nnot a part header\r\n\r\n--x--")
+    assert bad.status_code == 400 and bad.json()["errors"] == ["bad_request"]  # a malformed body is still 400

@@ -235,8 +235,9 @@ class TaskService:
             raise ServiceError(429, "too_many_uploads", str(exc)) from None
         except DecodersBusy as exc:
             raise ServiceError(503, "busy", str(exc), {"Retry-After": "5"}) from None
-        except StorageError:
-            raise ServiceError(503, "storage_unavailable", "the file could not be stored; try again later") from None
+        except (StorageError, OSError):  # a full disk among them: said without its text (paths stay private)
+            raise ServiceError(503, "storage_unavailable", "the file could not be stored; try again later",
+                               {"Retry-After": "30"}) from None
 
     def check_upload_room(self, user: User) -> None:
         """429 early (before the body is read) when the caller already keeps as many uploads as allowed."""

@@ -159,6 +159,11 @@ class EngineManager:
         with self._lock:
             return dict(self._engines)
 
+    def loading(self) -> set[str]:
+        """The models being loaded right now (their loader runs)."""
+        with self._lock:
+            return {key for key, lock in self._loading.items() if lock.locked() and key not in self._engines}
+
     def failures(self) -> dict[str, str]:
         with self._lock:
             return {k: v[1] for k, v in self._failures.items()}

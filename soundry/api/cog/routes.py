@@ -42,10 +42,25 @@ class CogPrediction(PredictionFields):
 
 
 class CogRequest(CreatePrediction):
-    id: str | None = Field(None, description="ignored on POST (the answer names the prediction's id)")
-    created_at: str | None = None
-    output_file_prefix: str | None = Field(None, description="accepted; outputs are data: URLs or signed links")
-    context: dict[str, str] | None = None
+    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description=(
+        "the prediction's id: a POST with an id is idempotent, as a PUT to /predictions/{id}"))
+    created_at: str | None = Field(None, max_length=64, description=(
+        "the caller's timestamp, as Cog's clients send it; the answer's created_at is when soundry created it"))
+    output_file_prefix: str | None = Field(None, max_length=2000, description=(
+        "refused when set (422): soundry does not upload outputs; they are data: URLs or signed links"))
+    context: dict[str, str] | None = Field(None, description="refused when not empty (422): soundry's models "
+                                                             "take no per-prediction context")
+
+    def unsupported(self) -> None:
+        """422 naming a field Cog defines and soundry cannot honour (nothing is accepted and ignored)."""
+        if self.output_file_prefix is not None:
+            raise invalid("output_file_prefix", "soundry does not upload outputs; leave it out (the output is a "
+                                                "data: URL, or a signed https link behind https)")
+        if self.context:
+            raise invalid("context", "soundry's models take no per-prediction context; leave it out")
+        if self.stream:
+            raise invalid("stream", "Cog's answers carry no stream URL; soundry's live audio is GET "
+                                    "/v1/ai/audio_generation/{id}/stream (or Replicate's urls.stream)")
 
 
 class Health(BaseModel):
@@ -77,10 +92,20 @@ def _docs(status: int, *errors: int) -> dict:
             503: either("CogError", "the queue is full or the server overloaded: retry after `Retry-After`")}
 
 
+def _cog_spec(svc):
+    """The catalog's entry of the ``cog_model`` setting; None when it names no model here."""
+    return svc.catalog.find(svc.settings.cog_model)
+
+
 def _model_ref(svc) -> tuple[str, str]:
-    """(the public model whose inputs Cog's API takes, the soundry model it runs)."""
-    name = svc.settings.cog_model
-    return ("sepal/audiogen" if svc.catalog.get(name).family == "audiogen" else "meta/musicgen"), name
+    """(the public model whose inputs Cog's API takes, the soundry model it runs); 503 naming the setting when
+    it names no model (an operator's mistake, not the client's)."""
+    spec = _cog_spec(svc)
+    if spec is None:
+        raise ServiceError(503, "unavailable", f"the server's cog_model setting names no model here "
+                                               f"({svc.settings.cog_model!r}); its operator should set it to one "
+                                               f"of {', '.join(svc.catalog.names())}", {"Retry-After": "60"})
+    return ("sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"), svc.settings.cog_model
 
 
 def _view(request: Request, task: Task, cog_id: str | None = None) -> dict:
@@ -118,11 +143,12 @@ async def _start(request: Request, user: User, body: CogRequest, cog_id: str | N
 async def create_prediction(request: Request):
     user = await run_in_threadpool(caller, request)
     body = await parse_json_body(request, CogRequest)
-    task = await _start(request, user, body, None)
+    body.unsupported()
+    task = await _start(request, user, body, body.id)
     if "respond-async" in request.headers.get("prefer", ""):
-        return JSONResponse(await run_in_threadpool(_view, request, task), status_code=202)
+        return JSONResponse(await run_in_threadpool(_view, request, task, body.id), status_code=202)
     task = await task_end(request, task.id) or task
-    return JSONResponse(await run_in_threadpool(_view, request, task))
+    return JSONResponse(await run_in_threadpool(_view, request, task, body.id))
 
 
 @router.put("/predictions/{prediction_id}", status_code=202, summary="Cog: start a prediction with your id (async)",
@@ -136,6 +162,7 @@ async def put_prediction(request: Request, prediction_id: str):
     if not COG_ID.fullmatch(prediction_id):
         raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
     body = await parse_json_body(request, CogRequest)
+    body.unsupported()
     if body.id is not None and body.id != prediction_id:
         raise invalid("id", "the body's id differs from the path's")
     task = await _start(request, user, body, prediction_id)
@@ -165,10 +192,20 @@ async def cancel_prediction(request: Request, prediction_id: str):
 
 
 @router.get("/health-check", summary="Cog: the server's state", responses={200: {"model": Health}},
-            description="READY unless the `cog_model` failed to load here (SETUP_FAILED); the model loads at its "
-                        "first prediction unless the `preload` setting names it.")
+            description="STARTING while the `cog_model` loads here, SETUP_FAILED when it failed to load or names no "
+                        "model (`setup.logs` says why), else READY (the model loads at its first prediction unless "
+                        "the `preload` setting names it).")
 def health_check(request: Request):
     svc = services(request)
-    failed = svc.engines is not None and svc.engines.key(svc.settings.cog_model) in svc.engines.failures()
-    return JSONResponse({"status": "SETUP_FAILED" if failed else "READY",
-                         "setup": {"status": "failed" if failed else "succeeded", "logs": ""}})
+    status, logs = "READY", ""
+    if _cog_spec(svc) is None:
+        status, logs = "SETUP_FAILED", f"cog_model {svc.settings.cog_model!r} names no model here"
+    elif svc.engines is not None:
+        key = svc.engines.key(svc.settings.cog_model)
+        failures = svc.engines.failures()
+        if key in failures:
+            status, logs = "SETUP_FAILED", failures[key]
+        elif key in svc.engines.loading():
+            status = "STARTING"
+    setup = {"STARTING": "starting", "READY": "succeeded", "SETUP_FAILED": "failed"}[status]
+    return JSONResponse({"status": status, "setup": {"status": setup, "logs": logs}})

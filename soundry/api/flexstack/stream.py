@@ -42,8 +42,8 @@ router = APIRouter(prefix="/v1", tags=["audio generation"])
                         "CANCELED tasks answer 409. The live "
                         "audio is the decoder's output before level normalisation and may differ slightly from the "
                         "stored file (see docs/streaming.md). Open streams are capped per task owner "
-                        "(`max_audio_streams_per_user`, 429 `too_many_streams`), apart from those of its signed link (the "
-                        "same cap per link), and in all (`max_audio_streams`, 503).",
+                        "(`max_audio_streams_per_user`, 429 `too_many_streams`), apart from those of its signed "
+                        "link (the same cap per link), and in all (`max_audio_streams`, 503).",
             responses={**answers(None, 200, 401, 403, 404, 409, 410, 422, 429, 503), 200: {"content": {
                 "audio/wav": {}, "audio/flac": {}, "audio/ogg": {}, "audio/mpeg": {}}}})
 async def stream_task(request: Request, task_id: str,

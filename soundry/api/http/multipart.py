@@ -3,9 +3,12 @@ upload through the service (FlexStack's ``/v1/uploads`` and Replicate's ``/v1/fi
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParserError, MultiPartException
 from starlette.requests import Request as StarletteRequest
 from starlette.types import Message
 
@@ -13,6 +16,7 @@ from soundry.api.http.auth import services
 from soundry.api.http.envelope import ApiError
 from soundry.tasks.models import Upload, User
 
+log = logging.getLogger(__name__)
 _MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers around the file
 
 
@@ -52,10 +56,12 @@ async def _read_file_field(request: Request, max_bytes: int, name: str = "file")
 
     try:
         form = await StarletteRequest(request.scope, bounded_receive).form(max_files=1, max_fields=8)
-    except ApiError:
-        raise
-    except Exception as exc:  # malformed multipart, too many parts
+    except (MultiPartException, FormParserError, ValueError) as exc:  # malformed multipart, too many parts
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
+    except OSError:  # spooling the file to disk failed (a full disk): the server's trouble, not the client's
+        log.exception("spooling an upload failed")
+        raise ApiError(503, "storage_unavailable", "the upload could not be received; try again later",
+                       {"Retry-After": "30"}) from None
     field = form.get(name)
     if field is None or isinstance(field, str):
         await form.close()

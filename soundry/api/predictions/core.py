@@ -28,6 +28,7 @@ from soundry.audio.encode import FORMATS
 from soundry.models import catalog
 from soundry.service.configs import Configs
 from soundry.service.errors import ServiceError, invalid
+from soundry.signing import signed_stream_path
 from soundry.tasks.models import Task
 from soundry.tasks.result import download_url
 from soundry.tasks.webhooks import LOG_STEP
@@ -227,8 +228,19 @@ def logs_of(task: Task) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prediction(task: Task, output: str | None, base: str | None, prediction_id: str | None = None) -> dict:
-    """The task as a Replicate/Cog prediction (``urls`` when ``base`` is given: Replicate's API)."""
+def stream_link(task: Task, settings, base: str) -> str | None:
+    """``urls.stream`` of a prediction created with ``stream: true``: soundry's live audio (WAV while it is
+    generated, the stored file once it is), a signed link."""
+    if not wire_of(task).get("stream"):
+        return None
+    return (settings.public_url or base).rstrip("/") + signed_stream_path(settings.secret, task.id,
+                                                                          settings.download_ttl)
+
+
+def prediction(task: Task, output: str | None, base: str | None, prediction_id: str | None = None,
+               stream: str | None = None) -> dict:
+    """The task as a Replicate/Cog prediction (``urls`` when ``base`` is given: Replicate's API; ``stream`` its
+    live audio link)."""
     wire = wire_of(task)
     out = {"id": prediction_id or task.id, "model": wire["model"], "version": wire["version"],
            "input": wire["input"], "status": STATUS[task.status], "output": output,
@@ -241,13 +253,14 @@ def prediction(task: Task, output: str | None, base: str | None, prediction_id: 
         out["metrics"]["audio_seconds"] = round(task.audio_seconds, 4)
     if base is not None:
         root = base.rstrip("/") + f"/v1/predictions/{task.id}"
-        out["urls"] = {"get": root, "cancel": root + "/cancel"}
+        out["urls"] = {"get": root, "cancel": root + "/cancel", **({"stream": stream} if stream else {})}
     return out
 
 
 def webhook_body(task: Task, settings, base: str) -> dict:
     """A prediction task's webhook body: the prediction, its output a signed link (no file is read here)."""
-    return prediction(task, download_url(task, settings, base), base, wire_of(task).get("cog_id"))
+    return prediction(task, download_url(task, settings, base), base, wire_of(task).get("cog_id"),
+                      stream_link(task, settings, base))
 
 
 def field_name(field: str | None, model: str) -> str:

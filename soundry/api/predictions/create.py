@@ -12,6 +12,7 @@ from soundry.api.http.auth import bearer_user
 from soundry.api.http.links import link_base
 from soundry.api.predictions import core
 from soundry.service.configs import WEBHOOK_PATTERN
+from soundry.service.errors import invalid
 from soundry.service.tasks import TaskSpec
 from soundry.tasks.models import User
 
@@ -32,8 +33,9 @@ class CreatePrediction(BaseModel):
         None, description="the events sent (default: all): `start` when it starts processing, `output` when its "
                            "file is ready, `logs` when new progress lines appear (at most one delivery in flight, "
                            "coalesced), `completed` when it succeeds, fails or is canceled")
-    stream: StrictBool | None = Field(None, description="accepted; soundry's live audio is GET "
-                                                        "/v1/ai/audio_generation/{id}/stream")
+    stream: StrictBool | None = Field(None, description=(
+        "true: the prediction's `urls.stream` is soundry's live audio, a signed link (WAV while it is generated, "
+        "the stored file once it is)"))
 
 
 def caller(request: Request) -> User:
@@ -55,9 +57,14 @@ async def translate(request: Request, model: str, body: CreatePrediction, cog_mo
     origins = own_origins(request)
     prompt, negative, cfg = core.to_task(model, inp, lambda value, field: core.input_audio_id(value, origins, field),
                                          cog_model)
+    if body.webhook and body.webhook_completed and body.webhook_completed != body.webhook:
+        raise invalid("webhook_completed", "a prediction has one webhook URL here: send webhook (with "
+                                           "webhook_events_filter) or webhook_completed alone, not two URLs")
     events = list(body.webhook_events_filter or WEBHOOK_DEFAULT)
     webhook = body.webhook or body.webhook_completed or ""
     if body.webhook_completed and not body.webhook:
         events = ["completed"]
     wire = {"model": model, "version": core.version_id(model), "input": body.input, "events": events}
+    if body.stream:
+        wire["stream"] = True
     return TaskSpec(prompt, negative, cfg, webhook, wire)

@@ -157,8 +157,9 @@ async def create(request: Request, user: User, model: str, body: CreatePredictio
 
 
 def _view(request: Request, task: Task) -> dict:
-    base = link_base(request)
-    return core.prediction(task, core.output_of(services(request), task, base), base)
+    svc, base = services(request), link_base(request)
+    return core.prediction(task, core.output_of(svc, task, base), base, stream=core.stream_link(task, svc.settings,
+                                                                                                 base))
 
 
 _CREATE_DOC = ("Replicate's create. `Prefer: wait` (or `wait=N`, N ≤ 60) holds the answer until the prediction "
