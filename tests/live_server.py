@@ -37,8 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_live_server(settings: Settings, username: str = "carol", password: str = "carol's password") -> LiveServer:
-    app = create_app(settings)
+def start_live_server(settings: Settings, username: str = "carol", password: str = "carol's password",
+                      start_worker: bool | None = None) -> LiveServer:
+    app = create_app(settings, start_worker=start_worker)
     port = free_port()
     settings.listen_url = listened_url("127.0.0.1", port)  # as serve does
     server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", port, log_level="warning"))

@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
 
     install_openapi(app, settings, catalog)
     install_metrics(app, svc)
-    app.add_middleware(ConcurrencyCap, in_flight=in_flight)
+    app.add_middleware(ConcurrencyCap, in_flight=in_flight, known=svc.credentials.known)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
     app.include_router(user.router)
     app.include_router(tasks.router)

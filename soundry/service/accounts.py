@@ -49,6 +49,7 @@ class Accounts:
         self._api_key_mac = derive_key(secret, "api-key")
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
         self._hash_slots = threading.BoundedSemaphore(max(1, hash_concurrency))
+        self.changed_hooks: list = []  # called when a key is revoked or a user disabled or enabled here
 
     def _argon2(self, fn, *args):
         """Run one argon2 hash or verification inside the bounded pool of slots."""
@@ -120,8 +121,15 @@ class Accounts:
     def revoke_api_key(self, key_or_prefix: str) -> bool:
         prefix = key_or_prefix.removeprefix(KEY_PREFIX).split(".")[0]
         with self.store.session() as s, s.begin():
-            return s.execute(update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+            done = s.execute(update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
                              .values(revoked_at=utcnow())).rowcount == 1
+        self._changed()
+        return done
+
+    def _changed(self) -> None:
+        """Credentials may now be refused: whatever remembers verified ones forgets them."""
+        for hook in self.changed_hooks:
+            hook()
 
     def user_for_api_key(self, key: str) -> User:
         """The key's user. The row is read on every call, so revocation works at once."""
@@ -148,9 +156,12 @@ class Accounts:
         return user
 
     def set_active(self, username: str, active: bool) -> bool:
-        """Disable or enable a user (a disabled user's tokens and API keys are refused at once)."""
+        """Disable or enable a user (a disabled user's tokens and API keys are refused at once here, and within
+        ``credential_cache_seconds`` by the API processes: ``soundry.service.credentials``)."""
         with self.store.session() as s, s.begin():
-            return s.execute(update(User).where(User.username == username).values(active=active)).rowcount == 1
+            done = s.execute(update(User).where(User.username == username).values(active=active)).rowcount == 1
+        self._changed()
+        return done
 
     # -- JWTs ----------------------------------------------------------------------------------------
     def _new_tokens(self, user: User) -> tuple[dict, RefreshToken]:

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from soundry.config import Settings
 from soundry.models.catalog import Catalog
 from soundry.service.accounts import Accounts
+from soundry.service.credentials import CredentialCache
 from soundry.service.limits import Limits
 from soundry.storage import Storage, open_storage
 from soundry.tasks.live_audio import LiveAudio
 from soundry.tasks.store import TaskStore
 from soundry.tasks.uploads import UploadStore
+from soundry.tasks.watch import TaskWatch
 from soundry.tasks.webhooks import WebhookSender
 
 
@@ -29,9 +31,15 @@ class Services:
     uploads: UploadStore | None = None
     live: object | None = None  # LiveAudio: tasks' audio while generated (embedded mode); None with Celery workers
     catalog: Catalog = field(default_factory=Catalog)
+    watch: TaskWatch | None = None  # waits for tasks' ends (event-driven, one batched poll)
+    credentials: CredentialCache | None = None  # who a bearer credential is, remembered for a few seconds
     tasks: object = None  # TaskService, set by build_services
 
     def __post_init__(self):
+        if self.credentials is None:
+            self.credentials = CredentialCache(self.accounts, self.settings.credential_cache_seconds)
+        if self.watch is None:
+            self.watch = TaskWatch(self.store, self.settings.wait_poll_seconds)
         if self.tasks is None:
             from soundry.service.tasks import TaskService
 

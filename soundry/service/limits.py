@@ -57,6 +57,7 @@ def _user_key(username: str) -> str:
 class Limits:
     def __init__(self, settings: Settings, store: TaskStore):
         self.settings, self.store = settings, store
+        self.in_memory = storage_uri(settings).startswith("memory://")  # no I/O: callable on the event loop
         self.storage = storage_from_string(storage_uri(settings), wrap_exceptions=True)
         self.limiter = MovingWindowRateLimiter(self.storage)
         window = settings.login_window_seconds

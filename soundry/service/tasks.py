@@ -11,8 +11,6 @@ thread: an async route calls them on the thread pool.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -23,7 +21,7 @@ from soundry.audio.decode import UndecodableAudio
 from soundry.service.configs import Configs, check_prompt, check_webhook_url
 from soundry.service.errors import ServiceError, invalid, not_found
 from soundry.storage import StorageError
-from soundry.tasks.models import FINAL_STATUSES, Task, Upload, User
+from soundry.tasks.models import Task, Upload, User
 from soundry.tasks.uploads import DecodersBusy, TooManyUploads, too_many_uploads
 from soundry.tasks.webhook_target import WebhookRefused, resolve_target
 
@@ -196,20 +194,22 @@ class TaskService:
                 self.svc.webhooks.notify(task_id, "CANCELED")
         return self.svc.store.get(task_id), canceled
 
-    async def wait(self, task_id: str, timeout: float | None = None, gone: Callable[[], bool] | None = None,
-                   poll: float = 0.1) -> Task | None:
+    async def wait(self, task_id: str, timeout: float | None = None, gone: asyncio.Event | None = None
+                   ) -> Task | None:
         """The task once COMPLETED, FAILED or CANCELED (or missing); None when ``timeout`` seconds pass or
-        ``gone()`` (the client left) first."""
-        from starlette.concurrency import run_in_threadpool
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            task = await run_in_threadpool(self.svc.store.get, task_id)
-            if task is None or task.status in FINAL_STATUSES:
-                return task
-            if (gone is not None and gone()) or (deadline is not None and time.monotonic() >= deadline):
-                return None
-            await asyncio.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        ``gone`` is set (the client left) first. Event-driven (``soundry.tasks.watch``): no database read per
+        waiter while it waits."""
+        end = asyncio.ensure_future(self.svc.watch.wait_end(task_id, timeout))
+        if gone is None:
+            return await end
+        left = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({end, left}, return_when=asyncio.FIRST_COMPLETED)
+            return end.result() if end.done() else None
+        finally:
+            for pending in (end, left):
+                if not pending.done():
+                    pending.cancel()
 
     # -- uploads --------------------------------------------------------------------------------------
     def own_upload(self, user: User, upload_id: str, field: str | None = None, what: str = "upload") -> Upload:

@@ -88,6 +88,13 @@ class TaskStore:
         self.engine = make_engine(url)
         migrate.upgrade(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self.end_hooks: list = []  # called with a task's id once this process ended it (soundry.tasks.watch)
+
+    def _ended(self, task_id: str, ended: bool) -> bool:
+        if ended:
+            for hook in self.end_hooks:
+                hook(task_id)
+        return ended
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, task_id: str, user_id: int | None = None) -> Task | None:
@@ -96,6 +103,12 @@ class TaskStore:
             if task is None or (user_id is not None and task.user_id != user_id):
                 return None
             return task
+
+    def ended_among(self, task_ids: list[str]) -> dict[str, Task]:
+        """Those of ``task_ids`` that have ended, in one query."""
+        with self.session() as s:
+            rows = s.scalars(select(Task).where(Task.id.in_(task_ids), Task.status.in_(FINAL_STATUSES))).all()
+            return {t.id: t for t in rows}
 
     def history(self, user_id: int, limit: int = 20, offset: int = 0) -> tuple[list[Task], int]:
         with self.session() as s:
@@ -263,7 +276,7 @@ class TaskStore:
             res = s.execute(self._owned(task_id, worker).values(
                 status="COMPLETED", percent=100, file_key=file_key, file_format=file_format,
                 sample_rate=sample_rate, audio_seconds=audio_seconds, seed=seed, finished_at=utcnow()))
-            return res.rowcount == 1
+        return self._ended(task_id, res.rowcount == 1)
 
     def fail(self, task_id: str, reason: str, worker: str | None = None) -> bool:
         """Any unfinished task → FAILED (with ``worker``: only while that worker holds it)."""
@@ -271,13 +284,13 @@ class TaskStore:
             q = self._owned(task_id, worker) if worker is not None else update(Task).where(
                 Task.id == task_id, Task.status.not_in(FINAL_STATUSES))
             res = s.execute(q.values(status="FAILED", error=reason[:2000], finished_at=utcnow()))
-            return res.rowcount == 1
+        return self._ended(task_id, res.rowcount == 1)
 
     def cancel(self, task_id: str) -> bool:
         with self.session() as s, s.begin():
             res = s.execute(update(Task).where(Task.id == task_id, Task.status.not_in(FINAL_STATUSES)).values(
                 status="CANCELED", finished_at=utcnow()))
-            return res.rowcount == 1
+        return self._ended(task_id, res.rowcount == 1)
 
     def set_feedback(self, task_id: str, user_id: int, rating: float, feedback: str) -> Task | None:
         """Store the owner's rating and text with a task (a later call replaces them); None if not theirs."""

@@ -141,7 +141,7 @@ async def _start(request: Request, user: User, body: CogRequest, cog_id: str | N
                  "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 @_cog
 async def create_prediction(request: Request):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     body = await parse_json_body(request, CogRequest)
     body.unsupported()
     task = await _start(request, user, body, body.id)
@@ -158,7 +158,7 @@ async def create_prediction(request: Request):
                 "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 @_cog
 async def put_prediction(request: Request, prediction_id: str):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     if not COG_ID.fullmatch(prediction_id):
         raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
     body = await parse_json_body(request, CogRequest)
@@ -176,7 +176,7 @@ async def put_prediction(request: Request, prediction_id: str):
 @_cog
 async def cancel_prediction(request: Request, prediction_id: str):
     svc = services(request)
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
 
     def find() -> Task | None:
         if len(prediction_id) > 128:

@@ -71,14 +71,14 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
     return JSONResponse({"detail": {"status": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _user(request: Request) -> User:
+async def _user(request: Request) -> User:
     key = request.headers.get("xi-api-key", "").strip()
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if not key and scheme.lower() == "bearer":
         key = credential.strip()
     if not key:
         raise ApiError(401, "invalid_api_key", "send a soundry API key in the xi-api-key header")
-    return user_for_credential(request, key, "invalid_api_key")  # refusals count, as on every route
+    return await user_for_credential(request, key, "invalid_api_key")  # refusals count, as on every route
 
 
 def _model(model_id: str | None, default: str) -> str:
@@ -122,7 +122,7 @@ async def sound_generation(request: Request, output_format: str = Query("mp3_441
 
 async def _generate(request: Request, output_format: str):
     svc = services(request)
-    user = await run_in_threadpool(_user, request)
+    user = await _user(request)
     try:
         fmt = parse_output_format(output_format)
     except ValueError as exc:

@@ -51,7 +51,7 @@ async def stream_task(request: Request, task_id: str,
                       sig: str | None = Query(None, max_length=128)):
     svc = services(request)
     if expires is None and sig is None:
-        user = await run_in_threadpool(current_user, request)
+        user = await current_user(request)
         task = await run_in_threadpool(_own_task, request, task_id, user)
     else:
         reason = ("send both expires and sig" if expires is None or sig is None else

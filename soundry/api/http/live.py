@@ -9,6 +9,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from soundry.api.http.auth import services
+from soundry.service.errors import ServiceError
 from soundry.tasks.live_audio import AudioChannel
 from soundry.tasks.models import FINAL_STATUSES, Task
 
@@ -20,6 +21,9 @@ class DisconnectWatch:
 
     def __init__(self, request: Request):
         self.request = request
+        self.event = asyncio.Event()  # set when the client has gone
+        if self.gone:
+            self.event.set()
         self._task = None if self.gone else asyncio.ensure_future(self._watch())
 
     @property
@@ -31,6 +35,7 @@ class DisconnectWatch:
             message = await self.request.receive()
             if message["type"] == "http.disconnect":
                 self.request.state.client_gone = True
+                self.event.set()
                 return
 
     def stop(self) -> None:
@@ -80,9 +85,18 @@ async def first_audio(request: Request, task_id: str, poll: float = 0.05, check_
 
 
 async def task_end(request: Request, task_id: str, timeout: float | None = None) -> Task | None:
-    """The task once it is COMPLETED, FAILED or CANCELED; None if the client left (or ``timeout`` passed) first."""
+    """The task once it is COMPLETED, FAILED or CANCELED; None if the client left (or ``timeout`` passed) first.
+    Without ``timeout`` the wait is bounded by the ``max_wait_seconds`` setting: past it, 503 ``wait_timeout``
+    (the task goes on)."""
+    svc = services(request)
+    bound = timeout if timeout is not None else svc.settings.max_wait_seconds
     watch = DisconnectWatch(request)
     try:
-        return await services(request).tasks.wait(task_id, timeout, lambda: watch.gone)
+        task = await svc.tasks.wait(task_id, bound, watch.event)
     finally:
         watch.stop()
+    if task is None and timeout is None and not watch.gone:
+        raise ServiceError(503, "wait_timeout", f"task {task_id} did not end within {bound:g} s "
+                                                "(max_wait_seconds); it goes on: follow it at "
+                                                f"GET /v1/ai/audio_generation/{task_id}", {"Retry-After": "30"})
+    return task

@@ -49,11 +49,15 @@ class InFlight:
     def overloaded(self) -> bool:
         return bool(self.limit) and self.active >= self.limit
 
-    def admit(self, address: str) -> str | None:
-        """Count a request from ``address``, or say why it is refused ("overloaded" / "address")."""
+    def admit(self, address: str, known: bool = False) -> str | None:
+        """Count a request from ``address`` (not against the address when its caller is ``known`` already),
+        or say why it is refused ("overloaded" / "address")."""
         with self._lock:
             if self.overloaded:
                 return "overloaded"
+            if known:
+                self.active += 1
+                return None
             if self.per_address and self.unauthenticated[address] >= self.per_address:
                 return "address"
             self.active += 1
@@ -86,8 +90,9 @@ class ConcurrencyCap:
     (uvicorn's own ``limit_concurrency`` answers a bare-text 503 without ``Retry-After``, and counts
     long-lived streams, so it is not used.)"""
 
-    def __init__(self, app: ASGIApp, in_flight: InFlight, retry_after: int = 1):
+    def __init__(self, app: ASGIApp, in_flight: InFlight, retry_after: int = 1, known=None):
         self.app, self.in_flight, self.retry_after = app, in_flight, retry_after
+        self.known = known  # credential -> its user if verified moments ago (no I/O), else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -95,7 +100,8 @@ class ConcurrencyCap:
             await self.app(scope, receive, send)
             return
         address = scope["client"][0] if scope.get("client") else "unknown"
-        refused = self.in_flight.admit(address)
+        known = self.known is not None and self._known_caller(scope)
+        refused = self.in_flight.admit(address, known)
         if refused:
             retry = {"Retry-After": str(self.retry_after)}
             if refused == "overloaded":
@@ -107,7 +113,7 @@ class ConcurrencyCap:
                                           "authenticated; finish those first, then retry", retry)
             await response(scope, receive, send)
             return
-        released = False
+        released = known
 
         def release() -> None:
             nonlocal released
@@ -121,6 +127,19 @@ class ConcurrencyCap:
         finally:
             release()
             self.in_flight.finish()
+
+    def _known_caller(self, scope: Scope) -> bool:
+        """Whether the request's bearer credential (``Authorization`` or ``xi-api-key``) was verified moments ago:
+        its caller is known before any I/O, so it is not counted as unauthenticated (a burst with a valid key is
+        never refused for the time its verification waits on the thread pool)."""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, credential = value.decode("latin-1").partition(" ")
+                if scheme.lower() in ("bearer", "token") and credential.strip():
+                    return self.known(credential.strip()) is not None
+            elif name == b"xi-api-key" and value.strip():
+                return self.known(value.decode("latin-1").strip()) is not None
+        return False
 
 
 class BodyTimeout:

@@ -38,10 +38,10 @@ class CreatePrediction(BaseModel):
         "the stored file once it is)"))
 
 
-def caller(request: Request) -> User:
+async def caller(request: Request) -> User:
     """The user of ``Authorization: Bearer <soundry API key or access token>`` (or Replicate's older
-    ``Token`` scheme). Blocking: call it on the thread pool."""
-    return bearer_user(request, ("bearer", "token"),
+    ``Token`` scheme)."""
+    return await bearer_user(request, ("bearer", "token"),
                        "send 'Authorization: Bearer <soundry API key or access token>'")
 
 

@@ -178,7 +178,7 @@ def _body_doc(model: type[BaseModel]) -> dict:
              openapi_extra=_body_doc(CreatePrediction))
 @problems
 async def create_model_prediction(request: Request, owner: str, name: str):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     model = _known(owner, name)
     return await create(request, user, model, await parse_json_body(request, CreatePrediction))
 
@@ -188,7 +188,7 @@ async def create_model_prediction(request: Request, owner: str, name: str):
              openapi_extra=_body_doc(CreateVersionPrediction))
 @problems
 async def create_prediction(request: Request):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     body = await parse_json_body(request, CreateVersionPrediction)
     model = core.model_for_version(body.version)
     if model is None:
@@ -202,7 +202,7 @@ async def create_prediction(request: Request):
                         "`output` is a signed link here (a page of data: URLs could be huge).")
 @problems
 async def list_predictions(request: Request):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     cursor = request.query_params.get("cursor", "0")
     if not cursor.isdigit() or int(cursor) > 10**9:
         raise ApiError(400, "bad_request", "cursor: use the next/previous links of a page")
@@ -222,7 +222,7 @@ def own_task(request: Request, task_id: str, user: User) -> Task:
 @router.get("/predictions/{prediction_id}", summary="A prediction", responses=_docs(PredictionView, 200, 404))
 @problems
 async def get_prediction(request: Request, prediction_id: str):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     task = await run_in_threadpool(own_task, request, prediction_id, user)
     return JSONResponse(await run_in_threadpool(_view, request, task))
 
@@ -232,7 +232,7 @@ async def get_prediction(request: Request, prediction_id: str):
              responses=_docs(PredictionView, 200, 404))
 @problems
 async def cancel_prediction(request: Request, prediction_id: str):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     task, _ = await run_in_threadpool(services(request).tasks.cancel, user, prediction_id, "prediction")
     return JSONResponse(await run_in_threadpool(_view, request, task))
 
@@ -259,7 +259,7 @@ def _known(owner: str, name: str) -> str:
 @router.get("/models/{owner}/{name}", summary="A model and its latest version", responses=_docs(ModelView, 200, 404))
 @problems
 async def get_model(request: Request, owner: str, name: str):
-    await run_in_threadpool(caller, request)
+    await caller(request)
     model = _known(owner, name)
     family = core.models()[model][0]
     return JSONResponse({"url": f"{link_base(request).rstrip('/')}/v1/models/{model}", "owner": owner, "name": name,
@@ -272,7 +272,7 @@ async def get_model(request: Request, owner: str, name: str):
             responses=_docs(VersionPage, 200, 404))
 @problems
 async def list_versions(request: Request, owner: str, name: str):
-    await run_in_threadpool(caller, request)
+    await caller(request)
     return JSONResponse({"next": None, "previous": None, "results": [_version(_known(owner, name))]})
 
 
@@ -280,7 +280,7 @@ async def list_versions(request: Request, owner: str, name: str):
             responses=_docs(VersionView, 200, 404))
 @problems
 async def get_version(request: Request, owner: str, name: str, version: str):
-    await run_in_threadpool(caller, request)
+    await caller(request)
     model = _known(owner, name)
     if version != core.version_id(model):
         raise ApiError(404, "not_found", f"no version {version} of {model}")
@@ -306,7 +306,7 @@ def file_view(request: Request, up: Upload) -> dict:
                      "metadata": {"type": "string", "description": "JSON; accepted, not kept"}}}}}}})
 @problems
 async def create_file(request: Request):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     up = await receive_upload(request, user, "content")
     return JSONResponse(file_view(request, up), status_code=201)
 
@@ -318,13 +318,13 @@ def own_upload(request: Request, file_id: str, user: User) -> Upload:
 @problems
 async def get_file(request: Request, file_id: str):
     """``GET /v1/files/{id}`` without a signature (``soundry.api.files`` sends it here)."""
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     return JSONResponse(file_view(request, await run_in_threadpool(own_upload, request, file_id, user)))
 
 
 @router.delete("/files/{name}", status_code=204, summary="Delete a file now", responses=_docs(None, 204, 404))
 @problems
 async def delete_file(request: Request, name: str):
-    user = await run_in_threadpool(caller, request)
+    user = await caller(request)
     await run_in_threadpool(services(request).tasks.delete_upload, user, name, "file")
     return Response(status_code=204)
