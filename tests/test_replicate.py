@@ -413,3 +413,28 @@ def test_cog_fields_soundry_cannot_honour_are_refused_and_a_post_id_is_kept(serv
         assert first.status_code == again.status_code == 202, first.text
         assert first.json()["id"] == again.json()["id"] == "job-7"
         http.post("/predictions/job-7/cancel")
+
+
+def test_a_poll_of_a_finished_prediction_sends_a_link_past_max_inline_output_bytes(server):
+    """Issue 30 item 2: every poll of a finished prediction re-sent its file as base64 (a 300 s stereo WAV is
+    ~50 MB per poll). Past ``max_inline_output_bytes`` the output is a signed link: each poll is a few hundred
+    bytes, and replicate.run and predictions.create + wait() still give the audio."""
+    settings = server.services.settings
+    small = {"prompt": "rain", "duration": 2.0}
+    inline = _client(server).run("sepal/audiogen", input=small)
+    assert inline.url.startswith("data:audio/wav;base64,")  # 2 s (64 KB): under the default, inline
+    before, settings.max_inline_output_bytes = settings.max_inline_output_bytes, 16 * 1024
+    try:
+        client = _client(server)
+        link = client.run("sepal/audiogen", input=small)
+        assert isinstance(link, str) and link.startswith(server.url) and "sig=" in link
+        audio, rate = sf.read(io.BytesIO(httpx.get(link, timeout=60).content), always_2d=True)
+        assert rate == 16000 and abs(len(audio) / rate - 2.0) < 0.05
+        p = client.predictions.create(model="sepal/audiogen", input=small)
+        p.wait()
+        assert p.status == "succeeded" and "sig=" in p.output
+        auth = {"Authorization": f"Bearer {server.api_key}"}
+        polls = [httpx.get(f"{server.url}/v1/predictions/{p.id}", headers=auth, timeout=60) for _ in range(3)]
+        assert all(len(r.content) < 4096 for r in polls), [len(r.content) for r in polls]
+    finally:
+        settings.max_inline_output_bytes = before

@@ -208,10 +208,12 @@ def wire_of(task: Task) -> dict:
 
 def output_of(svc, task: Task, base: str) -> str | None:
     """A finished task's file: a signed link when ``base`` is https (the client wraps only https: and data:
-    outputs as files), else a data: URL, as Cog answers. Blocking (it may read the file)."""
+    outputs as files) or when the file is over ``max_inline_output_bytes`` (each poll of a finished prediction
+    would send it again: a 300 s stereo WAV is ~50 MB of JSON); else a data: URL, as Cog answers. Blocking (it
+    may read the file)."""
     if task.status != "COMPLETED" or not task.file_key:
         return None
-    if base.startswith("https:"):
+    if base.startswith("https:") or svc.storage.size(task.file_key) > svc.settings.max_inline_output_bytes:
         return download_url(task, svc.settings, base)
     media = next((v[2] for v in FORMATS.values() if v[3] == task.file_format), "application/octet-stream")
     return f"data:{media};base64," + base64.b64encode(svc.storage.get(task.file_key)).decode()
