@@ -129,6 +129,9 @@ class DecodeBatch:
             self.jobs[s] = moved
         self.jobs.pop()
         self.cache.release(slice(2 * last, 2 * last + 2))
+        # a freed slot holds a safe position: static steps' padding and graph warm-ups advance it, and from
+        # the last position of a full window that would write past the cache (a device-side assert on CUDA)
+        self.steps[last], self.offsets[last] = 0, 0
         job.slot = -1
 
     def _start_window(self, job: Job, prompt_codes: torch.Tensor | None) -> None:

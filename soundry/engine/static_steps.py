@@ -69,6 +69,11 @@ class StaticSteps:
         else:
             self._run(b)
 
+    def _restart_slots(self) -> None:
+        """Every (free) slot back to position 0; only while the batch is empty."""
+        self.batch.steps.zero_()
+        self.batch.offsets.zero_()
+
     def prepare(self) -> None:
         """Capture (or recapture) the graphs; call only while no job is in the batch."""
         if not self.use_graphs or self.batch.jobs or self.captured_version == self.batch.cache.version:
@@ -78,6 +83,7 @@ class StaticSteps:
         stream.wait_stream(torch.cuda.current_stream(self.batch.device))
         with torch.cuda.stream(stream):
             for b in self.buckets:  # warm-up: lazy initialisation outside the capture
+                self._restart_slots()  # each warm-up advances the slots: keep them inside the cache
                 self._run(b)
         torch.cuda.current_stream(self.batch.device).wait_stream(stream)
         pool = None
@@ -89,6 +95,6 @@ class StaticSteps:
                     self._run(b)
                 pool = graph.pool()
                 self.graphs[b] = graph
-        self.batch.steps.zero_()
+        self._restart_slots()
         self.captured_version = self.batch.cache.version
         log.info("captured CUDA graphs for batch buckets %s", self.buckets)

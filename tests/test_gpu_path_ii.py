@@ -1,0 +1,77 @@
+"""Issue 31 ("The GPU path II"), shown on the CPU: CUDA graph capture and replay are stood in for by
+recording stand-ins (capture runs the step eagerly, so a warm-up that writes past the cache fails here
+as it would assert on a device)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from soundry.engine import GenerationRequest
+from soundry.engine.batch import DecodeBatch
+from soundry.engine.generate import make_job
+from soundry.engine.static_steps import StaticSteps
+from tests.helpers_models import tiny_model
+
+LONG_PROMPT = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
+
+
+class _Graph:
+    """torch.cuda.CUDAGraph's stand-in: capture runs the step eagerly (see ``_graphs``), replays are counted."""
+
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+    def pool(self):
+        return None
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    """torch.cuda's stream and graph calls replaced by CPU stand-ins."""
+
+    class Stream:
+        def __init__(self, *a, **kw):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, **kw: contextlib.nullcontext())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("audiogen")
+
+
+def _finish(batch: DecodeBatch) -> None:
+    while batch.jobs:
+        batch.step()
+
+
+def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_cache(model, graphs):
+    """Item 1: a full-window job leaves its slot at the cache's last position; a long prompt bumps the
+    cache version; when the batch empties the graphs are captured again, and every bucket's warm-up
+    advances the freed slots. They must start from a safe position, not index past the cache."""
+    frames = 20  # a 0.4 s request fills the whole window
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=frames)
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    steps.prepare()
+    full, long = GenerationRequest("rain", 0.4, seed=1), GenerationRequest(LONG_PROMPT, 0.2, seed=2)
+    for r, c in zip([full, long], model.conditions([full, long]), strict=True):
+        batch.admit(make_job(model, r, c))
+    assert batch.jobs[0].current.length == frames and batch.cache.version != steps.captured_version
+    _finish(batch)
+    steps.prepare()  # the batch is empty: captured again (its warm-ups write K/V for every bucket)
+    assert steps.captured_version == batch.cache.version
+    assert int((batch.steps + batch.offsets).max()) < batch.cache.max_len
