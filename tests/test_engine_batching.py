@@ -228,8 +228,8 @@ class _RecordingGraph:
 
 def test_graphs_never_replay_over_a_reallocated_condition_cache(model, monkeypatch):
     """A long prompt grows the condition cache and its leaving shrinks it back to the same length, in new
-    tensors: the graphs captured on the old ones must not replay (wrong audio, no error), only the eager
-    static step until the batch is empty and they are captured again."""
+    tensors: the graphs captured on the old ones must not replay (wrong audio, no error), only the dynamic
+    step until the batch is empty and they are captured again."""
     import contextlib
 
     from soundry.engine.batch import DecodeBatch

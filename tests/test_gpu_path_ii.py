@@ -75,3 +75,46 @@ def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_ca
     steps.prepare()  # the batch is empty: captured again (its warm-ups write K/V for every bucket)
     assert steps.captured_version == batch.cache.version
     assert int((batch.steps + batch.offsets).max()) < batch.cache.max_len
+
+
+def test_while_graphs_are_stale_steps_run_the_dynamic_step_not_the_eager_static_one(model, graphs, monkeypatch):
+    """Item 2: after a long prompt reallocates the condition cache the graphs are stale until the batch
+    empties; meanwhile a step attends over the keys the jobs need (the dynamic step), not the whole cache."""
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    steps.prepare()
+    key_lens = []
+    real_decode = DecodeBatch.decode
+    monkeypatch.setattr(DecodeBatch, "decode", lambda self, n, u, key_len, *a, **kw:
+                        key_lens.append(key_len) or real_decode(self, n, u, key_len, *a, **kw))
+    short, long = GenerationRequest("rain", 0.6, seed=1), GenerationRequest(LONG_PROMPT, 0.6, seed=2)
+    for r, c in zip([short, long], model.conditions([short, long]), strict=True):
+        batch.admit(make_job(model, r, c))
+    assert steps.captured_version != batch.cache.version  # the long prompt grew the condition cache
+    for _ in range(3):
+        batch.step()
+    assert key_lens == [1, 2, 3] and (steps.replays, steps.dynamic_steps) == (0, 3)
+
+
+def test_a_long_prompt_does_not_make_a_model_without_cross_attention_recapture():
+    """Item 2: a melody model prepends its text; its condition cache is never read by a step, so growing it
+    must not change the version the graphs are keyed on."""
+    melody = tiny_model("musicgen-melody")
+    assert not melody.cfg.cross_attention
+    batch = DecodeBatch(melody.lm, max_slots=2, max_frames=50, max_prefix=melody.max_prefix)
+    version = batch.cache.version
+    r = GenerationRequest(LONG_PROMPT, 0.2, seed=3)
+    batch.admit(make_job(melody, r, melody.conditions([r])[0]))
+    assert batch.cache.max_cond_len > 64 and batch.cache.version == version
+
+
+def test_a_condition_cache_allocated_for_the_longest_text_is_never_reallocated(model):
+    """Item 2: sized at max_text_tokens once (the engine does so on a GPU), a long prompt coming and
+    going leaves the tensors the graphs captured in place."""
+    batch = DecodeBatch(model.lm, max_slots=2, max_frames=50, max_cond_len=model.conditioner.max_tokens)
+    version, ck = batch.cache.version, batch.cache.ck[0]
+    r = GenerationRequest(LONG_PROMPT, 0.1, seed=4)
+    batch.admit(make_job(model, r, model.conditions([r])[0]))
+    assert batch.cache.cross_len > 64
+    _finish(batch)
+    assert batch.cache.version == version and batch.cache.ck[0] is ck and batch.cache.cross_len == 1

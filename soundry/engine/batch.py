@@ -65,8 +65,10 @@ class DecodeBatch:
     """Owns the KV cache and per-slot tensors; ``admit``, ``step`` and ``remove`` jobs."""
 
     def __init__(self, lm: TransformerLM, max_slots: int, max_frames: int, device: torch.device | str | None = None,
-                 max_prefix: int = 0):
-        """``max_prefix``: the longest prefix a job may carry (positions reserved in the cache)."""
+                 max_prefix: int = 0, max_cond_len: int = 64):
+        """``max_prefix``: the longest prefix a job may carry (positions reserved in the cache);
+        ``max_cond_len``: condition tokens the cross-attention cache holds before it must grow (and be
+        reallocated, which makes captured CUDA graphs stale)."""
         self.lm = lm
         p = next(lm.parameters())
         self.device = torch.device(device) if device is not None else p.device
@@ -75,7 +77,8 @@ class DecodeBatch:
         self.delays = torch.tensor(cfg.delays, device=self.device)
         self.max_delay = max(cfg.delays)
         self.max_slots, self.max_frames, self.max_prefix = max_slots, max_frames, max_prefix
-        self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1 + max_prefix, device=self.device)
+        self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1 + max_prefix, max_cond_len,
+                             device=self.device)
         self.codes = torch.zeros(max_slots, self.K, max_frames, dtype=torch.long, device=self.device)
         self.steps = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(max_slots, dtype=torch.long, device=self.device)

@@ -12,9 +12,11 @@ Graphs are captured while the batch is empty (capture warms up by running the st
 into the slots). A graph replays the addresses it captured, so it is valid only while the cache
 tensors it read are the same ones: graphs are keyed on the cache's ``version``, which changes whenever
 the condition cache is reallocated (a long prompt grows it; its leaving shrinks it back). After such a
-change steps run eagerly with the same static shapes, and the graphs are captured again the next time
-the batch is empty. (Keying them on the condition length alone replayed over freed memory once a long
-prompt had come and gone: the lengths matched again, the tensors did not.)
+change steps run the dynamic step (the eager static one attends over the whole cache and sorts every
+logit: far slower), and the graphs are captured again the next time the batch is empty. (Keying them
+on the condition length alone replayed over freed memory once a long prompt had come and gone: the
+lengths matched again, the tensors did not.) On a GPU the engine allocates the condition cache for the
+longest text at start, so it is never reallocated and the graphs do not go stale.
 
 On the CPU (``use_graphs=False``) the same static steps run eagerly; the tests use that to check
 that padding and full-length attention give exactly the tokens of the dynamic step.
@@ -46,6 +48,7 @@ class StaticSteps:
         self.uniforms = {b: torch.zeros(b, batch.K, device=batch.device) for b in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.captured_version = -1  # the cache version the graphs were captured on
+        self.replays = self.dynamic_steps = 0  # steps served by a graph, and by the dynamic step while graphs are stale
         batch.cache.cross_mask[:, 0] = True  # free rows attend to one (finite) key: no NaN in padding
 
     def bucket(self, n: int) -> int:
@@ -63,11 +66,16 @@ class StaticSteps:
         if b > n:  # padding slots advance too: restart them so their positions stay inside the cache
             self.batch.steps[n:b].zero_()
             self.batch.offsets[n:b].zero_()
+        if not self.use_graphs:  # the CPU's eager static step (tests check it samples what the dynamic one does)
+            self._run(b)
+            return
         graph = self.graphs.get(b) if self.captured_version == self.batch.cache.version else None
         if graph is not None:
             graph.replay()
-        else:
-            self._run(b)
+            self.replays += 1
+        else:  # stale until the batch empties (maybe never under load): the dynamic step, not the eager static one
+            self.batch.decode_dynamic(n, uniforms)
+            self.dynamic_steps += 1
 
     def _restart_slots(self) -> None:
         """Every (free) slot back to position 0; only while the batch is empty."""

@@ -52,7 +52,8 @@ class KVCache:
                 new[:, :, :n] = old[:, :, :n]
             mask[:, :n] = self.cross_mask[:, :n]
         self.ck, self.cv, self.cross_mask = ck, cv, mask
-        self.version += 1
+        if cross_layers:  # without cross-attention no step reads these (the mask only feeds cross-attention)
+            self.version += 1
 
     @property
     def max_cond_len(self) -> int:
