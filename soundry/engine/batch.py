@@ -74,7 +74,7 @@ class DecodeBatch:
         self.device = torch.device(device) if device is not None else p.device
         cfg = lm.cfg
         self.K, self.card = cfg.n_q, cfg.card
-        self.delays = torch.tensor(cfg.delays, device=self.device)
+        self.delays = to_device(torch.tensor(cfg.delays), self.device)
         self.max_delay = max(cfg.delays)
         self.max_slots, self.max_frames, self.max_prefix = max_slots, max_frames, max_prefix
         self.cache = KVCache(lm, 2 * max_slots, max_frames + self.max_delay + 1 + max_prefix, max_cond_len,

@@ -11,8 +11,11 @@ are conditioned identically.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from soundry.models.transfer import to_device
 
 DEFAULT_MAX_TOKENS = 256  # T5 was trained on 512; a 2,000-character prompt is about 500 tokens
 
@@ -40,6 +43,10 @@ class TextConditioner(nn.Module):
     def tokenize(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Token ids and attention mask on the device; ``lengths``, if given, receives each text's
         unmasked token count (read on the host, before the copy: no device sync for it later)."""
+        return {k: to_device(torch.from_numpy(v).long(), self.device)
+                for k, v in self._host_tokens(texts, lengths).items()}
+
+    def _host_tokens(self, texts: list[str], lengths: list[int] | None) -> dict[str, np.ndarray]:
         inputs = self.tokenizer(texts, return_tensors="np", padding=True, truncation=True,
                                 max_length=self.max_tokens)
         mask = inputs["attention_mask"]
@@ -48,18 +55,30 @@ class TextConditioner(nn.Module):
                 mask[i, :] = 0
         if lengths is not None:
             lengths[:] = mask.sum(axis=-1).tolist()
-        return {k: torch.from_numpy(v).long().to(self.device) for k, v in inputs.items()}
+        return dict(inputs)
+
+    def _encode(self, texts: list[str], lengths: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's last hidden state and the mask on the device. T5 gets the mask already in 4D, built on the
+        host: from a 2D mask, transformers checks ``mask.all()`` on the device (a host sync per admission)."""
+        host = self._host_tokens(texts, lengths)
+        keep = host["attention_mask"][:, None, None, :].astype(bool)
+        if self.t5.config._attn_implementation == "eager":  # additive, as transformers makes it for eager
+            keep = np.where(keep, 0.0, torch.finfo(self.t5.dtype).min)
+            mask4d = to_device(torch.from_numpy(keep).to(self.t5.dtype), self.device)
+        else:  # sdpa and the others take the boolean mask (True: attend)
+            mask4d = to_device(torch.from_numpy(keep), self.device)
+        ids = to_device(torch.from_numpy(host["input_ids"]).long(), self.device)
+        hidden = self.t5(input_ids=ids, attention_mask=mask4d).last_hidden_state
+        return hidden, to_device(torch.from_numpy(host["attention_mask"]).long(), self.device)
 
     @torch.no_grad()
     def forward(self, texts: list[str], lengths: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """texts → (embeddings [B, L, D] with masked positions zeroed, mask [B, L]); ``lengths`` as in
         ``tokenize``."""
-        inputs = self.tokenize(texts, lengths)
-        hidden = self.t5(**inputs).last_hidden_state
+        hidden, mask = self._encode(texts, lengths)
         emb = self.output_proj(hidden.to(self.output_proj.weight))
-        mask = inputs["attention_mask"]
         return emb * mask.unsqueeze(-1).to(emb), mask
 
     def t5_hidden(self, texts: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            return self.t5(**self.tokenize(texts)).last_hidden_state
+            return self._encode(texts)[0]
