@@ -118,3 +118,41 @@ def test_a_condition_cache_allocated_for_the_longest_text_is_never_reallocated(m
     assert batch.cache.cross_len > 64
     _finish(batch)
     assert batch.cache.version == version and batch.cache.ck[0] is ck and batch.cache.cross_len == 1
+
+
+def test_on_cuda_a_steps_time_is_its_events_elapsed_time_once_it_has_run(monkeypatch):
+    """Item 6: the engine thread only enqueues a step on a GPU; its time is read from CUDA events recorded
+    around it, once the end event has completed (``query``, no sync), not from the host's clock."""
+    from soundry.engine.step_timer import StepTimer
+
+    clock = {"now": 0.0, "done": 0.0}  # device time: now, and how far the device has run
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self, stream=None):
+            self.at = clock["now"]
+
+        def query(self):
+            return self.at <= clock["done"]
+
+        def elapsed_time(self, end):
+            assert end.query()
+            return (end.at - self.at) * 1000
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    timer = StepTimer("cuda")
+    seconds = []
+    for _ in range(3):  # three steps of 0.25 s each, enqueued while the device has run none of them
+        started = timer.start()
+        clock["now"] += 0.25
+        seconds.append(timer.stop(started))
+    assert seconds == [0, 0, 0]
+    clock["done"] = 0.5  # the first two have run
+    started = timer.start()
+    clock["now"] += 0.25
+    assert timer.stop(started) == 0.5
+    clock["done"] = 1.0
+    assert timer.stop(timer.start()) == 0.5  # the last two, and an empty step

@@ -24,6 +24,7 @@ from soundry.engine.codec_stream import CodecStream
 from soundry.engine.generate import job_windows, make_job, prepare_melody
 from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
+from soundry.engine.step_timer import StepTimer
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class EngineStats:
 
     def __init__(self) -> None:
         self.steps = 0
-        self.step_seconds = 0.0
+        self.step_seconds = 0.0  # device time of the steps (engine.step_timer; on a GPU it lags a few steps)
         self.rows_stepped = 0  # sum of batch sizes over steps
         self.last_batch_size = 0
         self.max_batch_size = 0
@@ -83,6 +84,7 @@ class Engine:
         self._crash: Exception | None = None  # why the loop ended, if it crashed
         self._codec: ThreadPoolExecutor | None = None  # codec decoding beside the loop; owned by the loop
         self._codec_stream: CodecStream | None = None  # on a GPU, the codec thread's own CUDA stream
+        self._timer = StepTimer("cpu")  # the decode steps' time (the loop makes one for its device)
         self._batch: DecodeBatch | None = None
         self._taps: dict[str, StreamTap] = {}  # request id -> its audio stream (requests submitted with a sink)
         self.chroma_cache = ChromaCache()  # melody models: chroma already computed (engine.chroma_cache)
@@ -180,6 +182,7 @@ class Engine:
                 self._batch = DecodeBatch(lm, slots, frames, max_prefix=prefix, max_cond_len=cond)
                 self._batch.rng, self._batch.attention = self.rng, self.attention
                 self._codec_stream = CodecStream(device)
+                self._timer = StepTimer(device)
                 self._setup_steps(device)
                 self._loop()
         except Exception as exc:
@@ -264,7 +267,7 @@ class Engine:
 
     def _step(self) -> None:
         n = len(self._batch.jobs)
-        t0 = time.perf_counter()
+        t0 = self._timer.start()
         try:
             finished = self._batch.step()
         except Exception as exc:  # a broken step fails everyone in it; the engine keeps serving
@@ -275,7 +278,7 @@ class Engine:
             return
         st = self.stats
         st.steps += 1
-        st.step_seconds += time.perf_counter() - t0
+        st.step_seconds += self._timer.stop(t0)
         st.rows_stepped += n
         st.last_batch_size = n
         st.max_batch_size = max(st.max_batch_size, n)
