@@ -156,3 +156,40 @@ def test_on_cuda_a_steps_time_is_its_events_elapsed_time_once_it_has_run(monkeyp
     assert timer.stop(started) == 0.5
     clock["done"] = 1.0
     assert timer.stop(timer.start()) == 0.5  # the last two, and an empty step
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen-melody"])
+def test_the_kv_budget_of_a_slot_is_what_the_cache_allocates_at_its_worst(kind):
+    """Item 5: a slot's budget is the bytes the batch allocates for it with the condition cache at the
+    longest text (what the engine allocates on a GPU), a prefix at its longest, and no cross-attention
+    cache for a model that has none."""
+    from soundry.engine.memory import kv_bytes_per_slot
+
+    m = tiny_model(kind)
+    tokens, frames = m.conditioner.max_tokens, 40
+    batch = DecodeBatch(m.lm, max_slots=3, max_frames=frames, max_prefix=m.max_prefix, max_cond_len=tokens)
+    allocated = sum(t.numel() * t.element_size() for t in batch.cache.tensors())
+    assert kv_bytes_per_slot(m.lm, frames, max_cond_len=tokens, max_prefix=m.max_prefix) * 3 == allocated
+    assert kv_bytes_per_slot(m.lm, frames, max_prefix=m.max_prefix) * 3 == allocated  # 256 is the default
+
+
+def test_the_kv_budget_keeps_a_stated_reserve_and_names_the_sizes_when_one_slot_does_not_fit(model, monkeypatch):
+    """Item 5: the budget is the smaller of kv_cache_memory × free memory and free memory less the reserve,
+    and the refusal names the self- and cross-attention sizes and the reserve."""
+    from soundry.engine.memory import RESERVE, GiB, KVCacheTooLarge, fit_slots, kv_bytes_per_slot
+
+    lm, frames = model.lm, 500
+    per_slot = kv_bytes_per_slot(lm, frames, max_cond_len=256)
+    free = {"bytes": 100 * per_slot}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2 * free["bytes"]))
+    assert fit_slots(lm, 64, frames, "cuda", 0.9, reserve=50 * per_slot) == 50  # the reserve binds
+    assert fit_slots(lm, 64, frames, "cuda", 0.4, reserve=50 * per_slot) == 40  # the fraction binds
+    assert fit_slots(lm, 64, frames, "cuda", 0.9, reserve=0, max_cond_len=64) == 64  # a 64-token budget: optimistic
+    assert fit_slots(lm, 64, frames, "cuda", 0.6, reserve=0) == 60
+    free["bytes"] = RESERVE + per_slot - 1
+    with pytest.raises(KVCacheTooLarge) as refused:
+        fit_slots(lm, 4, frames, "cuda", 1.0, name="audiogen")
+    own = (frames + max(lm.cfg.delays) + 1) * 2 * 2 * lm.cfg.num_layers * lm.cfg.dim * 4
+    assert (f"needs {per_slot / GiB:.2f} GiB ({own / GiB:.2f} GiB of self-attention over 504 positions, "
+            f"{(per_slot - own) / GiB:.2f} GiB of cross-attention over 256 text tokens)") in str(refused.value)
+    assert f"keeping {RESERVE / GiB:.2f} GiB for the codec" in str(refused.value)

@@ -175,10 +175,11 @@ class Engine:
             scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
             with scope:
                 prefix = self.model.max_prefix
-                slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name, prefix)
                 # on a GPU the condition cache is allocated once for the longest text (what fit_slots budgets):
                 # never reallocated, so the graphs never go stale and old and new copies are never held together
                 cond = self.model.conditioner.max_tokens if device.type == "cuda" else 64
+                slots = fit_slots(lm, self.max_batch, frames, device, self.kv_cache_memory, self.model.name, prefix,
+                                  max_cond_len=cond)
                 self._batch = DecodeBatch(lm, slots, frames, max_prefix=prefix, max_cond_len=cond)
                 self._batch.rng, self._batch.attention = self.rng, self.attention
                 self._codec_stream = CodecStream(device)
