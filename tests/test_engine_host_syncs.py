@@ -45,8 +45,8 @@ class HostCopies(TorchFunctionMode):
     tensor it has not seen made (weights, caches, a request's codes) counts as the device's — and the ops
     that would wait for the device on a GPU: a host tensor copied to the device without ``non_blocking``
     other than through ``transfer.to_device``, a host tensor (not a 0-dim scalar) meeting a device tensor
-    in an op (an implicit blocking copy), data copied by ``torch.tensor(..., device=)``, ``bool(t)`` of a
-    device tensor."""
+    in an op (an implicit blocking copy), data copied by ``torch.tensor(..., device=)``, ``bool(t)`` or
+    another read-back of a device tensor."""
 
     def __init__(self, calls: list[str]):
         super().__init__()
@@ -64,8 +64,8 @@ class HostCopies(TorchFunctionMode):
         moves = name in ("to", "cuda") and (
             name == "cuda" or "device" in kwargs
             or any(isinstance(a, torch.device | str | int) for a in args[1:]))
-        if name == "__bool__" and not host:
-            self._record("bool(t) of a device tensor")
+        if name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__") and not host:
+            self._record(f"{name} of a device tensor")
         elif moves and _on_host(args[0]) and not kwargs.get("non_blocking") and _site().filename != str(TRANSFER):
             self._record(f"blocking host-to-device .{name}()")
         elif func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is not None:

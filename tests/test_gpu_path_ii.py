@@ -193,3 +193,80 @@ def test_the_kv_budget_keeps_a_stated_reserve_and_names_the_sizes_when_one_slot_
     assert (f"needs {per_slot / GiB:.2f} GiB ({own / GiB:.2f} GiB of self-attention over 504 positions, "
             f"{(per_slot - own) / GiB:.2f} GiB of cross-attention over 256 text tokens)") in str(refused.value)
     assert f"keeping {RESERVE / GiB:.2f} GiB for the codec" in str(refused.value)
+
+
+def test_multiband_diffusion_reads_nothing_back_and_copies_its_noise_without_blocking():
+    """Item 3: the reverse process's schedule is Python floats computed on the host (``if sigma2 > 0`` on a
+    CUDA scalar was a sync every U-Net pass) and each pass's noise goes to the device pinned and non-blocking."""
+    from soundry.models.loader import load_model
+    from soundry.models.mbd import load_mbd
+    from tests.test_engine_host_syncs import HostCopies
+
+    data = "tests/data/musicgen-stereo-tiny"
+    mbd = load_mbd(f"{data}/mbd", load_model(data).codec)
+    for band in mbd.bands:
+        band.host_betas._soundry_host = True  # made at load, outside the recorder: a CPU tensor
+    tokens = torch.load(f"{data}/mbd/mbd.pt", weights_only=True)["tokens"][:1, :, :10]
+    calls: list[str] = []
+    with HostCopies(calls):
+        wav = mbd.tokens_to_wav(tokens, seed=7, step_list=[999, 499, 0])
+    assert wav.shape[-1] > 0
+    assert calls == [], sorted(set(calls))
+
+
+def test_work_on_a_side_stream_waits_for_the_caller_and_is_waited_for_alone(monkeypatch):
+    """Item 3: an audio prompt's encoding (and MultiBand Diffusion's decode) run on a stream of their own, after
+    the caller's queued work; the caller waits for that stream only, and marks the result used by its stream."""
+    from soundry.models.mbd import _on_side_stream
+    from soundry.models.transfer import on_side_stream
+
+    events = []
+
+    class Stream:
+        def __init__(self, device=None, name="side"):
+            self.device, self.name = device, name
+
+        def wait_stream(self, other):
+            events.append(("wait", self.name, other.name))
+
+        def synchronize(self):
+            events.append(("synchronize", self.name))
+
+    @contextlib.contextmanager
+    def stream(s):
+        events.append(("enter", s.name))
+        yield
+        events.append(("exit", s.name))
+
+    class Out:
+        device = torch.device("cuda", 0)
+
+        def record_stream(self, s):
+            events.append(("record_stream", s.name))
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device, "caller"))
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    out = on_side_stream(torch.device("cuda", 0), lambda: events.append(("work",)) or Out())
+    assert isinstance(out, Out)
+    assert events == [("wait", "side", "caller"), ("enter", "side"), ("work",), ("exit", "side"),
+                      ("synchronize", "side"), ("record_stream", "caller")]
+
+    class Decoder:
+        _stream = None
+
+        def _codec_device(self):
+            return torch.device("cuda", 0)
+
+        @_on_side_stream
+        def decode(self, x):
+            events.append(("decode", x))
+            return x
+
+    events.clear()
+    decoder = Decoder()
+    assert decoder.decode(1) == 1 and decoder.decode(2) == 2
+    side = decoder._stream
+    assert events == [("wait", "side", "caller"), ("enter", "side"), ("decode", 1), ("exit", "side"),
+                      ("wait", "side", "caller"), ("enter", "side"), ("decode", 2), ("exit", "side")]
+    assert decoder._stream is side  # one stream per decoder

@@ -16,7 +16,7 @@ from soundry.models.audiocraft.conditioners.text import TextConditioner
 from soundry.models.audiocraft.lm.packed import weight_layout
 from soundry.models.audiocraft.lm.transformer import TransformerLM
 from soundry.models.catalog import FAMILY_WINDOWS
-from soundry.models.transfer import to_device
+from soundry.models.transfer import on_side_stream, to_device
 
 
 class TextPrompt(Protocol):
@@ -31,7 +31,7 @@ class AudioModel:
 
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
                  codec, source: Path | None = None, melody=None):
-        """``melody``: the chroma conditioner (``conditioners.melody.MelodyConditioner``) of a melody model."""
+        """``melody``: the chroma conditioner (``soundry.models.melody.MelodyConditioner``) of a melody model."""
         self.name, self.family, self.cfg, self.source = name, family, cfg, source
         self.lm, self.conditioner, self.codec, self.melody = lm, conditioner, codec, melody
         self.max_duration, self.extend_stride = FAMILY_WINDOWS[family]
@@ -168,7 +168,7 @@ class AudioModel:
         single = audio.dim() == 2
         audio = convert_audio(audio[None] if single else audio, sample_rate, self.sample_rate, self.channels)
         codec_device = next(self.codec.parameters()).device
-        codes = self.codec.encode(audio.to(codec_device)).to(self.device)
+        codes = on_side_stream(codec_device, lambda: self.codec.encode(to_device(audio, codec_device)).to(self.device))
         return codes[0] if single else codes
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import itertools
 import typing
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from soundry.models.audiocraft.codecs.encodec import Codec, InterleavedStereo
 from soundry.models.errors import CheckpointError
+from soundry.models.transfer import to_device
 
 RELEASE_FILE = "mbd_musicgen_32khz.th"
 DEFAULT_STEPS = list(range(1000))[::-50] + [0]  # audiocraft's default: 20 U-Net passes a band
@@ -198,6 +200,7 @@ class _Band(nn.Module):
         betas = torch.linspace(float(s["beta_t0"]) ** (1 / e), float(s["beta_t1"]) ** (1 / e), int(s["num_steps"]),
                                dtype=torch.float) ** e
         self.register_buffer("betas", betas, persistent=False)
+        self.host_betas = betas.clone()  # a plain attribute, so it stays on the CPU: the schedule's scalars
         self.clip, self.rescale, self.noise_scale = float(s["clip"]), float(s["rescale"]), float(s["noise_scale"])
 
     def alpha_bar(self, step: int) -> torch.Tensor:
@@ -210,34 +213,66 @@ class _Band(nn.Module):
         """``NoiseSchedule.generate_subsampled``: the reverse process through the states of ``step_list``;
         ``noise()`` gives each step's fresh noise (shaped as ``initial``, already on its device); ``after_pass()``
         runs after each U-Net pass."""
-        ab_sub = (1 - self.betas).cumprod(dim=0)[list(reversed(step_list))]
-        betas_sub = 1 - torch.cat([ab_sub[:1], ab_sub[1:] / ab_sub[:-1]])
-        alpha_bar = self.alpha_bar(len(self.betas) - 1)
         current = initial * self.noise_scale
-        for idx, step in enumerate(step_list[:-1]):
+        for step, (estimate_coef, sqrt_alpha, sigma) in zip(step_list[:-1], self.schedule(step_list), strict=True):
             estimate = self.unet(current.to(dtype), step, condition).float() * self.noise_scale
-            alpha = 1 - betas_sub[-1 - idx]
-            previous = (current - (1 - alpha) / (1 - alpha_bar).sqrt() * estimate) / alpha.sqrt()
-            if step == step_list[-2]:
-                sigma2, previous_alpha_bar = 0.0, torch.tensor(1.0)
-            else:
-                previous_alpha_bar = self.alpha_bar(step_list[idx + 1])
-                sigma2 = (1 - previous_alpha_bar) / (1 - alpha_bar) * (1 - alpha)
-            if sigma2 > 0:
-                previous = previous + sigma2 ** 0.5 * noise() * self.noise_scale
+            previous = (current - estimate_coef * estimate) / sqrt_alpha
+            if sigma > 0:
+                previous = previous + sigma * noise() * self.noise_scale
             if self.clip:
                 previous = previous.clamp(-self.clip, self.clip)
             if step == 0:
                 previous = previous * self.rescale
-            current, alpha_bar = previous, previous_alpha_bar
+            current = previous
             if after_pass is not None:
                 after_pass()
         return self.processor(current)
 
 
+    def schedule(self, step_list: list[int]) -> list[tuple[float, float, float]]:
+        """Per U-Net pass of the reverse process, its scalars as Python floats computed on the host (float32, as
+        audiocraft computes them): the estimate's coefficient (1 - α) / √(1 - ᾱ), √α and the noise's σ.
+        On a GPU nothing of the schedule is read back from the device (``if sigma2 > 0`` on a CUDA scalar was
+        a sync every pass)."""
+        betas = self.host_betas
+        ab_sub = (1 - betas).cumprod(dim=0)[list(reversed(step_list))]
+        betas_sub = 1 - torch.cat([ab_sub[:1], ab_sub[1:] / ab_sub[:-1]])
+        alpha_bar = (1 - betas).prod()
+        out = []
+        for idx, step in enumerate(step_list[:-1]):
+            alpha = 1 - betas_sub[-1 - idx]
+            if step == step_list[-2]:
+                sigma2, previous_alpha_bar = torch.tensor(0.0), torch.tensor(1.0)
+            else:
+                previous_alpha_bar = (1 - betas[: step_list[idx + 1] + 1]).prod()
+                sigma2 = (1 - previous_alpha_bar) / (1 - alpha_bar) * (1 - alpha)
+            out.append((((1 - alpha) / (1 - alpha_bar).sqrt()).item(), alpha.sqrt().item(),
+                        (sigma2 ** 0.5).item()))
+            alpha_bar = previous_alpha_bar
+        return out
+
+
 def _noise_draws(step_list: list[int]) -> int:
     """How many ``randn_like`` a band's reverse process makes (every step but the last draws)."""
     return max(len(step_list) - 2, 0)
+
+
+def _on_side_stream(method):
+    """On CUDA, run the decode on the decoder's own stream (made once; it first waits for the caller's stream),
+    so its U-Net passes run beside an engine's decode steps instead of queued between them on one stream."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        dev = self._codec_device()
+        if dev.type != "cuda":
+            return method(self, *args, **kwargs)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=dev)
+        self._stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(self._stream):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class MultiBandDiffusion:
@@ -266,6 +301,7 @@ class MultiBandDiffusion:
                 raise CheckpointError(f"MultiBand Diffusion band {i} reads a {conv.in_channels}-dim codec latent, "
                                       f"the codec's is {latent_dim}")
         self.dtype = dtype
+        self._stream = None  # on CUDA, the decoder's own stream (_on_side_stream)
         self.bands.to(self._codec_device()).eval()
         self.eq = julius.SplitBands(self.sample_rate, n_bands=EQ_BANDS).to(self._codec_device())
         for band in self.bands:  # the schedule and the processor stay float32
@@ -304,6 +340,7 @@ class MultiBandDiffusion:
         raise ValueError(f"MultiBand Diffusion: {k} codebooks, expected {n_q} (mono) or {2 * n_q} (stereo)")
 
     @torch.no_grad()
+    @_on_side_stream
     def tokens_to_wav(self, tokens: torch.Tensor, seed: int, step_list: list[int] | None = None,
                       details: dict | None = None,
                       progress: typing.Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -320,7 +357,7 @@ class MultiBandDiffusion:
         """
         step_list = self._checked(DEFAULT_STEPS if step_list is None else step_list)
         dev = self._codec_device()
-        halves = [h.to(dev) for h in self.halves(tokens)]
+        halves = [to_device(h, dev) for h in self.halves(tokens)]
         rows = tokens.shape[0]
         both = torch.cat(halves)  # [H * B, K / H, T]: the halves batched through the codec and the U-Nets
         ref = self.mono.decode(both).float()
@@ -338,7 +375,7 @@ class MultiBandDiffusion:
             gens.append(g)
 
         def draw() -> torch.Tensor:
-            return torch.cat([torch.randn(shape, generator=g) for g in gens]).to(dev)
+            return to_device(torch.cat([torch.randn(shape, generator=g) for g in gens]), dev)  # pinned, non-blocking
 
         out = torch.zeros_like(ref)
         band_outputs, initial_noises = [], []
