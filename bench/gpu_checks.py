@@ -1,6 +1,17 @@
 """GPU-only checks of soundry's engine (run by bench/gpu_check.sh; never run on a GPU yet), from the repo root:
 
-    SOUNDRY_TEST_DEVICE=cuda python3 bench/gpu_checks.py [stale] [sdpa] [seed] [scale]   (default: all)
+    SOUNDRY_TEST_DEVICE=cuda python3 bench/gpu_checks.py [recapture] [replays] [syncs] [mbd] [stale] [sdpa]
+                                                        [seed] [scale]   (default: all but recapture)
+
+recapture  issue 31 item 1: a full-window job and a long prompt, then graphs captured again once the batch is
+           empty (before the fix a warm-up wrote past the cache: a device-side assert that kills the process's
+           CUDA context, so gpu_check.sh runs it in a process of its own)
+replays    issue 31 item 2: an Engine under load with a long prompt among short ones: steps replayed from a
+           graph vs dynamic steps (on a GPU the condition cache is allocated at max_text_tokens: no stale graphs)
+syncs      issue 31 items 3 and 6: torch.cuda.set_sync_debug_mode("error") around an engine pass (conditions,
+           admission, dynamic and graph steps, a window's end) and around prompt_codes; the first sync raises
+mbd        issue 31 item 3: engine steps/s alone and while a MultiBand Diffusion decode runs on another thread
+           (tiny models: it shows whether the decode stalls the LM's steps, not a served speed)
 
 stale  tiny audiogen: CUDA graphs captured, a long prompt grows the condition cache, it leaves and the
        cache shrinks back into new tensors (the old ones kept and poisoned with NaN): the tokens must
@@ -8,8 +19,10 @@ stale  tiny audiogen: CUDA graphs captured, a long prompt grows the condition ca
 sdpa   one layer of musicgen-large's shape: forward_cached under each SDPA backend vs MATH, with the
        engine's strided q/K/V, masked (static and dynamic key lengths) and unmasked (attention=lengths)
 seed   rng=counter: a seed gives the same tokens on the CPU and on the GPU (fp32, top_k=250)
-scale  audiogen-medium and musicgen-large, bf16 as served (mixed precision), 64 slots, the engine's real
-       cache size: KV bytes, what engine.memory.fit_slots allows, capture time, graphs vs dynamic steps/s
+scale  audiogen-medium and musicgen-large, bf16 as served (mixed precision), the slots engine.memory.fit_slots
+       allows (at most 64), the engine's real cache (condition cache at 256 tokens): KV bytes, capture time,
+       graphs vs dynamic steps/s, then the batch filled to that count with a 256-token prompt (no OOM)
+SOUNDRY_TEST_DEVICE=cpu runs recapture, replays and mbd on the CPU (graphs off): a dry run of the script.
 Adapted from the shared GPU kit (../shared/gpu-kit/gpu_checks.py) to the code as it is now.
 """
 
@@ -41,8 +54,136 @@ from soundry.models.audiocraft.lm.transformer import TransformerLM  # noqa: E402
 from soundry.models.audiocraft.shapes import lm_config  # noqa: E402
 
 torch.set_grad_enabled(False)
-DEV = torch.device("cuda")
+DEV = torch.device(tests.device.TEST_DEVICE)
 LONG = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 T5 tokens
+
+
+def _sync() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def recapture() -> None:
+    from tests.helpers_models import tiny_model
+
+    m = tiny_model("audiogen")
+    b = DecodeBatch(m.lm, 4, 20, device=DEV)  # 20 frames: a 0.4 s request fills the window
+    s = b.static = StaticSteps(b, buckets=(1, 2, 4))
+    s.prepare()
+    reqs = [GenerationRequest("rain", 0.4, seed=1), GenerationRequest(LONG, 0.2, seed=2)]
+    for r, c in zip(reqs, m.conditions(reqs), strict=True):
+        b.admit(make_job(m, r, c))
+    while b.jobs:
+        b.step()
+    s.prepare()  # captured again after the version bump: every bucket's warm-up advances the free slots
+    _sync()
+    top = int((b.steps + b.offsets).max())
+    print(f"[recapture] graphs captured again on cache version {s.captured_version}; free slots at position "
+          f"<= {top} of {b.cache.max_len}: {'OK' if top < b.cache.max_len else 'BUG'}", flush=True)
+
+
+def replays() -> None:
+    from tests.helpers_models import tiny_model
+
+    engine = Engine(tiny_model("audiogen"), max_batch=4).start()
+    try:
+        futures = [engine.submit(GenerationRequest("rain", 1.0, seed=i)) for i in range(3)]
+        futures.append(engine.submit(GenerationRequest(LONG, 1.0, seed=3)))
+        futures += [engine.submit(GenerationRequest("wind", 1.0, seed=4 + i)) for i in range(4)]
+        for f in futures:
+            f.result(timeout=120)
+        steps = engine._batch.static
+        st = engine.stats
+        if steps is None:
+            print("[replays] static steps off: " + ("capture failed (see the log above)  <-- CHECK"
+                                                    if DEV.type == "cuda" else "the CPU (a dry run)"), flush=True)
+        else:
+            bad = DEV.type == "cuda" and steps.dynamic_steps
+            print(f"[replays] {st.steps} steps under load with a long prompt: {steps.replays} graph replays, "
+                  f"{steps.dynamic_steps} dynamic (graphs stale){'  <-- CHECK' if bad else ''}; mean batch "
+                  f"{st.mean_batch_size:.2f}, {st.steps / max(st.step_seconds, 1e-9):.0f} steps/s (timed on the "
+                  f"device)", flush=True)
+    finally:
+        engine.stop()
+
+
+def syncs() -> None:
+    from tests.helpers_models import continuation, tiny_model
+
+    m = tiny_model("audiogen")
+    b = DecodeBatch(m.lm, 4, m.max_frames(), max_cond_len=m.conditioner.max_tokens)
+    s = StaticSteps(b)
+    s.prepare()
+    c = continuation("audiogen")
+    reqs = [GenerationRequest("rain", 0.3, seed=1), GenerationRequest(LONG, 0.5, seed=2, top_k=0, top_p=0.9)]
+    for static in (False, True):
+        b.static = s if static else None
+        torch.cuda.synchronize()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            for r, cond in zip(reqs, m.conditions(reqs), strict=True):
+                b.admit(make_job(m, GenerationRequest(**{**r.__dict__, "id": f"{r.id}{static}"}), cond))
+            while b.jobs:
+                b.step()
+            print(f"[syncs] engine pass, {'graphs' if static else 'dynamic'}: no host sync", flush=True)
+        except RuntimeError:
+            print(f"[syncs] engine pass, {'graphs' if static else 'dynamic'}: a host sync  <-- BUG\n"
+                  f"{traceback.format_exc(limit=-6)}", flush=True)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        for j in list(b.jobs):
+            b.remove(j)
+    try:  # on its own stream, which the caller then waits for: the stream sync is expected, anything else not
+        torch.cuda.set_sync_debug_mode("warn")
+        m.prompt_codes(c["prompt_wav"][0], c["prompt_sample_rate"])
+        print("[syncs] prompt_codes ran (warnings above: syncs inside it besides its stream's)", flush=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def mbd_overlap(seconds: float = 3.0) -> None:
+    import threading
+
+    from soundry.models.mbd import load_mbd
+    from tests.helpers_models import TINY, tiny_model
+
+    m = tiny_model("musicgen-stereo")
+    mbd = load_mbd(str(TINY["musicgen-stereo"] / "mbd"), m.codec)
+    tokens = torch.randint(0, m.cfg.card, (1, m.cfg.n_q, 250))
+    mbd.tokens_to_wav(tokens[..., :10], seed=0, step_list=[999, 0])  # warm
+    engine = Engine(m, max_batch=4).start()
+
+    def rate() -> float:
+        steps = engine.stats.steps
+        time.sleep(seconds)
+        return (engine.stats.steps - steps) / seconds
+
+    try:
+        reqs = [GenerationRequest("a drum loop", 120.0, seed=i) for i in range(4)]  # outlast the measurement
+        futures = [engine.submit(r) for r in reqs]
+        time.sleep(1.0)
+        alone = rate()
+        done = threading.Event()
+
+        def diffuse() -> None:
+            while not done.is_set():
+                mbd.tokens_to_wav(tokens, seed=1)
+                _sync()
+
+        worker = threading.Thread(target=diffuse, daemon=True)
+        worker.start()
+        time.sleep(0.5)
+        beside = rate()
+        done.set()
+        worker.join()
+        print(f"[mbd] engine steps/s (4 requests, tiny musicgen-stereo): {alone:.0f} alone, {beside:.0f} while MBD "
+              f"decodes 5 s on another thread ({beside / max(alone, 1e-9):.0%})", flush=True)
+        for r in reqs:
+            engine.cancel(r.id)
+        for f in futures:
+            f.exception(timeout=60)
+    finally:
+        engine.stop()
 
 
 def stale() -> None:
@@ -156,9 +297,9 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
             p.normal_(0.0, p.shape[-1] ** -0.5)
     keep_fp32_(lm)  # what precision=bf16 serves
     frames = int(cfg.segment_duration * 50)
-    allowed = fit_slots(lm, slots, frames, DEV, 0.9, shape)
+    asked, slots = slots, fit_slots(lm, slots, frames, DEV, 0.9, shape, max_cond_len=256)
     torch.cuda.reset_peak_memory_stats()
-    b = DecodeBatch(lm, slots, frames)
+    b = DecodeBatch(lm, slots, frames, max_cond_len=256)  # as the engine allocates it on a GPU
     kv = sum(t.numel() * t.element_size() for t in b.cache.tensors()) / 1e9
     weights = sum(p.numel() * p.element_size() for p in lm.parameters()) / 1e9
     t0 = time.perf_counter()
@@ -166,18 +307,19 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
     s.prepare()
     torch.cuda.synchronize()
     capture = time.perf_counter() - t0
-    print(f"[scale] {shape} bf16 slots={slots} (fit_slots allows {allowed}) frames={frames}: KV {kv:.1f} GB, "
+    print(f"[scale] {shape} bf16 slots={slots} (fit_slots allows {slots} of {asked}) frames={frames}: KV {kv:.1f} GB, "
           f"weights {weights:.1f} GB, buckets {s.buckets} captured in {capture:.1f} s, "
           f"allocated {torch.cuda.memory_allocated() / 1e9:.1f} GB", flush=True)
 
-    def run(n: int, pos: int, static: bool) -> float:
+    def run(n: int, pos: int, static: bool, last_cond: int = 16) -> float:
         for j in list(b.jobs):
             b.remove(j)
         b.static = s if static else None
         for i in range(n):
             req = GenerationRequest("x", duration=frames / 50, seed=i, top_k=250, top_p=0.0)
-            cond = torch.randn(2, 16, cfg.dim, device=DEV, dtype=torch.bfloat16)
-            job = Job(req, [Window(frames, 0)], cond, torch.ones(2, 16, dtype=torch.bool, device=DEV),
+            L = last_cond if i == n - 1 else 16
+            cond = torch.randn(2, L, cfg.dim, device=DEV, dtype=torch.bfloat16)
+            job = Job(req, [Window(frames, 0)], cond, torch.ones(2, L, dtype=torch.bool, device=DEV),
                       torch.Generator(device=DEV).manual_seed(i))
             b.admit(job)
             job.step = pos
@@ -195,13 +337,20 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
         st, dy = run(n, pos, True), run(n, pos, False)
         print(f"[scale] {shape} n={n:3d} at frame {pos}: graphs {st:7.1f} steps/s, dynamic {dy:7.1f} steps/s "
               f"({n * st:8.1f} / {n * dy:8.1f} clip-steps/s)", flush=True)
+    full = run(slots, pos, True, last_cond=256)  # the batch filled to the fitted count, one prompt of 256 tokens
+    free, total = torch.cuda.mem_get_info()
+    print(f"[scale] {shape} filled: {slots} slots, one 256-token prompt, {full:.1f} steps/s, cache version "
+          f"{b.cache.version} (graphs captured on {s.captured_version}), {free / 1e9:.1f} of {total / 1e9:.1f} GB "
+          f"free", flush=True)
     print(f"[scale] {shape} peak allocated {torch.cuda.max_memory_allocated() / 1e9:.1f} GB", flush=True)
 
 
 def main(argv: list[str]) -> None:
-    chosen = argv or ["stale", "sdpa", "seed", "scale"]
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
-    checks = {"stale": [stale], "sdpa": [sdpa], "seed": [seed],
+    chosen = argv or ["replays", "syncs", "mbd", "stale", "sdpa", "seed", "scale"]
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if DEV.type == 'cuda' else 'the CPU'}",
+          flush=True)
+    checks = {"recapture": [recapture], "replays": [replays], "syncs": [syncs], "mbd": [mbd_overlap],
+              "stale": [stale], "sdpa": [sdpa], "seed": [seed],
               "scale": [lambda: scale("audiogen-medium"), lambda: scale("musicgen-large")]}
     for name in chosen:
         for fn in checks[name]:
@@ -209,7 +358,8 @@ def main(argv: list[str]) -> None:
                 fn()
             except Exception:
                 print(f"[{name}] FAILED:\n{traceback.format_exc()}", flush=True)
-            torch.cuda.empty_cache()  # what the check held is gone once it returned
+            if DEV.type == "cuda":
+                torch.cuda.empty_cache()  # what the check held is gone once it returned
 
 
 if __name__ == "__main__":
