@@ -100,7 +100,9 @@ class Settings:
     # Decode options built for the GPU, off by default until measured there (issue 24; each gives the same
     # tokens on and off in the CPU tests): the K output heads as one matmul; per-request uniforms hashed
     # from seed and step (rng = generator | counter; counter: a seed gives the same tokens on any device);
-    # attention = masked | lengths (lengths: no boolean mask when every request is at the same position).
+    # attention = masked | lengths | per_request (lengths: no boolean mask when every request is at the same
+    # position; per_request: one attention call per request over its own keys, so its tokens do not depend on
+    # what shares its batch; masked and lengths differ from that by float rounding, ~1e-6 of the logits).
     fused_heads: bool = False
     rng: str = "generator"
     attention: str = "masked"
@@ -137,7 +139,7 @@ class Settings:
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
             raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name, allowed in (("rng", ("generator", "counter")), ("attention", ("masked", "lengths"))):
+        for name, allowed in (("rng", ("generator", "counter")), ("attention", ("masked", "lengths", "per_request"))):
             value = str(getattr(self, name)).strip().lower()
             if value not in allowed:
                 raise ValueError(f"setting {name}: {value!r} is not one of {', '.join(allowed)}")

@@ -65,9 +65,12 @@ def test_counter_uniforms_are_exact_integer_math():
 
 
 def test_counter_rng_a_seed_gives_its_tokens_whatever_shares_the_batch():
+    """With per-request attention (exact whatever the batch's lengths: tests/test_gpu_path_ii.py, item 7) the
+    tokens are the request's own, however the engine's admission interleaves the two (the other one a step or
+    more ahead or not); the draw counters alone would not make them so with attention over the batch's keys."""
     model = tiny_model("musicgen")
-    alone = _serve(model, [PROMPTS[1]], rng="counter")[0]
-    together = _serve(model, [PROMPTS[0], PROMPTS[1]], rng="counter")[1]
+    alone = _serve(model, [PROMPTS[1]], rng="counter", attention="per_request")[0]
+    together = _serve(model, [PROMPTS[0], PROMPTS[1]], rng="counter", attention="per_request")[1]
     assert torch.equal(alone, together)
     # the uniforms differ from the generator's, so sampled tokens do; greedy ones are the same on and off
     assert not torch.equal(alone, _serve(model, [PROMPTS[1]])[0])

@@ -92,7 +92,10 @@ class DecodeBatch:
         self.draws = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         # attention "masked": a decode step attends through a boolean mask over the furthest job's keys;
         # "lengths": when every job is at the same position, over exactly its keys with no mask (which lets
-        # scaled_dot_product_attention pick its fused kernels)
+        # scaled_dot_product_attention pick its fused kernels); "per_request": each job's rows over exactly their
+        # own keys and condition, one attention call per job, so a row's logits do not depend on what shares its
+        # batch (over another job's extra, masked keys the kernel sums in another order: ~1e-6 apart, enough to
+        # flip a sampled token at a near-tie)
         self.attention = "masked"
         self.jobs: list[Job] = []
         self._ar_k = torch.arange(self.K, device=self.device)
@@ -200,14 +203,18 @@ class DecodeBatch:
         all_k = all(j.request.top_k > 0 for j in self.jobs)
         max_k = max(j.request.top_k for j in self.jobs) if all_k else None
         exact = self.attention == "lengths" and all(j.position == self.jobs[0].position for j in self.jobs)
-        self.decode(n, uniforms, key_len, self.cache.cross_len, max_k, self_mask=not exact)
+        groups = None
+        if self.attention == "per_request":  # (rows, self keys, condition keys) of each job, from host-side lengths
+            lens = self.cache.cond_lens
+            groups = [(2, j.position + 1, max(1, lens[2 * j.slot], lens[2 * j.slot + 1])) for j in self.jobs]
+        self.decode(n, uniforms, key_len, self.cache.cross_len, max_k, self_mask=not exact, groups=groups)
 
     def key_len(self) -> int:
         """Keys the next step attends over: up to the furthest job's position."""
         return max(j.position for j in self.jobs) + 1
 
     def decode(self, n: int, uniforms: torch.Tensor | None, key_len: int, cross_len: int, max_k: int | None,
-               self_mask: bool = True) -> None:
+               self_mask: bool = True, groups: list[tuple[int, int, int]] | None = None) -> None:
         """The device work of a step for slots [0, n): forward, guidance, sampling, write the new
         codes, advance the step counters. No host synchronisation; with fixed ``n``, ``key_len``,
         ``cross_len`` and ``max_k`` every shape is static, so it can be captured in a CUDA graph.
@@ -221,7 +228,7 @@ class DecodeBatch:
         rows = slice(0, 2 * n)
         hidden = self.lm.forward_cached(tokens, (steps + self.offsets[:n]).repeat_interleave(2), self.cache, rows,
                                         self.cache.cross_mask[rows], key_len=key_len, cross_len=cross_len,
-                                        self_mask=self_mask)
+                                        self_mask=self_mask, groups=groups)
         logits = self.lm.logits(hidden)[:, :, -1].float().view(n, 2, self.K, self.card)
         params = self.params[:n]
         guided = apply_cfg(logits, params[:, 3])

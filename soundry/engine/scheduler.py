@@ -63,9 +63,9 @@ class Engine:
         self.max_batch = max_batch
         # on a GPU, at most this fraction of the free memory at start goes to the KV cache (engine.memory)
         self.kv_cache_memory = kv_cache_memory
-        if rng not in ("generator", "counter") or attention not in ("masked", "lengths"):
-            raise ValueError(f"rng must be generator or counter (got {rng!r}), attention masked or lengths "
-                             f"(got {attention!r})")
+        if rng not in ("generator", "counter") or attention not in ("masked", "lengths", "per_request"):
+            raise ValueError(f"rng must be generator or counter (got {rng!r}), attention masked, lengths or "
+                             f"per_request (got {attention!r})")
         self.rng, self.attention = rng, attention  # DecodeBatch's (see there)
         self.idle_wait = idle_wait
         # bucketed static-shape steps (CUDA graphs on a GPU); default: on for CUDA, off on the CPU

@@ -84,6 +84,8 @@ class AudioModel:
         generated alone, so its result does not depend on its neighbours. ``joint=True``: as
         audiocraft conditions a batch — all prompts padded together, padding attended to.
         """
+        if not joint and len(requests) > 1:  # each alone: encoded padded beside longer texts, T5 rounds differently
+            return [c for r in requests for c in self.conditions([r])]
         texts = [r.prompt for r in requests] + [r.negative_prompt or "" for r in requests]
         counts: list[int] = []  # each text's token count, from the host-side mask (no device sync)
         emb, _mask = self.conditioner(texts, lengths=counts)

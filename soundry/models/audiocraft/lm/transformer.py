@@ -173,7 +173,8 @@ class TransformerLM(nn.Module):
 
     def forward_cached(self, tokens: torch.Tensor, start: torch.Tensor, cache, rows: slice,
                        cross_mask: torch.Tensor | None, key_len: int, cross_len: int | None = None,
-                       self_mask: bool = True, prefix: torch.Tensor | None = None) -> torch.Tensor:
+                       self_mask: bool = True, prefix: torch.Tensor | None = None,
+                       groups: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
         """Run S new steps for a contiguous block of cache rows.
 
         tokens [R, K, S]; start [R] the position of the first new step of each row; ``cache`` holds
@@ -184,6 +185,10 @@ class TransformerLM(nn.Module):
         with every row at position ``key_len - 1``) attends over all ``key_len`` keys without a mask.
         ``prefix`` [R, P, D]: embeddings read before the tokens (a prepended condition, audiocraft's fuser
         "prepend"): they take positions start .. start + P - 1 and get the positional embedding as tokens do.
+        ``groups`` (one step, S = 1): attention runs per group of rows — (rows, self keys, condition keys), the
+        rows consecutive from the block's first, each at position keys - 1 — over exactly its own keys, so a row's
+        result does not depend on the other rows' lengths (the batch-invariant step: over masked extra keys the
+        fused kernel's summation, and so the rounding, changes with the key count).
         Returns hidden [R, S (+ P), D].
         """
         device = tokens.device
@@ -212,17 +217,34 @@ class TransformerLM(nn.Module):
             kc, vc = cache.self_kv(i)
             kc[r_idx, h_idx, p_idx] = k
             vc[r_idx, h_idx, p_idx] = v
-            attn = attend(q, kc[rows, :, :key_len], vc[rows, :, :key_len], causal)
+            if groups is None:
+                attn = attend(q, kc[rows, :, :key_len], vc[rows, :, :key_len], causal)
+            else:
+                attn = _per_group(groups, 1, q, kc[rows], vc[rows], None)
             x = x + layer.self_attn.output(attn)
             if layer.has_cross:
                 h = layer.norm_cross(x).to(cd)
                 ck, cv = cache.cross_kv(i)
                 lc = cache.cross_len if cross_len is None else cross_len
-                attn = attend(layer.cross_attention.q_only(h), ck[rows, :, :lc], cv[rows, :, :lc],
-                              None if cmask is None else cmask[..., :lc])
+                qc = layer.cross_attention.q_only(h)
+                if groups is None:
+                    attn = attend(qc, ck[rows, :, :lc], cv[rows, :, :lc], None if cmask is None else cmask[..., :lc])
+                else:
+                    attn = _per_group(groups, 2, qc, ck[rows], cv[rows], cmask)
                 x = x + layer.cross_attention.output(attn)
             x = x + layer.feed_forward(layer.norm2(x).to(cd))
         return x
+
+
+def _per_group(groups: list[tuple[int, int, int]], which: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+    """``attend`` per group of rows over its own first ``group[which]`` keys, concatenated over the rows."""
+    out, a = [], 0
+    for g in groups:
+        b, n = a + g[0], g[which]
+        out.append(attend(q[a:b], k[a:b, :, :n], v[a:b, :, :n], None if mask is None else mask[a:b, ..., :n]))
+        a = b
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def normalize_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
