@@ -144,7 +144,7 @@ def syncs() -> None:
 def mbd_overlap(seconds: float = 3.0) -> None:
     import threading
 
-    from soundry.models.mbd import load_mbd
+    from soundry.models.audiocraft.codecs.mbd import load_mbd
     from tests.helpers_models import TINY, tiny_model
 
     m = tiny_model("musicgen-stereo")

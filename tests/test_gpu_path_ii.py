@@ -198,8 +198,8 @@ def test_the_kv_budget_keeps_a_stated_reserve_and_names_the_sizes_when_one_slot_
 def test_multiband_diffusion_reads_nothing_back_and_copies_its_noise_without_blocking():
     """Item 3: the reverse process's schedule is Python floats computed on the host (``if sigma2 > 0`` on a
     CUDA scalar was a sync every U-Net pass) and each pass's noise goes to the device pinned and non-blocking."""
+    from soundry.models.audiocraft.codecs.mbd import load_mbd
     from soundry.models.loader import load_model
-    from soundry.models.mbd import load_mbd
     from tests.test_engine_host_syncs import HostCopies
 
     data = "tests/data/musicgen-stereo-tiny"
@@ -217,7 +217,7 @@ def test_multiband_diffusion_reads_nothing_back_and_copies_its_noise_without_blo
 def test_work_on_a_side_stream_waits_for_the_caller_and_is_waited_for_alone(monkeypatch):
     """Item 3: an audio prompt's encoding (and MultiBand Diffusion's decode) run on a stream of their own, after
     the caller's queued work; the caller waits for that stream only, and marks the result used by its stream."""
-    from soundry.models.mbd import _on_side_stream
+    from soundry.models.audiocraft.codecs.mbd import _on_side_stream
     from soundry.models.transfer import on_side_stream
 
     events = []

@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from soundry.models.audiocraft.conditioners import melody
 from soundry.models.audiocraft.checkpoint import load_package, parse_cfg
+from soundry.models.audiocraft.conditioners import melody
 from soundry.models.errors import CheckpointError
 from tests.helpers_models import assert_close_rel
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
 
-from soundry.api.elevenlabs import routes as routes_elevenlabs
 from soundry.api.app import create_app
+from soundry.api.elevenlabs import routes as routes_elevenlabs
 from soundry.tasks.models import RefreshToken, utcnow
 from tests.conftest import PASSWORD, make_settings
 

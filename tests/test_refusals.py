@@ -172,6 +172,8 @@ def test_cog_health_says_starting_while_the_model_loads(tmp_path, tiny_models):
     """Cog's schema has STARTING: it is said while the cog_model's load runs (READY said it before)."""
     import threading
 
+    from soundry.tasks.engines import ModelUnavailable
+
     with TestClient(create_app(make_settings(tmp_path), start_worker=False)) as c:
         engines = c.app.state.services.engines
         entered, release = threading.Event(), threading.Event()
@@ -182,7 +184,8 @@ def test_cog_health_says_starting_while_the_model_loads(tmp_path, tiny_models):
             raise RuntimeError("the test's load fails after the check")
 
         engines._loader = slow_load
-        loading = threading.Thread(target=lambda: pytest.raises(Exception, engines.get, "musicgen"), daemon=True)
+        loading = threading.Thread(target=lambda: pytest.raises(ModelUnavailable, engines.get, "musicgen"),
+                                   daemon=True)
         loading.start()
         assert entered.wait(30)
         try:
