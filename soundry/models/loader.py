@@ -63,6 +63,10 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
                 fused_heads: bool = False) -> AudioModel:
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
+    from soundry.models.stable_audio import diffusers_folder, load_folder
+
+    if (folder := diffusers_folder(name_or_path)) is not None:  # the diffusion family (Stable Audio)
+        return load_folder(name_or_path, folder, dev, precision)
     release_dir = resolve_model_dir(name_or_path)
     spec = catalog.active().find(name_or_path)
     if is_transformers_dir(release_dir) or (spec is not None and spec.adapter):

@@ -1,0 +1,225 @@
+"""A loaded Stable Audio model: the networks (diffusers'/transformers' modules) and the math around them that is
+the model's, not the sampler's: prompt encoding as each diffusers pipeline does it, one batched DiT evaluation, and
+the autoencoder decode with each pipeline's cut (SAO: no clamp; SA3: clamped to [-1, 1]).
+
+The sampling loop, the schedules and the noise belong to ``soundry.engine.diffusion``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from soundry.models.stable_audio.catalog import StableAudioEntry
+
+
+@dataclass
+class Condition:
+    """What one request's DiT rows read. ``context`` [1, S, D] cross-attention (+ ``mask`` [1, S] for SA3),
+    ``global_states`` (SAO [1, 1, 2D], SA3 [1, D]); the unconditional branch's, when the request uses guidance."""
+
+    context: torch.Tensor
+    global_states: torch.Tensor
+    mask: torch.Tensor | None = None
+    uncond_context: torch.Tensor | None = None
+    uncond_mask: torch.Tensor | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.uncond_context is not None
+
+
+class StableAudioModel:
+    """Stable Audio Open 1.0 (``kind`` "sao") or Stable Audio 3 (``kind`` "sa3"), loaded from a diffusers folder."""
+
+    is_diffusion = True
+    takes_melody = False
+    streams_live = False  # the audio exists once the last step is decoded
+
+    def __init__(self, name: str, kind: str, parts: dict, source: Path | None = None,
+                 entry: StableAudioEntry | None = None):
+        self.name, self.kind, self.source, self.entry = name, kind, source, entry
+        self.family = "stable-audio-open" if kind == "sao" else "stable-audio-3"
+        self.transformer, self.vae = parts["transformer"], parts["vae"]
+        self.text_encoder, self.tokenizer = parts["text_encoder"], parts["tokenizer"]
+        self.projection = parts.get("projection_model")
+        self.duration_embedder = parts.get("duration_embedder")
+        self.scheduler_config: dict = parts["scheduler"]
+        self.precision = "fp32"
+        self.weights = "plain"
+        self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- what the model is ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.vae.config.sampling_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self.vae.config.audio_channels)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels if self.kind == "sao" else self.vae.config.latent_dim)
+
+    @property
+    def max_duration(self) -> float:
+        """The longest clip, in seconds: SAO's DiT window (and its seconds embedding's range), SA3's duration
+        embedding range, or the catalog's figure when it is lower."""
+        if self.kind == "sao":
+            window = self.transformer.config.sample_size * self.vae.hop_length / self.sample_rate
+            most = min(window, float(self.projection.config.max_value))
+        else:
+            most = float(self.duration_embedder.config.max_val)
+        return min(most, self.entry.max_duration) if self.entry is not None else most
+
+    @property
+    def default_steps(self) -> int:
+        if self.entry is not None:
+            return self.entry.default_steps
+        return 100 if self.kind == "sao" or not self.scheduler_config.get("stochastic_sampling") else 8
+
+    @property
+    def default_guidance(self) -> float:
+        return self.entry.default_guidance if self.entry is not None else (7.0 if self.kind == "sao" else 1.0)
+
+    def latent_length(self, duration: float) -> int:
+        """Latent frames the DiT runs on: SAO always its full ``sample_size``; SA3 ``ceil(duration·sr / ratio)``."""
+        if self.kind == "sao":
+            return int(self.transformer.config.sample_size)
+        ratio = int(self.vae.downsampling_ratio)
+        return int(math.ceil(duration * self.sample_rate / ratio)) * ratio // ratio
+
+    def samples(self, duration: float) -> int:
+        """Samples of the finished clip (Python float math, truncated, as both pipelines cut)."""
+        return int(duration * self.sample_rate)
+
+    def check_duration(self, duration: float) -> None:
+        if not 0 < duration <= self.max_duration + 1e-9:
+            raise ValueError(f"duration must be more than 0 and at most {self.max_duration:g} s for {self.name}, "
+                             f"got {duration:g}")
+        if self.samples(duration) < 1:
+            raise ValueError(f"duration {duration:g} s is shorter than one sample at {self.sample_rate} Hz")
+
+    # -- conditioning ------------------------------------------------------------------------------
+    def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.tokenizer.model_max_length if self.kind == "sao" else min(self.tokenizer.model_max_length, 256)
+        t = self.tokenizer(texts, padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+        return t.input_ids.to(self.device), t.attention_mask.to(self.device)
+
+    def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self._tokens(texts)
+        return self.text_encoder(ids, attention_mask=mask)[0], mask
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, duration: float, guidance: float,
+                      negative_prompt: str | None = None) -> Condition:
+        """One request's condition, as the pipeline computes it for that request alone (batch 1). Guidance > 1 adds
+        the unconditional branch: SAO's all-zero context without a negative prompt (T5 of the negative, padding
+        zeroed, with one); SA3's encoding of the negative prompt or of ``""``."""
+        guided = guidance > 1.0
+        if self.kind == "sao":
+            return self._encode_sao(prompt, duration, guided, negative_prompt)
+        return self._encode_sa3(prompt, duration, guided, negative_prompt)
+
+    def _encode_sao(self, prompt: str, duration: float, guided: bool, neg: str | None) -> Condition:
+        emb, mask = self._text([prompt])
+        masks = [mask]
+        if guided and neg is not None:
+            neg_emb, neg_mask = self._text([neg])
+            neg_emb = torch.where(neg_mask.to(torch.bool).unsqueeze(2), neg_emb, 0.0)
+            emb, masks = torch.cat([neg_emb, emb]), [neg_mask, mask]
+        mask = torch.cat(masks)
+        emb = self.projection(text_hidden_states=emb).text_hidden_states
+        emb = emb * mask.unsqueeze(-1).to(emb.dtype)
+        emb = emb * mask.unsqueeze(-1).to(emb.dtype)  # twice, as the pipeline does (no-op for a 0/1 mask)
+        seconds = self.projection(start_seconds=torch.tensor([0.0], device=self.device),
+                                  end_seconds=torch.tensor([float(duration)], device=self.device))
+        start, end = seconds.seconds_start_hidden_states, seconds.seconds_end_hidden_states
+        context = torch.cat([emb[-1:], start, end], dim=1)
+        global_states = torch.cat([start, end], dim=2)
+        if not guided:
+            return Condition(context, global_states)
+        uncond = torch.cat([emb[:1], start, end], dim=1) if neg is not None else torch.zeros_like(context)
+        return Condition(context, global_states, uncond_context=uncond)
+
+    def _encode_sa3(self, prompt: str, duration: float, guided: bool, neg: str | None) -> Condition:
+        seconds = torch.tensor([float(duration)], dtype=torch.float32, device=self.device)
+        global_states = self.duration_embedder(seconds)
+        token = global_states.unsqueeze(1)
+
+        def branch(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+            emb, mask = self._text([text])
+            return (torch.cat([emb, token.to(emb.dtype)], dim=1),
+                    torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1))
+
+        context, mask = branch(prompt)
+        if not guided:
+            return Condition(context, global_states, mask)
+        uncond, uncond_mask = branch(neg if neg is not None else "")
+        return Condition(context, global_states, mask, uncond, uncond_mask)
+
+    # -- one DiT evaluation for a batch of rows ----------------------------------------------------------
+    def rotary(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAO's rotary table for ``length`` latent frames (+1: the global token the DiT prepends)."""
+        if length not in self._rotary:
+            from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+            dim = self.transformer.config.attention_head_dim // 2
+            cos, sin = get_1d_rotary_pos_embed(dim, length + 1, use_real=True, repeat_interleave_real=False)
+            self._rotary[length] = (cos.to(self.device), sin.to(self.device))
+        return self._rotary[length]
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, global_states: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The DiT's output for rows ``x`` [B, C, L] (already scaled as the sampler's model input), each at its own
+        timestep [B], with its own context and global conditioning. Float32 out."""
+        dt = self.dtype
+        if self.kind == "sao":
+            out = self.transformer(x.to(dt), timesteps, encoder_hidden_states=context.to(dt),
+                                   global_hidden_states=global_states.to(dt), rotary_embedding=self.rotary(x.shape[-1]),
+                                   return_dict=False)[0]
+        else:
+            out = self.transformer(x.to(dt), timesteps, encoder_hidden_states=context.to(dt),
+                                   global_hidden_states=global_states.to(dt), encoder_attention_mask=mask,
+                                   return_dict=False)[0]
+        return out.float()
+
+    # -- audio -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, duration: float) -> torch.Tensor:
+        """Final latents [B, C, L] → audio [B, channels, samples(duration)] float32: cut as the pipeline cuts
+        (SAO from 0 without a clamp; SA3 clamped to [-1, 1])."""
+        audio = self.vae.decode(latents.to(self.dtype)).sample.float()
+        audio = audio[:, :, :self.samples(duration)]
+        return audio.clamp(-1.0, 1.0) if self.kind == "sa3" else audio
+
+    def to(self, device: torch.device | str) -> StableAudioModel:
+        for m in (self.transformer, self.vae, self.text_encoder, self.projection, self.duration_embedder):
+            if m is not None:
+                m.to(device)
+        self._rotary.clear()
+        return self
+
+
+def load_stable_audio(folder: Path | str, name: str | None = None, device: torch.device | str = "cpu",
+                      entry: StableAudioEntry | None = None, dtype: torch.dtype = torch.float32) -> StableAudioModel:
+    """Build a ``StableAudioModel`` from a diffusers-layout folder (checked by ``loader.read_index``)."""
+    from soundry.models.stable_audio.loader import load_components
+
+    folder = Path(folder)
+    kind, parts = load_components(folder, dtype)
+    model = StableAudioModel(name or folder.name, kind, parts, source=folder, entry=entry)
+    return model.to(device)
