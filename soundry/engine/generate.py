@@ -102,7 +102,8 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
              extend_stride: float | None = None, progress: Callable[[int, int], None] | None = None,
              prompt_audio: torch.Tensor | None = None, prompt_sample_rate: int | None = None,
              compile: bool = False, compile_cache: Path | str | None = None, melody: torch.Tensor | None = None,
-             melody_sample_rate: int | None = None, demucs_shifts: list[int] | None = None) -> GenerationOutput:
+             melody_sample_rate: int | None = None, demucs_shifts: list[int] | None = None,
+             steps: int | None = None) -> GenerationOutput:
     """Generate a batch of clips as audiocraft's ``generate`` does (joint conditioning).
 
     With ``seed``, prompt i uses seed + i. ``progress(done, total)`` counts decode steps.
@@ -116,7 +117,15 @@ def generate(model, prompts: list[str] | str, duration: float = 5.0, top_k: int 
     A melody model takes ``melody`` ([C, N] for all prompts, or [B, C, N]) at ``melody_sample_rate`` (default:
     the model's), as audiocraft's ``generate_with_chroma``: the batch's melodies are separated together, one
     demucs call per window; ``demucs_shifts`` gives demucs's time-shift draws in order (default: drawn from
-    ``seed``). Without ``melody`` a melody model is conditioned on silence, as audiocraft's ``generate``."""
+    ``seed``). Without ``melody`` a melody model is conditioned on silence, as audiocraft's ``generate``.
+
+    A diffusion model (``model.is_diffusion``) takes ``duration, seed, cfg_coef, steps, negative_prompts,
+    progress`` and returns ``soundry.engine.diffusion.generate.DiffusionOutput``."""
+    if getattr(model, "is_diffusion", False):
+        from soundry.engine.diffusion.generate import generate_diffusion
+
+        return generate_diffusion(model, prompts, duration=duration, seed=seed, cfg_coef=cfg_coef, steps=steps,
+                                  negative_prompts=negative_prompts, progress=progress)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     negs = negative_prompts or [None] * len(prompts)
     codes = [None] * len(prompts)
