@@ -28,6 +28,7 @@ class GenerationRequest:
     melody: torch.Tensor | None = None  # [C, N] a tune to follow (melody models); the engine makes melody_chroma
     melody_sample_rate: int | None = None
     melody_chroma: list[torch.Tensor] | None = None  # per window, [chroma_len, n_chroma] (AudioModel.melody_chromas)
+    steps: int | None = None  # diffusion models: denoising steps (None: the model's default); cfg_coef is guidance
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
