@@ -14,6 +14,8 @@ its all-zero unconditional rows; SA3 1.0, no guidance), fp32 on the CPU.
 Rows: ``diffusers`` — the pipeline called with B prompts and a list of B generators, its per-step time taken from
 its step callback; ``soundry`` — ``DiffusionBatch.step`` over B jobs. Per-step figures are medians over the steps
 after the first, over ``--repeats`` interleaved runs. ``s/clip``: a whole call (encode, steps, decode) / batch.
+Memory: SAO decodes 47.55 s per clip whatever the duration; diffusers' batched Oobleck decode at batch 4 went past
+11 GB and was OOM-killed on a shared 23 GB machine, so size ``--batch-sizes`` to the machine.
 """
 
 from __future__ import annotations
