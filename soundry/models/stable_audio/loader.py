@@ -69,10 +69,19 @@ def check_files(folder: Path, parts: list[str]) -> None:
             if f.suffix.lower() in PICKLE_SUFFIXES:
                 raise CheckpointError(f"{f}: soundry loads safetensors weights only and runs no code from a model "
                                       f"folder; remove {f.name} (or convert it to safetensors)")
-            if f.suffix == ".json" and "auto_map" in f.read_text():
+            if f.suffix == ".json" and f.name != "tokenizer.json" and "auto_map" in _json_keys(f):
                 raise CheckpointError(f"{f} asks for custom code (auto_map); soundry never runs a repository's code")
         if part not in ("tokenizer", "scheduler") and not any(sub.glob("*.safetensors")):
             raise CheckpointError(f"{sub}: no .safetensors weights")
+
+
+def _json_keys(path: Path) -> set[str]:
+    """A config's top-level keys (none for a file that is not a JSON object)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read as JSON ({exc})") from exc
+    return set(data) if isinstance(data, dict) else set()
 
 
 def _diffusers_class(name: str):
