@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from soundry.engine.generate import generate
-from soundry.models.checkpoint import CheckpointError
+from soundry.models.errors import CheckpointError
 from tests.helpers_models import DATA
 
 FOLDERS = {"sao": DATA / "stable-audio-open-tiny", "sa3": DATA / "stable-audio-3-tiny"}

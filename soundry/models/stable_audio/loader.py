@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from soundry.models.checkpoint import CheckpointError
+from soundry.models.errors import CheckpointError
 
 # pipeline class -> its kind and, per component, the (library, class) pairs accepted
 PIPELINES = {
@@ -118,7 +118,7 @@ def load_components(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[s
 
 def diffusers_folder(name_or_path: str) -> Path | None:
     """The diffusers-layout folder a path or a configured name (``SOUNDRY_MODEL_PATHS``) points at, if any."""
-    from soundry.models.registry import local_dir_for
+    from soundry.models.sources.paths import local_dir_for
 
     as_path = Path(name_or_path).expanduser()
     folder = as_path if as_path.is_dir() else local_dir_for(name_or_path)
