@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import tests.device  # noqa: E402  (models load on CUDA, TF32 off)
 from soundry.engine import Engine, GenerationRequest  # noqa: E402
 from soundry.engine.batch import DecodeBatch, Job  # noqa: E402
-from soundry.engine.generate import make_job  # noqa: E402
+from soundry.engine.jobs import make_job  # noqa: E402
 from soundry.engine.memory import fit_slots  # noqa: E402
 from soundry.engine.static_steps import StaticSteps  # noqa: E402
 from soundry.engine.windows import Window  # noqa: E402

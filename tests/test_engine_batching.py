@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from soundry.engine import Engine, GenerationCanceled, GenerationRequest
-from soundry.engine.generate import generate, make_job
+from soundry.engine.generate import generate
+from soundry.engine.jobs import make_job
 from tests.helpers_models import continuation, tiny_model
 
 

@@ -11,7 +11,7 @@ import torch
 
 from soundry.engine import GenerationRequest
 from soundry.engine.batch import DecodeBatch
-from soundry.engine.generate import make_job
+from soundry.engine.jobs import make_job
 from soundry.engine.static_steps import StaticSteps
 from tests.helpers_models import tiny_model
 

@@ -64,7 +64,7 @@ def test_the_engine_batches_them_each_request_conditioned_alone():
     prompt, and a third with another prompt (a prefix of another length) share a batch; the first two give
     transformers' tokens for the prompt alone."""
     from soundry.engine import Engine, GenerationRequest
-    from soundry.engine.generate import job_windows, prepare_melody
+    from soundry.engine.jobs import job_windows, prepare_melody
 
     ref, m = reference(), model()
     duration, tune = ref["frames"] / ref["frame_rate"], ref["tune"][None]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from soundry.engine import Engine, GenerationRequest
-from soundry.engine.generate import generate, job_windows, prepare_melody
+from soundry.engine.generate import generate
+from soundry.engine.jobs import job_windows, prepare_melody
 from soundry.models.audiocraft.checkpoint import LMConfig, load_package, parse_cfg
 from soundry.models.errors import CheckpointError
 from tests.helpers_models import TINY, assert_close_rel, melody_reference, tiny_model

@@ -43,3 +43,10 @@ class GenerationResult:
 
 class GenerationCanceled(Exception):
     """Raised from a request's future when it was canceled before it finished."""
+
+
+def record_seed(request: GenerationRequest) -> int:
+    """The request's seed; an unseeded request gets one, recorded, so any result can be reproduced."""
+    if request.seed is None:
+        request.seed = int(torch.randint(0, 2**62, ()).item())
+    return request.seed

@@ -21,7 +21,7 @@ import torch
 from soundry.engine.batch import DecodeBatch, Job
 from soundry.engine.chroma_cache import ChromaCache
 from soundry.engine.codec_stream import CodecStream
-from soundry.engine.generate import job_windows, make_job, prepare_melody
+from soundry.engine.jobs import job_windows, make_job, prepare_melody
 from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.step_timer import StepTimer

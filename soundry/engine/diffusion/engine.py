@@ -22,8 +22,7 @@ import torch
 
 from soundry.engine.codec_stream import CodecStream
 from soundry.engine.diffusion.batch import DiffusionBatch, DiffusionJob, Progress, make_job
-from soundry.engine.generate import record_seed
-from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
+from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult, record_seed
 from soundry.engine.scheduler import EngineStats, _safe
 from soundry.engine.streaming import AudioSink
 
