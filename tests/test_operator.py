@@ -211,3 +211,74 @@ def test_leases_decide_who_runs_a_task(tmp_path, kind):
         again = store.get(other.id)
         assert (again.status, again.attempts, again.worker) == ("PENDING", 0, "")
         store.engine.dispose()
+
+
+def test_a_server_starting_beside_another_migrates_nothing(tmp_path):
+    """Two ``soundry serve`` on one data directory started together: the first takes the data directory's lock
+    before it touches the database, so while its migration runs (here it waits on PostgreSQL's migration lock,
+    which the test holds as a long migration would) the second is refused naming it, never reaching the database;
+    the first then serves."""
+    import psycopg
+
+    from soundry.data_dir_lock import DataDirInUse, DataDirLock
+    from soundry.tasks.migrate import _LOCK_ID
+    from tests.databases import postgres_database
+
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    with postgres_database() as url, psycopg.connect(url, autocommit=True) as held:
+        env, data, port = _env(SOUNDRY_DATABASE_URL=url), tmp_path / "data", free_port()
+        held.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        first = subprocess.Popen([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve", "--port",
+                                  str(port)], env=env, cwd=ROOT, stdout=(tmp_path / "first.log").open("w"),
+                                 stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 180  # a start on a busy machine
+            while held.execute(waiting).fetchone()[0] < 1:  # the first is migrating
+                assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.1)
+            with pytest.raises(DataDirInUse):  # ... and holds the data directory already
+                DataDirLock(data).check_free()
+            second = subprocess.run([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
+                                     "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=180)
+            assert second.returncode == 2, second.stderr[-2000:]
+            assert f"in use by soundry serve (pid {first.pid}" in second.stderr, second.stderr[-2000:]
+            assert held.execute(waiting).fetchone()[0] == 1  # the second never queued for a migration
+            held.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+            deadline = time.time() + 180
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            first.terminate()
+            first.wait(30)
+
+
+def test_the_data_dir_lock_is_released_when_a_stop_fails(tmp_path, tiny_models, monkeypatch):
+    """A stop that raises at shutdown (here the engines') does not keep the data directory locked, and the
+    stops after it still run."""
+    from fastapi.testclient import TestClient
+
+    from soundry.api.app import create_app
+    from soundry.data_dir_lock import DataDirInUse, DataDirLock
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    svc = app.state.services
+    real_stop = svc.engines.stop
+
+    def failing_stop():
+        real_stop()
+        raise RuntimeError("a stop that fails")
+
+    monkeypatch.setattr(svc.engines, "stop", failing_stop)
+    with pytest.raises(RuntimeError, match="a stop that fails"), TestClient(app):
+        with pytest.raises(DataDirInUse):
+            DataDirLock(settings.data_dir).check_free()
+    DataDirLock(settings.data_dir).check_free()  # released

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,7 +65,10 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
             if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
 
 
-def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, queue=None, start_worker: bool | None = None,
+               data_lock: DataDirLock | None = None) -> FastAPI:
+    """The app; ``data_lock``: the data directory's lock, already taken (``serve`` takes it before any migration),
+    which the app releases when it stops; without it an embedded worker takes it as the app starts."""
     settings = settings or Settings.load()
     catalog = open_catalog(settings.data_dir, settings.model_paths)  # soundry models add / model_paths
     svc = build_services(settings, catalog, queue, webhook_body)
@@ -72,28 +76,30 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        data_lock = None
-        if run_worker and svc.engines is not None:  # an embedded worker: this data directory is ours alone
-            data_lock = DataDirLock(settings.data_dir).acquire()
-        if run_worker and hasattr(svc.queue, "start"):
-            svc.queue.start()
-        if run_worker and svc.webhooks.resume():
-            log.info("resumed pending webhook deliveries")
-        if svc.engines is not None and run_worker:
-            names = list(dict.fromkeys([settings.default_model, *settings.preload]))
-            threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload", daemon=True).start()
-        purge_stop = threading.Event()
-        threading.Thread(target=_purge_uploads, args=(svc.uploads, settings.upload_purge_interval, purge_stop),
-                         name="soundry-upload-retention", daemon=True).start()
-        yield
-        purge_stop.set()
-        svc.webhooks.stop()
-        if hasattr(svc.queue, "stop"):
-            svc.queue.stop()
-        if svc.engines is not None:
-            svc.engines.stop()
-        if data_lock is not None:
-            data_lock.release()
+        with contextlib.ExitStack() as stops:  # run last-registered first; each runs even when one before fails
+            lock = data_lock
+            if lock is None and run_worker and svc.engines is not None:  # an embedded worker: ours alone
+                lock = DataDirLock(settings.data_dir).acquire()
+            if lock is not None:
+                stops.callback(lock.release)
+            if svc.engines is not None:
+                stops.callback(svc.engines.stop)
+            if hasattr(svc.queue, "stop"):
+                stops.callback(svc.queue.stop)
+            stops.callback(svc.webhooks.stop)
+            if run_worker and hasattr(svc.queue, "start"):
+                svc.queue.start()
+            if run_worker and svc.webhooks.resume():
+                log.info("resumed pending webhook deliveries")
+            if svc.engines is not None and run_worker:
+                names = list(dict.fromkeys([settings.default_model, *settings.preload]))
+                threading.Thread(target=_preload, args=(svc.engines, names), name="soundry-preload",
+                                 daemon=True).start()
+            purge_stop = threading.Event()
+            stops.callback(purge_stop.set)
+            threading.Thread(target=_purge_uploads, args=(svc.uploads, settings.upload_purge_interval, purge_stop),
+                             name="soundry-upload-retention", daemon=True).start()
+            yield
 
     app = FastAPI(title="soundry", version=__version__, lifespan=lifespan,
                   description="Self-hosted text-to-audio (AudioGen, MusicGen) with a FlexStack-compatible API.")

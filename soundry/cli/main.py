@@ -234,20 +234,25 @@ def serve(settings, host: str, port: int) -> int:
     from soundry.data_dir_lock import DataDirInUse, DataDirLock
     from soundry.tasks.result import WILDCARDS, listened_url
 
-    if not settings.broker_url and settings.worker:  # the app takes the lock for real when it starts
+    lock = None
+    if not settings.broker_url and settings.worker:  # held before anything opens the database (and migrates it)
         try:
-            DataDirLock(settings.data_dir).check_free()
+            lock = DataDirLock(settings.data_dir).acquire()
         except DataDirInUse as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    bootstrap_first_user(settings)
-    settings.listen_url = listened_url(host, port)  # links sent outside a request (webhooks) name this server
-    if not settings.public_url and host in WILDCARDS:
-        print(f"  soundry: public_url is unset; links sent outside a request name {settings.listen_url} "
-              "(set public_url to the address clients use)", flush=True)
-    print(f"  soundry: data in {settings.data_dir}; API at http://{host}:{port}/v1 ; docs at "
-          f"http://{host}:{port}/docs", flush=True)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, host, port)).run()
+    try:
+        bootstrap_first_user(settings)
+        settings.listen_url = listened_url(host, port)  # links sent outside a request (webhooks) name this server
+        if not settings.public_url and host in WILDCARDS:
+            print(f"  soundry: public_url is unset; links sent outside a request name {settings.listen_url} "
+                  "(set public_url to the address clients use)", flush=True)
+        print(f"  soundry: data in {settings.data_dir}; API at http://{host}:{port}/v1 ; docs at "
+              f"http://{host}:{port}/docs", flush=True)
+        uvicorn.Server(uvicorn_config(create_app(settings, data_lock=lock), settings, host, port)).run()
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
