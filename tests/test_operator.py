@@ -282,3 +282,59 @@ def test_the_data_dir_lock_is_released_when_a_stop_fails(tmp_path, tiny_models, 
         with pytest.raises(DataDirInUse):
             DataDirLock(settings.data_dir).check_free()
     DataDirLock(settings.data_dir).check_free()  # released
+
+
+def test_a_lease_lost_by_a_live_worker_does_not_count_as_a_crash(tmp_path, tiny_models):
+    """A worker whose housekeeping stalls past its lease loses its task to another worker; once it runs again
+    it sees the take-over, stops, and gives back its start: with ``max_attempts`` 2, a third worker can still
+    take the task over after a second stall (before, the two stalls counted as two crashes and it failed)."""
+    from soundry.accounts import Accounts
+    from soundry.storage import open_storage
+    from soundry.tasks.engines import EngineManager
+    from soundry.tasks.runner import TaskRunner
+    from soundry.tasks.store import TaskStore
+
+    store = TaskStore(f"sqlite:///{tmp_path / 'soundry.db'}")
+    storage = open_storage(str(tmp_path / "files"))
+    user = Accounts(store, "s" * 32).create_user("lee", "lee's password")
+    task = store.create(Task(user_id=user.id, prompt="a long one", model="audiogen", config={
+        "duration": 300, "top_k": 15, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0, "seed": 1}))
+    a, b, c = (TaskRunner(store, storage, EngineManager(max_batch=4), worker_id=name, lease_seconds=1, max_attempts=2)
+               for name in ("a", "b", "c"))  # three workers (each its own engine); housekeeping not started: stalled
+
+    def until(what, check):
+        deadline = time.time() + 120
+        while not check():
+            assert time.time() < deadline, what
+            time.sleep(0.05)
+
+    def held_by(worker):
+        return lambda: (lambda t: t.status == "PROCESSING" and t.worker == worker)(store.get(task.id))
+
+    runs = {r.worker_id: threading.Thread(target=r.execute, args=(task.id,), daemon=True) for r in (a, b, c)}
+    try:
+        runs["a"].start()
+        until("a runs it", held_by("a"))
+        until("a's lease lapses", lambda: task.id in store.runnable_ids())
+        runs["b"].start()
+        until("b takes it over", held_by("b"))
+        a.start()  # a's housekeeping runs again: it sees the take-over and stops
+        runs["a"].join(120)
+        assert not runs["a"].is_alive()  # canceled its generation
+        assert store.get(task.id).attempts == 1  # b's start only
+        until("b's lease lapses", lambda: task.id in store.runnable_ids())
+        c.start()
+        runs["c"].start()
+        until("c takes it over", lambda: store.get(task.id).worker == "c" or store.get(task.id).status == "FAILED")
+        after = store.get(task.id)
+        assert (after.status, after.worker, after.attempts) == ("PROCESSING", "c", 2), after.error
+    finally:
+        store.cancel(task.id)
+        for r in (a, b, c):
+            r.start()
+        for t in runs.values():
+            if t.ident is not None:
+                t.join(120)
+        for r in (a, b, c):
+            r.stop()
+            r.engines.stop()

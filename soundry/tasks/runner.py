@@ -143,6 +143,13 @@ class TaskRunner:
             finally:
                 if self.live is not None:
                     self.live.close(task_id)
+            if status != "COMPLETED" and not self._stop.is_set():  # (a clean stop's release gives starts back)
+                try:
+                    if self.store.uncount_lost_start(task_id, self.worker_id):
+                        log.warning("task %s: this worker's lease lapsed and another took it over; this start "
+                                    "is not counted as a crash", task_id)
+                except Exception:
+                    log.exception("task %s: giving back a lost start failed", task_id)
         self._call(self.hooks, task_id, status)
         return status
 

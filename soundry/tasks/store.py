@@ -318,6 +318,15 @@ class TaskStore:
                 status="PENDING", percent=0, worker="", lease_until=None,
                 attempts=case((Task.attempts > 0, Task.attempts - 1), else_=0))).rowcount
 
+    def uncount_lost_start(self, task_id: str, worker: str) -> bool:
+        """Take back the start of ``worker``, alive, that lost the task (its lease lapsed while its housekeeping
+        stalled, and another worker took the task or it went back to PENDING): only starts whose process died
+        count toward ``max_attempts``. Nothing for a task this worker still holds or that was canceled."""
+        with self.session() as s, s.begin():
+            return s.execute(update(Task).where(Task.id == task_id, Task.worker != worker, Task.attempts > 0,
+                                                Task.status != "CANCELED").values(
+                attempts=Task.attempts - 1)).rowcount == 1
+
     def requeue_lapsed(self) -> int:
         """PROCESSING tasks whose lease lapsed (their worker died) back to PENDING. A task whose worker is
         alive renews its lease and is left alone, whichever process or machine runs it."""
