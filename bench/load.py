@@ -101,6 +101,7 @@ async def run_load(url: str, key: str, n: int, duration: float, model: str) -> d
 
         start = time.perf_counter()
         ids = await asyncio.gather(*(create(i) for i in range(n)))
+        creates_seconds = time.perf_counter() - start  # until the last create was answered
         created = [t for t in ids if t]
         final: dict[str, str] = {}
 
@@ -136,7 +137,8 @@ async def run_load(url: str, key: str, n: int, duration: float, model: str) -> d
         "retried_after": retried,
         "create_p50_ms": 1000 * percentile(create_lat, 50), "create_p99_ms": 1000 * percentile(create_lat, 99),
         "poll_p50_ms": 1000 * percentile(poll_lat, 50), "poll_p99_ms": 1000 * percentile(poll_lat, 99),
-        "polls": len(poll_lat), "drain_seconds": drain, "engine_steps": steps,
+        "polls": len(poll_lat), "creates_seconds": creates_seconds,
+        "creates_per_second": len(created) / creates_seconds, "drain_seconds": drain, "engine_steps": steps,
         "mean_batch_size": (float(summed.group(1)) / steps) if steps else 0.0,
         "steps_at_batch_1": sizes.get(1, 0.0), "steps_at_batch_gt_8": steps - sizes.get(8, 0.0),
         "median_create_ms": 1000 * statistics.median(create_lat) if create_lat else float("nan"),

@@ -144,3 +144,23 @@ def test_a_burst_of_reuses_of_one_refresh_token_leaves_no_live_token(tmp_path, t
             assert _live_refresh_tokens(svc, user.id) == 0  # the winner's new token was revoked too
             issued = ok[0].json()["data"]["refresh_token"]
             assert c.post("/v1/user/refresh_token", data={"refresh_token": issued}).status_code == 401
+
+
+def test_on_postgresql_the_user_lock_writes_no_row_version(tmp_path):
+    """The per-user lock of a create (and of an upload and a refresh: ``TaskStore.lock_user``) is ``SELECT … FOR
+    UPDATE`` on PostgreSQL: the user's row keeps its version (``xmin``) through many creates, where an UPDATE
+    wrote a new one (a dead tuple, index entries, WAL) per create; the cap still holds (the tests above)."""
+    from sqlalchemy import text
+
+    from tests.databases import postgres_database
+
+    with postgres_database() as url, _service(tmp_path, url) as (c, svc):
+        headers = _key_headers(svc, "pat")
+
+        def row_version():
+            with svc.store.engine.connect() as conn:
+                return conn.execute(text("SELECT xmin::text FROM users WHERE username = 'pat'")).scalar_one()
+
+        before = row_version()
+        assert _codes(_create(c, headers) for _ in range(5)) == {201: 5}
+        assert row_version() == before

@@ -200,11 +200,15 @@ class TaskStore:
 
     @staticmethod
     def lock_user(s, user_id: int) -> None:
-        """Take the user's write lock; must be the transaction's FIRST statement. An UPDATE of the user's
-        row takes SQLite's database write lock before any snapshot is read (WAL) and the row's lock on
-        PostgreSQL, so transactions that start with it run one at a time per user and each sees the
-        previous one's writes."""
-        s.execute(update(User).where(User.id == user_id).values(active=User.active))
+        """Take the user's write lock; must be the transaction's FIRST statement. On SQLite an UPDATE of the
+        user's row takes the database write lock before any snapshot is read (WAL); on PostgreSQL
+        ``SELECT … FOR UPDATE`` takes the row's lock without writing a new row version (an UPDATE per create
+        left a dead tuple, index entries and WAL each time). Transactions that start with it run one at a
+        time per user and each sees the previous one's writes (READ COMMITTED reads anew per statement)."""
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(select(User.id).where(User.id == user_id).with_for_update())
+        else:
+            s.execute(update(User).where(User.id == user_id).values(active=User.active))
 
     def create_within_limits(self, task: Task, max_unfinished: int = 0, max_seconds: float = 0.0,
                              max_pending: int = 0) -> Task:
