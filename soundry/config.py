@@ -87,6 +87,9 @@ class Settings:
     keep_alive_seconds: float = 75.0  # idle keep-alive; longer than clients' and proxies' own (httpx 5 s, nginx 60 s)
     header_timeout: float = 30.0  # a request head not complete this long after its first byte: connection closed
     body_timeout: float = 60.0  # a request body that stalls this long between chunks: 408, connection closed
+    # ... and that comes slower than this many bytes/s after its first body_timeout seconds (mod_reqtimeout's
+    # MinRate: the deadline grows 1 s per body_min_rate bytes): 408, connection closed; 0 = no minimum rate
+    body_min_rate: float = 500.0
     max_unauthenticated_requests_per_address: int = 64  # in progress per client address until authenticated; 429
     max_audio_streams_per_user: int = 8  # open audio streams (…/stream) per task owner, per API process (429)
     max_audio_streams: int = 512  # open audio streams in all, per API process (beyond: 503)

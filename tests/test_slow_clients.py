@@ -112,6 +112,55 @@ def test_a_stalled_body_is_answered_408_and_closed(server):
     assert whole.status_code == 401  # a body sent whole is read and answered as before
 
 
+@pytest.mark.server_settings(body_timeout=5, body_min_rate=10)
+def test_a_dripping_body_is_answered_408_once_it_falls_below_the_minimum_rate(server):
+    """One byte every 0.5 s never stalls for ``body_timeout`` (5 s), but the body's deadline grows only by 1 s per
+    ``body_min_rate`` (10) bytes after its first 5 s (as Apache's mod_reqtimeout MinRate): it is answered 408
+    about 6 s in, while the body is still coming (before: held until the last of its 1000 bytes, ~8 minutes)."""
+    with ExitStack() as stack:
+        sock = _connect(server, stack)
+        sock.sendall(b"POST /v1/user/refresh_token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\nrefresh_token=")
+        answer = b""
+        for _ in range(120):  # up to 60 s of drip, 60 bytes: far past the rate's deadline
+            sock.sendall(b"a")
+            if select.select([sock], [], [], 0.5)[0]:
+                answer = _read_until_closed(sock)
+                break
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in head.lower()
+    envelope = json.loads(body)
+    assert envelope["errors"] == ["request_timeout"] and "10 bytes/s" in envelope["error_description"], envelope
+    fast = httpx.post(f"{server.url}/v1/user/refresh_token", data={"refresh_token": "ab" * 200}, timeout=GENEROUS)
+    assert fast.status_code == 401  # a body sent whole is read and answered as before
+
+
+@pytest.mark.server_settings(max_concurrent_requests=20, max_unauthenticated_requests_per_address=5,
+                             bearer_failures_per_address=3, body_timeout=120, forwarded_allow_ips="127.0.0.1")
+def test_ipv6_clients_are_counted_per_64_in_the_per_address_caps(server):
+    """An IPv6 client has a /64 to itself (SLAAC, privacy addresses): 30 stalled requests from 30 addresses of one
+    /64 count as one address's (5 admitted, 25 answered 429 at once), and so do refused bearer tokens
+    (``bearer_failures_per_address``); another /64 is served."""
+    net = "2001:db8:1:2::"
+    with ExitStack() as stack:
+        stalled = [_stalled_post(server, stack, f"{net}{i:x}") for i in range(1, 31)]
+        answered: dict[socket.socket, bytes] = {}
+        deadline = time.monotonic() + GENEROUS
+        while len(answered) < 25 and time.monotonic() < deadline:
+            readable, _, _ = select.select([s for s in stalled if s not in answered], [], [], 0.5)
+            for sock in readable:
+                answered[sock] = sock.recv(65536)
+        refused = list(answered.values())
+        assert len(refused) == 25 and all(r.startswith(b"HTTP/1.1 429") for r in refused), refused[:1]
+        other = {**server.headers, "X-Forwarded-For": "2001:db8:1:3::1"}
+        assert httpx.get(f"{server.url}/v1/user/me", headers=other, timeout=GENEROUS).status_code == 200
+    codes = [httpx.get(f"{server.url}/v1/user/me", timeout=GENEROUS, headers={
+        "Authorization": "Bearer not-a-key", "X-Forwarded-For": f"{net}{i:x}:1"}).status_code for i in range(1, 6)]
+    assert codes == [401, 401, 401, 429, 429]
+    assert httpx.get(f"{server.url}/v1/user/me", headers=other, timeout=GENEROUS).status_code == 200
+
+
 @pytest.mark.server_settings(max_concurrent_requests=20, max_unauthenticated_requests_per_address=5,
                              body_timeout=120, forwarded_allow_ips="127.0.0.1")
 def test_stalled_unauthenticated_requests_of_one_address_leave_the_others_served(server):

@@ -23,12 +23,12 @@ from soundry.api.http.envelope import error_response, ok
 from soundry.api.http.metrics import install_metrics
 from soundry.api.http.server import BodyTimeout, ConcurrencyCap, InFlight
 from soundry.api.http.streams import AudioStreams, EventStreams
-from soundry.api.openapi import install_openapi
+from soundry.api.http.openapi import install_openapi
 from soundry.api.predictions.core import webhook_body
 from soundry.api.replicate import routes as replicate
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
-from soundry.models.sources.added import open_catalog
+from soundry.models.sources.hub.added import open_catalog
 from soundry.service.container import build_services
 from soundry.service.errors import ServiceError
 from soundry.tasks.uploads import UploadStore
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     install_openapi(app, settings, catalog)
     install_metrics(app, svc)
     app.add_middleware(ConcurrencyCap, in_flight=in_flight, known=svc.credentials.known)
-    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout, min_rate=settings.body_min_rate)
     app.include_router(user.router)
     app.include_router(tasks.router)
     app.include_router(uploads.router)

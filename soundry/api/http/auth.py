@@ -10,7 +10,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from soundry.api.http.envelope import ApiError
-from soundry.api.http.server import authenticated
+from soundry.api.http.server import address_group, authenticated
 from soundry.service.accounts import AuthBusy, AuthError
 from soundry.service.container import Services
 from soundry.tasks.models import User
@@ -22,7 +22,8 @@ def services(request: Request) -> Services:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client as the per-address limits count it: its address, or its /64 for IPv6 (``address_group``)."""
+    return address_group(request.client.host) if request.client else "unknown"
 
 
 def busy(exc: AuthBusy) -> ApiError:

@@ -14,11 +14,13 @@ Slow clients cannot hold the server: a connection whose request head is not comp
 whose body stalls for ``body_timeout`` seconds between chunks is answered 408 and its connection
 closed, and one client address has at most ``max_unauthenticated_requests_per_address`` requests
 in progress that have not yet been authenticated (429 beyond), so it cannot take the global budget.
+Per-address caps count an IPv6 client by its /64 (``address_group``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from collections import Counter
 
@@ -34,6 +36,18 @@ from soundry.config import Settings
 BACKLOG = 4096
 UNCOUNTED = ("/healthz", "/readyz", "/metrics")  # they must answer under load; long streams have their own caps
 UNCOUNTED_SUFFIXES = ("/events", "/stream")
+
+
+def address_group(host: str) -> str:
+    """What a per-address cap counts: an IPv4 address (an IPv4-mapped IPv6 one too), or an IPv6 address's /64,
+    since one IPv6 host gets a whole /64 (SLAAC, privacy addresses) and may use any address in it."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
 
 
 class InFlight:
@@ -99,7 +113,7 @@ class ConcurrencyCap:
         if scope["type"] != "http" or path in UNCOUNTED or path.endswith(UNCOUNTED_SUFFIXES):
             await self.app(scope, receive, send)
             return
-        address = scope["client"][0] if scope.get("client") else "unknown"
+        address = address_group(scope["client"][0]) if scope.get("client") else "unknown"
         known = self.known is not None and self._known_caller(scope)
         refused = self.in_flight.admit(address, known)
         if refused:
@@ -143,35 +157,47 @@ class ConcurrencyCap:
 
 
 class BodyTimeout:
-    """ASGI middleware: a request whose body stalls for ``seconds`` between chunks is answered 408 in
-    the envelope with ``Connection: close`` (so the server closes the connection); the app then sees
-    the client as gone and whatever it answers is dropped."""
+    """ASGI middleware: a request whose body stalls for ``seconds`` between chunks, or comes slower than
+    ``min_rate`` bytes/s (its deadline is ``seconds`` after the app first reads it, plus 1 s per ``min_rate``
+    bytes received, as Apache's mod_reqtimeout ``MinRate``: a byte now and then cannot hold a request for
+    ever), is answered 408 in the envelope with ``Connection: close`` (so the server closes the connection);
+    the app then sees the client as gone and whatever it answers is dropped."""
 
-    def __init__(self, app: ASGIApp, seconds: float):
-        self.app, self.seconds = app, seconds
+    def __init__(self, app: ASGIApp, seconds: float, min_rate: float = 0.0):
+        self.app, self.seconds, self.min_rate = app, seconds, min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.seconds:
             await self.app(scope, receive, send)
             return
-        state = {"started": False, "timed_out": False, "body_done": False}
+        state = {"started": False, "timed_out": False, "body_done": False, "first": None, "received": 0}
 
         async def timed_receive():
             if state["timed_out"]:
                 return {"type": "http.disconnect"}
             if state["body_done"]:
                 return await receive()
+            now = asyncio.get_running_loop().time()
+            state["first"] = state["first"] or now
+            wait = self.seconds
+            if self.min_rate:  # what is left of the deadline that grows with the bytes received
+                wait = min(wait, state["first"] + self.seconds + state["received"] / self.min_rate - now)
             try:
-                message = await asyncio.wait_for(receive(), self.seconds)
+                if wait <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), wait)
             except TimeoutError:
                 state["timed_out"] = True
                 if not state["started"]:
                     state["started"] = True
-                    response = error_response(Request(scope), 408, "request_timeout", f"the request body stalled "
-                                              f"for {self.seconds:g} s; send it without pauses",
+                    why = (f"stalled for {self.seconds:g} s; send it without pauses" if wait >= self.seconds else
+                           f"came slower than {self.min_rate:g} bytes/s after its first {self.seconds:g} s; send "
+                           "it faster")
+                    response = error_response(Request(scope), 408, "request_timeout", f"the request body {why}",
                                               {"Connection": "close"})
                     await response(scope, receive, send)
                 return {"type": "http.disconnect"}
+            state["received"] += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 state["body_done"] = True
             return message
