@@ -117,6 +117,64 @@ def test_a_seeded_melody_request_is_reproducible_and_its_chroma_cached():
     assert not torch.equal(first, other_seed)
 
 
+def test_the_engine_follows_a_melody_across_windows():
+    """A melody request longer than the model's context (the tiny reference's 2.5 s context, 1.5 s stride: a
+    4.5 s request is three windows) through the engine: each window is conditioned on the chroma of 2.5 s of the
+    tune from the window's start, wrapping around past the tune's end (the 3 s tune's third window, at 3 s,
+    reads it from its beginning), one stem separation per window with the request's seeded shifts, cached under
+    (digest, window start, shift); its tokens, and those of a text-only request submitted beside it, are the
+    reference loop's (which gives audiocraft's across windows: ``test_greedy_tokens_with_a_melody_...``) for each
+    request alone, with the same shifts."""
+    from soundry.engine.generate import melody_shifts
+    from soundry.models.melody import melody_to_model
+
+    model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
+    model.max_duration, model.extend_stride = ref["max_duration"], ref["extend_stride"]  # the reference's context
+    # the tiny demucs's stems put every frame's strongest bin at the same note whatever the tune, so the one-hot
+    # chroma would be one chroma for every window: soft chroma (xp.cfg's chroma_stem.argmax false) tells them apart
+    model.melody.extractor.argmax = False
+    rate, duration = ref["melody_sample_rate"], ref["long_duration"]
+    requests = [GenerationRequest(ref["prompts"][0], duration, top_k=1, seed=11, melody=ref["melody_wav"][0][:1],
+                                  melody_sample_rate=rate),
+                GenerationRequest(ref["prompts"][1], 1.2, top_k=50, seed=12)]
+    engine = Engine(model, max_batch=2).start()
+    try:
+        submitted = [_copy(r) for r in requests]
+        futures = [engine.submit(r) for r in submitted]
+        tokens = [f.result(timeout=600).tokens for f in futures]
+        cached = dict(engine.chroma_cache._items)
+        again = engine.submit(_copy(requests[0]))  # the same tune, seed and windows: no separation
+        misses = engine.chroma_cache.misses
+        assert torch.equal(again.result(timeout=600).tokens, tokens[0])
+        assert engine.chroma_cache.misses == misses and len(engine.chroma_cache) == len(cached)
+    finally:
+        engine.stop()
+    for r, got in zip(requests, tokens, strict=True):
+        alone = generate(model, [r.prompt], r.duration, top_k=r.top_k, cfg_coef=3.0, seed=r.seed, melody=r.melody,
+                         melody_sample_rate=rate if r.melody is not None else None, max_duration=ref["max_duration"],
+                         extend_stride=ref["extend_stride"])
+        assert torch.equal(got, alone.tokens[0])
+    windows = job_windows(model, requests[0])
+    assert [w.start / model.frame_rate for w in windows] == [0.0, 1.5, 3.0]
+    draw = melody_shifts(model, 11)
+    shifts = [draw() for _ in windows]
+    wav = melody_to_model(requests[0].melody[None], rate, model.sample_rate, model.channels)
+    n, span = wav.shape[-1], int(ref["max_duration"] * model.sample_rate)
+    assert n == 3 * model.sample_rate  # the third window starts where the tune ends
+    keys = [k for k in cached if k[1] in (0, int(1.5 * model.sample_rate), n) and k[2] in shifts]
+    assert sorted((k[1], k[2]) for k in keys) == sorted(zip((0, int(1.5 * model.sample_rate), n), shifts,
+                                                            strict=True))
+    assert len({k[0] for k in keys}) == 1  # one digest: the tune's
+    clips = [wav[..., :span], torch.cat([wav[..., n // 2:], wav[..., : span - n // 2]], -1), wav[..., :span]]
+    by_start = {k[1]: cached[k] for k in keys}
+    for start, clip, shift in zip((0, int(1.5 * model.sample_rate), n), clips, shifts, strict=True):
+        assert torch.equal(by_start[start], model.melody.chroma(clip, shift=shift))
+    assert not torch.equal(by_start[0], by_start[int(1.5 * model.sample_rate)])
+    assert not torch.equal(by_start[0], by_start[n])  # the same clip, another shift
+    for window_chroma, start in zip(submitted[0].melody_chroma, (0, int(1.5 * model.sample_rate), n), strict=True):
+        assert torch.equal(window_chroma, by_start[start][0])  # window w is conditioned on window w's chroma
+
+
 def test_a_melody_on_a_model_without_melody_conditioning_is_refused():
     model = tiny_model("musicgen")
     engine = Engine(model, max_batch=1)
@@ -185,3 +243,4 @@ def test_static_steps_serve_prefixes_as_the_dynamic_step_does():
 
 def _copy_prepared(r: GenerationRequest) -> GenerationRequest:
     return GenerationRequest(**{**r.__dict__, "id": r.id + "-copy"})
+
