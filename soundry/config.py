@@ -90,6 +90,7 @@ class Settings:
     # ... and that comes slower than this many bytes/s after its first body_timeout seconds (mod_reqtimeout's
     # MinRate: the deadline grows 1 s per body_min_rate bytes): 408, connection closed; 0 = no minimum rate
     body_min_rate: float = 500.0
+    melody_separations: int = 1  # melody stem separations (demucs) at once per process; more wait for a free one
     max_unauthenticated_requests_per_address: int = 64  # in progress per client address until authenticated; 429
     max_audio_streams_per_user: int = 8  # open audio streams (…/stream) per task owner, per API process (429)
     max_audio_streams: int = 512  # open audio streams in all, per API process (beyond: 503)

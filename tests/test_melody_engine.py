@@ -4,6 +4,7 @@ one running batch with each giving what it gives alone."""
 
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -244,3 +245,87 @@ def test_static_steps_serve_prefixes_as_the_dynamic_step_does():
 def _copy_prepared(r: GenerationRequest) -> GenerationRequest:
     return GenerationRequest(**{**r.__dict__, "id": r.id + "-copy"})
 
+
+def _melody_request(ref, name: str, seconds: float = 1.0) -> GenerationRequest:
+    return GenerationRequest(f"a tune for {name}", 0.4, seed=3, melody=ref["melody_wav"][0][..., :int(
+        seconds * ref["melody_sample_rate"])], melody_sample_rate=ref["melody_sample_rate"], id=name)
+
+
+def test_melody_separations_in_a_process_are_capped_by_the_setting(tiny_models):
+    """``melody_separations`` (1) separations run at once over the process's engines (here two melody models),
+    the others wait for a free one: no two threads are ever inside demucs together (before: every submitting
+    thread separated at once, 4 × max_batch of them)."""
+    from soundry.tasks.engines import EngineManager
+
+    manager = EngineManager(max_batch=2, melody_separations=1)
+    engines = [manager.get("musicgen-melody"), manager.get("musicgen-stereo-melody")]
+    ref = melody_reference("musicgen-melody")
+    inside, most, guard = set(), [0], threading.Lock()
+    two_inside = threading.Event()
+
+    def enter(_module, _args):  # waits (up to 5 s) for another separation to join it: they meet unless capped
+        with guard:
+            inside.add(threading.get_ident())
+            most[0] = max(most[0], len(inside))
+            if len(inside) > 1:
+                two_inside.set()
+        two_inside.wait(5)
+
+    def leave(_module, _args, _out):
+        with guard:
+            inside.discard(threading.get_ident())
+
+    bags = {id(e.model.melody.demucs): e.model.melody.demucs for e in engines}
+    handles = [h for bag in bags.values() for m in bag.models
+               for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = list(pool.map(lambda i: engines[i % 2].submit(_melody_request(ref, f"r{i}")), range(3)))
+        assert all(f.result(timeout=300).tokens.shape[-1] == 20 for f in futures)
+    finally:
+        for h in handles:
+            h.remove()
+        manager.stop()
+    assert most[0] == 1
+
+
+def test_a_request_canceled_mid_separation_stops_at_demucs_next_layer():
+    """``Engine.cancel`` reaches a request whose melody is being separated (on the submitting thread, before the
+    request is queued): the separation stops at demucs's next layer, before its window's chroma exists, and
+    submit raises GenerationCanceled; a request queued for the separation slot is canceled too (before: cancel
+    did not know either request, and both separated every window to the end)."""
+    from soundry.engine import GenerationCanceled
+
+    model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
+    engine = Engine(model, max_batch=2).start()
+    bag = model.melody.demucs
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold(_module, _args):  # the first segment of the first separation waits until the test canceled it
+        started.set()
+        go_on.wait(120)
+
+    handles = [m.register_forward_pre_hook(hold) for m in bag.models]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(engine.submit, _melody_request(ref, "first", 3.0))
+            assert started.wait(300)
+            second = pool.submit(engine.submit, _melody_request(ref, "second"))
+            deadline = time.monotonic() + 120
+            while "second" not in engine._preparing:  # queued behind the first's separation
+                assert time.monotonic() < deadline and not second.done()
+                time.sleep(0.01)
+            assert engine.cancel("second")
+            with pytest.raises(GenerationCanceled):
+                second.result(timeout=120)
+            assert engine.cancel("first")
+            go_on.set()
+            with pytest.raises(GenerationCanceled):
+                first.result(timeout=120)
+        assert len(engine.chroma_cache) == 0  # the window being separated never finished
+        assert engine.cancel("first") is False  # nothing left of it
+    finally:
+        go_on.set()
+        for h in handles:
+            h.remove()
+        engine.stop()

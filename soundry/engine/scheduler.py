@@ -26,6 +26,7 @@ from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.step_timer import StepTimer
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
+from soundry.models.melody import SeparationCanceled, cancellable
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,12 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, static_steps: bool | None = None,
                  compile: bool = False, compile_cache: Path | str | None = None, kv_cache_memory: float = 0.9,
-                 rng: str = "generator", attention: str = "masked"):
+                 rng: str = "generator", attention: str = "masked", separations: threading.Semaphore | None = None):
+        """``separations``: the melody stem separations that may run at once (one semaphore shared by the
+        process's engines: ``EngineManager``); default one at a time for this engine."""
         self.model = model
+        self.separations = separations or threading.BoundedSemaphore(1)
+        self._preparing: dict[str, threading.Event] = {}  # request id -> its cancel, while submit separates
         self.max_batch = max_batch
         # on a GPU, at most this fraction of the free memory at start goes to the KV cache (engine.memory)
         self.kv_cache_memory = kv_cache_memory
@@ -117,7 +122,7 @@ class Engine:
                                                            request.prompt_sample_rate or self.model.sample_rate)
             request.prompt_audio = None
         if request.melody is not None:  # its stems and chroma, every window's, also here: seconds of CPU work
-            prepare_melody(self.model, request, job_windows(self.model, request), cache=self.chroma_cache)
+            self._separate(request)
         fut: Future = Future()
         with self._lock:
             if self._stop and self._thread is not None:
@@ -133,9 +138,37 @@ class Engine:
         self.start()
         return fut
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel a waiting or running request; True if it was known and not finished."""
+    def _separate(self, request: GenerationRequest) -> None:
+        """The request's melody into per-window chroma, once one of ``separations`` is free (queued until then);
+        ``cancel`` stops it while it waits or at demucs's next layer: submit then raises GenerationCanceled."""
+        windows = job_windows(self.model, request)  # a bad duration is refused before anything waits
+        stop = threading.Event()
         with self._lock:
+            self._preparing[request.id] = stop
+        try:
+            while not self.separations.acquire(timeout=0.1):
+                if stop.is_set():
+                    raise GenerationCanceled(request.id)
+            try:
+                with cancellable(stop):
+                    prepare_melody(self.model, request, windows, cache=self.chroma_cache)
+            except SeparationCanceled:
+                raise GenerationCanceled(request.id) from None
+            finally:
+                self.separations.release()
+            if stop.is_set():
+                raise GenerationCanceled(request.id)
+        finally:
+            with self._lock:
+                self._preparing.pop(request.id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a waiting or running request (one whose melody is being separated too); True if it was known
+        and not finished."""
+        with self._lock:
+            if request_id in self._preparing:
+                self._preparing[request_id].set()
+                return True
             fut = self._futures.get(request_id)
             if fut is None or fut.done():
                 return False

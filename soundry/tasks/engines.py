@@ -59,8 +59,10 @@ class EngineManager:
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
                  packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
-                 rng: str = "generator", attention: str = "masked", mbd_path: str = ""):
+                 rng: str = "generator", attention: str = "masked", mbd_path: str = "", melody_separations: int = 1):
         self.max_batch, self.retry_after = max_batch, retry_after
+        # melody stem separations at once in this process, over all its engines (each takes every core; queued beyond)
+        self.separations = threading.BoundedSemaphore(max(1, melody_separations))
         self.kv_cache_memory, self.rng, self.attention = kv_cache_memory, rng, attention
         self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
@@ -84,7 +86,7 @@ class EngineManager:
                    precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
                    packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
                    fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention,
-                   mbd_path=settings.mbd_path)
+                   mbd_path=settings.mbd_path, melody_separations=settings.melody_separations)
 
     def key(self, name: str) -> str:
         try:
@@ -115,7 +117,7 @@ class EngineManager:
                 raise ModelUnavailable(reason) from exc
             engine = Engine(model, max_batch=self.max_batch, compile=self.compile,
                             compile_cache=self.compile_cache, kv_cache_memory=self.kv_cache_memory,
-                            rng=self.rng, attention=self.attention).start()
+                            rng=self.rng, attention=self.attention, separations=self.separations).start()
             with self._lock:
                 self._engines[key] = engine
                 self._failures.pop(key, None)

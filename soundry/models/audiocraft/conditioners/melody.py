@@ -27,6 +27,7 @@ import math
 import re
 import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from numbers import Integral
 from pathlib import Path
 from types import MethodType
@@ -237,12 +238,40 @@ _SHARED: dict[tuple[str, str], Any] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+class SeparationCanceled(Exception):
+    """A stem separation stopped because the event given to ``cancellable`` was set."""
+
+
+_SEPARATING = threading.local()  # .stop: the calling thread's cancel event while it separates
+
+
+@contextmanager
+def cancellable(stop: threading.Event):
+    """Stem separations on this thread raise ``SeparationCanceled`` at demucs's next layer once ``stop`` is set (a
+    window of a long tune takes seconds to tens of seconds; a layer, a fraction of a second)."""
+    _SEPARATING.stop = stop
+    try:
+        yield
+    finally:
+        _SEPARATING.stop = None
+
+
+def _raise_if_canceled(_module, _args) -> None:
+    stop = getattr(_SEPARATING, "stop", None)
+    if stop is not None and stop.is_set():
+        raise SeparationCanceled()
+
+
 def shared_demucs(folder: Path | None, device: torch.device | str = "cpu") -> Any:
-    """One demucs bag per (folder or hub, device) for the whole process, loaded on first use."""
+    """One demucs bag per (folder or hub, device) for the whole process, loaded on first use; every layer checks
+    for a cancel (``cancellable``) before it runs."""
     key = (str(Path(folder).resolve()) if folder is not None else "hub:" + DEMUCS_NAME, str(torch.device(device)))
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = load_demucs(folder).to(device)
+            bag = load_demucs(folder).to(device)
+            for module in bag.modules():
+                module.register_forward_pre_hook(_raise_if_canceled)
+            _SHARED[key] = bag
         return _SHARED[key]
 
 
