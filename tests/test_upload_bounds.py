@@ -101,6 +101,92 @@ def test_three_flac_bombs_at_once_raise_peak_memory_by_a_few_mb(tmp_path):
         server.wait(30)
 
 
+def noise_at_the_limits(seconds: int = 119, rate: int = 192000) -> bytes:
+    """Stereo white noise at 192 kHz as Ogg Vorbis: ~2.2 MB sent, ~64 MB of FLAC kept (noise does not compress;
+    silence, which FLAC shrinks to nothing, cannot show what a stored clip costs)."""
+    buf, rng = io.BytesIO(), np.random.default_rng(0)
+    with sf.SoundFile(buf, "w", rate, 2, format="OGG", subtype="VORBIS") as f:
+        for _ in range(seconds):  # libsndfile's Vorbis writer crashes on one huge write
+            f.write((0.3 * rng.standard_normal((rate, 2))).astype(np.float32))
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
+def test_four_noise_uploads_at_the_limits_hold_no_clip_in_memory(tmp_path):
+    """Four uploads at once of 119 s of 192 kHz stereo noise (the longest, fastest, widest clip taken), each ~64 MB
+    once kept as FLAC: the clip goes from the decoder to a temporary file and from there to storage 1 MiB at a time,
+    so the server's peak RSS rises by far less than one clip (before: each upload read its FLAC whole for
+    ``storage.put``)."""
+    env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}",
+           "SOUNDRY_UPLOAD_DECODE_CONCURRENCY": "4"}
+    data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
+    _cli(data, "users", "create", "kim", "--password", "kim's password", env=env)
+    key = _cli(data, "users", "token", "kim", env=env)
+    noise = noise_at_the_limits()
+    assert len(noise) < 20 * 2**20  # within max_upload_bytes
+    server = subprocess.Popen([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
+                               "--port", str(port)], env=env, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        before = _peak_rss_kib(server.pid)
+        answers = post_all(url, key, [noise] * 4, "noise.ogg")
+        after = _peak_rss_kib(server.pid)
+        assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+        assert all(r.json()["data"]["duration"] == pytest.approx(119.0) for r in answers)
+        stored = sorted((data / "files" / "uploads").rglob("*.flac"), key=lambda p: p.stat().st_size)
+        assert len(stored) == 4 and stored[0].stat().st_size > 50 * 2**20  # noise: the FLAC stays big
+        rise_mb = (after - before) / 1024
+        assert rise_mb < 40, f"peak RSS rose {rise_mb:.0f} MB for four uploads of ~64 MB of FLAC each"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_an_upload_streams_to_s3_in_parts(tmp_path):
+    """On S3 an upload's FLAC goes up as a multipart upload of 8 MiB parts (boto3's ``upload_fileobj``), not as
+    one PUT of the file read whole: the object's ETag is a multipart one (``…-N``)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from soundry.accounts import Accounts
+    from soundry.storage.s3 import S3Storage
+    from soundry.tasks.store import TaskStore
+    from soundry.tasks.uploads import UploadStore
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(Bucket="clips")
+        storage = S3Storage("s3://clips/up", endpoint, keys["aws_access_key_id"], keys["aws_secret_access_key"])
+        store = TaskStore(f"sqlite:///{tmp_path / 'soundry.db'}")
+        user = Accounts(store, "s" * 32).create_user("kim", "kim's password")
+        wav, rng = io.BytesIO(), np.random.default_rng(1)
+        sf.write(wav, (0.3 * rng.standard_normal((60 * 48000, 2))).astype(np.float32), 48000, format="WAV",
+                 subtype="PCM_16")
+        wav.seek(0)
+        up = UploadStore(store, storage).create(user.id, "noise.wav", wav, len(wav.getvalue()), 120.0, 50)
+        head = storage.client.head_object(Bucket="clips", Key=f"up/{up.file_key}")
+        assert head["ContentLength"] > 8 * 2**20 and head["ContentType"] == "audio/flac"
+        assert "-" in head["ETag"], head["ETag"]  # completed from parts
+        audio, rate = UploadStore(store, storage).read(up.id, user.id, 59.0)
+        assert rate == 48000 and audio.shape == (2, 48000)
+        store.engine.dispose()
+    finally:
+        moto.stop()
+
+
 def test_parallel_uploads_stop_exactly_at_the_per_user_cap(tmp_path, tiny_models, database_url):
     live = start_live_server(make_settings(tmp_path, database_url=database_url, max_uploads_per_user=3,
                                            upload_decode_concurrency=16, requests_per_minute=0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
@@ -30,6 +31,10 @@ def validate_key(key: str) -> str:
 class Storage:
     def put(self, key: str, data: bytes, content_type: str) -> None:
         raise NotImplementedError
+
+    def put_file(self, key: str, src: BinaryIO, content_type: str) -> None:
+        """Store the rest of the open file ``src``; local and S3 storage stream it (this default reads it whole)."""
+        self.put(key, src.read(), content_type)
 
     def get(self, key: str) -> bytes:
         raise NotImplementedError

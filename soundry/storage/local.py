@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from soundry.storage.base import Storage, StorageError, validate_key
 
@@ -30,13 +33,17 @@ class LocalStorage(Storage):
         return path
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.put_file(key, io.BytesIO(data), content_type)
+
+    def put_file(self, key: str, src: BinaryIO, content_type: str = "application/octet-stream") -> None:
+        """Copied 1 MiB at a time into a temporary file, fsynced, renamed to its name."""
         path = self._path(key)
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                shutil.copyfileobj(src, f, 1 << 20)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

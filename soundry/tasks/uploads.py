@@ -48,19 +48,18 @@ class UploadStore:
         slot gets ``DecodersBusy``. Nothing is kept when decoding, storing or the cap refuses it."""
         if not self._decode_slots.acquire(timeout=self.DECODE_WAIT):
             raise DecodersBusy("the server is busy decoding other uploads; try again in a few seconds")
-        try:
-            with tempfile.TemporaryFile() as flac:
+        with tempfile.TemporaryFile() as flac:  # the clip lives on disk; storage reads it from there in parts
+            try:
                 rate, channels, frames = decode_to_flac(src, flac, max_seconds)
-                flac.seek(0)
-                data = flac.read()  # compressed: the one copy of the clip held in memory
-        finally:
-            self._decode_slots.release()
-        # the id is set here: the column default only applies at the insert, after the file is named
-        upload = Upload(id=uuid.uuid4().hex, user_id=user_id, filename=filename[:256], file_key="", sample_rate=rate,
-                        channels=channels, duration=frames / rate, size=size,
-                        expires_at=utcnow() + dt.timedelta(seconds=self.retention))
-        upload.file_key = f"uploads/{user_id}/{upload.id}.flac"
-        self.storage.put(upload.file_key, data, "audio/flac")
+            finally:
+                self._decode_slots.release()
+            flac.seek(0)
+            # the id is set here: the column default only applies at the insert, after the file is named
+            upload = Upload(id=uuid.uuid4().hex, user_id=user_id, filename=filename[:256], file_key="",
+                            sample_rate=rate, channels=channels, duration=frames / rate, size=size,
+                            expires_at=utcnow() + dt.timedelta(seconds=self.retention))
+            upload.file_key = f"uploads/{user_id}/{upload.id}.flac"
+            self.storage.put_file(upload.file_key, flac, "audio/flac")
         try:
             with self.session() as s, s.begin():
                 # the count and the insert are one step: parallel uploads of a user queue on its lock
