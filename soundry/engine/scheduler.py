@@ -158,6 +158,9 @@ class Engine:
                 self.separations.release()
             if stop.is_set():
                 raise GenerationCanceled(request.id)
+        except GenerationCanceled:
+            self.stats.canceled += 1
+            raise
         finally:
             with self._lock:
                 self._preparing.pop(request.id, None)
