@@ -23,12 +23,12 @@ from soundry.api.http.envelope import error_response, ok
 from soundry.api.http.metrics import install_metrics
 from soundry.api.http.server import BodyTimeout, ConcurrencyCap, InFlight
 from soundry.api.http.streams import AudioStreams, EventStreams
-from soundry.api.http.openapi import install_openapi
+from soundry.api.openapi import install_openapi
 from soundry.api.predictions.core import webhook_body
 from soundry.api.replicate import routes as replicate
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
-from soundry.models.sources.hub.added import open_catalog
+from soundry.models.sources.added import open_catalog
 from soundry.service.container import build_services
 from soundry.service.errors import ServiceError
 from soundry.tasks.uploads import UploadStore

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from soundry.engine.batch import DecodeBatch
-from soundry.engine.jobs import job_windows, make_job
+from soundry.engine.jobs import job_windows, make_job, melody_shifts
 from soundry.engine.request import GenerationRequest
 
 
