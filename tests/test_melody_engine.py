@@ -128,7 +128,7 @@ def test_the_engine_follows_a_melody_across_windows():
     request alone, with the same shifts."""
     from soundry.models.melody import melody_to_model
 
-    from soundry.engine.generate import melody_shifts
+    from soundry.engine.jobs import melody_shifts
 
     model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
     model.max_duration, model.extend_stride = ref["max_duration"], ref["extend_stride"]  # the reference's context
