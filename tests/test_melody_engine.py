@@ -126,9 +126,8 @@ def test_the_engine_follows_a_melody_across_windows():
     (digest, window start, shift); its tokens, and those of a text-only request submitted beside it, are the
     reference loop's (which gives audiocraft's across windows: ``test_greedy_tokens_with_a_melody_...``) for each
     request alone, with the same shifts."""
-    from soundry.models.melody import melody_to_model
-
     from soundry.engine.jobs import melody_shifts
+    from soundry.models.audiocraft.conditioners.melody import melody_to_model
 
     model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
     model.max_duration, model.extend_stride = ref["max_duration"], ref["extend_stride"]  # the reference's context

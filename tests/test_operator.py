@@ -288,8 +288,7 @@ def test_a_lease_lost_by_a_live_worker_does_not_count_as_a_crash(tmp_path, tiny_
     """A worker whose housekeeping stalls past its lease loses its task to another worker; once it runs again
     it sees the take-over, stops, and gives back its start: with ``max_attempts`` 2, a third worker can still
     take the task over after a second stall (before, the two stalls counted as two crashes and it failed)."""
-    from soundry.accounts import Accounts
-
+    from soundry.service.accounts import Accounts
     from soundry.storage import open_storage
     from soundry.tasks.engines import EngineManager
     from soundry.tasks.runner import TaskRunner

@@ -156,8 +156,8 @@ def test_an_upload_streams_to_s3_in_parts(tmp_path):
     one PUT of the file read whole: the object's ETag is a multipart one (``…-N``)."""
     import boto3
     from moto.server import ThreadedMotoServer
-    from soundry.accounts import Accounts
 
+    from soundry.service.accounts import Accounts
     from soundry.storage.s3 import S3Storage
     from soundry.tasks.store import TaskStore
     from soundry.tasks.uploads import UploadStore

@@ -26,7 +26,7 @@ from soundry.engine.memory import KVCacheTooLarge, fit_slots
 from soundry.engine.request import GenerationCanceled, GenerationRequest, GenerationResult
 from soundry.engine.step_timer import StepTimer
 from soundry.engine.streaming import AudioSink, IncrementalDecoder, StreamTap
-from soundry.models.melody import SeparationCanceled, cancellable
+from soundry.models.audiocraft.conditioners.melody import SeparationCanceled, cancellable
 
 log = logging.getLogger(__name__)
 

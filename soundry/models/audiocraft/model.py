@@ -31,7 +31,7 @@ class AudioModel:
 
     def __init__(self, name: str, family: str, cfg: LMConfig, lm: TransformerLM, conditioner: TextConditioner,
                  codec, source: Path | None = None, melody=None):
-        """``melody``: the chroma conditioner (``soundry.models.melody.MelodyConditioner``) of a melody model."""
+        """``melody``: the chroma conditioner (``conditioners.melody.MelodyConditioner``) of a melody model."""
         self.name, self.family, self.cfg, self.source = name, family, cfg, source
         self.lm, self.conditioner, self.codec, self.melody = lm, conditioner, codec, melody
         self.max_duration, self.extend_stride = FAMILY_WINDOWS[family]

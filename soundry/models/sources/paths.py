@@ -71,7 +71,7 @@ def resolve_model_dir(name_or_path: str, download: bool = True) -> Path:
 def check_release_dir(path: Path) -> Path:
     from soundry.models.audiocraft.formats.transformers import is_transformers_dir
 
-    if is_transformers_dir(path):  # transformers format (soundry.models.hf_format checks the rest at load)
+    if is_transformers_dir(path):  # transformers format (formats.transformers checks the rest at load)
         return path
     missing = [f for f in ("state_dict.bin", "compression_state_dict.bin") if not (path / f).is_file()]
     if missing and (path / "config.json").is_file():
