@@ -25,7 +25,9 @@ class Family:
     """What every model of a family shares."""
 
     name: str
-    kind: str  # "autoregressive": codec tokens decoded step by step (an LM, a KV cache, a codec)
+    # "autoregressive": codec tokens decoded step by step (an LM, a KV cache, a codec);
+    # "diffusion": latents denoised step by step, then decoded by an autoencoder (no tokens, no KV cache)
+    kind: str
     sample_rate: int
     context: float  # seconds one window covers (longer clips: windows)
     stride: float  # seconds a window moves on beyond the context
@@ -34,12 +36,19 @@ class Family:
     license: str  # the built-in releases' licence
 
 
+_STABILITY = "Stability AI Community License"
 FAMILIES: dict[str, Family] = {
     "audiogen": Family("audiogen", "autoregressive", 16000, 10.0, 2.0, ("encodec",), ("input_audio",),
                        "CC-BY-NC-4.0"),
     "musicgen": Family("musicgen", "autoregressive", 32000, 30.0, 18.0, ("encodec", "mbd"), ("input_audio",),
                        "CC-BY-NC-4.0"),
+    # one window of latents as long as the model makes (no stride): the longest clip is the spec's max_seconds
+    "stable-audio-open": Family("stable-audio-open", "diffusion", 44100, 47.55, 0.0, (), (), _STABILITY),
+    "stable-audio-3": Family("stable-audio-3", "diffusion", 44100, 120.0, 0.0, (), (), _STABILITY),
 }
+# configs only the autoregressive family reads (refused, naming the field, on a diffusion model)
+AUTOREGRESSIVE_CONFIGS = ("top_k", "top_p", "temperature", "input_audio", "continuation_start", "continuation_end",
+                          "melody", "decoder")
 # Each family's generation window: its context (max_duration, seconds) and the stride of windows beyond it
 # (extend_stride), as audiocraft's AudioGen and MusicGen set them.
 FAMILY_WINDOWS = {name: (f.context, f.stride) for name, f in FAMILIES.items()}
@@ -60,10 +69,31 @@ class ModelSpec:
     adapter: str = ""
     melody: bool = False  # conditioned on a tune as well as the text (MusicGen-melody's chroma)
     license: str | None = None  # None: the family's (built-ins); an added model's as its card says ("" unknown)
+    # diffusion models: the longest clip, the default denoising steps and guidance, whether a negative prompt
+    # changes anything at the default guidance, and whether the hub repo asks its users to accept a licence
+    max_seconds: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: bool = True
+    gated: bool = False
 
     @property
     def facts(self) -> Family:
         return FAMILIES[self.family]
+
+    @property
+    def kind(self) -> str:
+        return self.facts.kind
+
+    @property
+    def context(self) -> float:
+        """Seconds one window covers (a diffusion model: its longest clip)."""
+        return self.max_seconds if self.max_seconds is not None else self.facts.context
+
+    @property
+    def streams_live(self) -> bool:
+        """Whether its audio reaches ``…/stream`` while it is generated (else once it exists)."""
+        return self.kind == "autoregressive"
 
     @property
     def sample_rate(self) -> int:
@@ -83,11 +113,12 @@ class ModelSpec:
 
     def capabilities(self) -> dict:
         """What the model list and the wire APIs say about the model."""
-        return {"name": self.name, "hub_repo": self.hub_repo, "family": self.family, "kind": self.facts.kind,
+        return {"name": self.name, "hub_repo": self.hub_repo, "family": self.family, "kind": self.kind,
                 "description": self.description, "sample_rate": self.sample_rate, "channels": self.channels,
                 "license": self.licence, "source": self.source or None, "adapter": self.adapter or None,
                 "melody": self.melody, "decoders": self.decoders, "inputs": self.inputs,
-                "context_seconds": self.facts.context}
+                "context_seconds": self.context, "streams_live": self.streams_live, "default_steps": self.steps,
+                "default_guidance": self.guidance, "negative_prompt": self.negative_prompt, "gated": self.gated}
 
 
 BUILTINS = [
@@ -110,7 +141,34 @@ BUILTINS = [
     ModelSpec("musicgen-stereo-melody-large", "facebook/musicgen-stereo-melody-large", "musicgen",
               "MusicGen 3.3B stereo melody: music that follows a given tune, 32 kHz, 2 channels", 2, melody=True),
 ]
-ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small", "musicgen-stereo": "musicgen-stereo-small"}
+_SAO, _SA3 = "stable-audio-open", "stable-audio-3"
+# Stability's releases (gated on the hub). Figures are the model cards' and the diffusers pipelines' defaults, not
+# read from the gated repos here: SA3's 44.1 kHz is AutoencoderSAME's default, and the -base entries' guidance 7.0
+# is soundry's choice (the pipeline defaults to 1.0, which suits the distilled checkpoints).
+BUILTINS += [
+    ModelSpec("stable-audio-open", "stabilityai/stable-audio-open-1.0", _SAO, "Stable Audio Open 1.0: sound effects "
+              "and music, 44.1 kHz stereo, up to 47 s", 2, max_seconds=47.55, steps=100, guidance=7.0, gated=True),
+    ModelSpec("stable-audio-3-small-sfx", "stabilityai/stable-audio-3-small-sfx", _SA3, "Stable Audio 3 small (433M, "
+              "distilled): sound effects, up to 120 s", 2, max_seconds=120.0, steps=8, guidance=1.0,
+              negative_prompt=False, gated=True),
+    ModelSpec("stable-audio-3-small-music", "stabilityai/stable-audio-3-small-music", _SA3, "Stable Audio 3 small "
+              "(433M, distilled): music, up to 120 s", 2, max_seconds=120.0, steps=8, guidance=1.0,
+              negative_prompt=False, gated=True),
+    ModelSpec("stable-audio-3-medium", "stabilityai/stable-audio-3-medium", _SA3, "Stable Audio 3 medium (1.4B, "
+              "distilled): sound effects and music, up to 380 s", 2, max_seconds=380.0, steps=8, guidance=1.0,
+              negative_prompt=False, gated=True),
+    ModelSpec("stable-audio-3-small-sfx-base", "stabilityai/stable-audio-3-small-sfx-base", _SA3, "Stable Audio 3 "
+              "small sfx, the non-distilled base (for fine-tuning; guidance and negative prompts apply)", 2,
+              max_seconds=120.0, steps=100, guidance=7.0, gated=True),
+    ModelSpec("stable-audio-3-small-music-base", "stabilityai/stable-audio-3-small-music-base", _SA3, "Stable Audio "
+              "3 small music, the non-distilled base (for fine-tuning; guidance and negative prompts apply)", 2,
+              max_seconds=120.0, steps=100, guidance=7.0, gated=True),
+    ModelSpec("stable-audio-3-medium-base", "stabilityai/stable-audio-3-medium-base", _SA3, "Stable Audio 3 medium, "
+              "the non-distilled base (for fine-tuning; guidance and negative prompts apply)", 2, max_seconds=380.0,
+              steps=100, guidance=7.0, gated=True),
+]
+ALIASES = {"audiogen": "audiogen-medium", "musicgen": "musicgen-small", "musicgen-stereo": "musicgen-stereo-small",
+           "stable-audio-open-1.0": "stable-audio-open"}
 BUILTIN_NAMES = frozenset([*ALIASES, *(s.name for s in BUILTINS)])
 
 

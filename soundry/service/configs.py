@@ -42,7 +42,12 @@ class Configs(BaseModel):
     top_k: JsonInt = Field(15, ge=0, le=2048, description="0 disables top-k")
     top_p: float = Field(0.9, ge=0.0, le=1.0, description="0 disables nucleus filtering; both filters apply")
     temperature: float = Field(1.0, gt=0.0, le=10.0)
-    cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="classifier-free guidance strength")
+    cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description=(
+        "classifier-free guidance strength (a diffusion model's default is its own: see the model list's "
+        "`default_guidance`; 1 or less is no guidance)"))
+    steps: JsonInt | None = Field(None, ge=1, le=500, description=(
+        "denoising steps of a diffusion model (Stable Audio; default: the model's `default_steps`); autoregressive "
+        "models take none"))
     seed: Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_integral)] | None = Field(
         None, description="makes the task reproducible")
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]

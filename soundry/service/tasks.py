@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from soundry.audio.decode import UndecodableAudio
+from soundry.audio.loop import loop_overlap
+from soundry.models.catalog import AUTOREGRESSIVE_CONFIGS
 from soundry.service.configs import Configs, check_prompt, check_webhook_url
 from soundry.service.errors import ServiceError, invalid, not_found
 from soundry.storage import StorageError
@@ -78,11 +80,40 @@ class TaskService:
                                            f"{', '.join(self.svc.catalog.names())}")
         if configs.duration > s.max_duration:
             raise invalid("configs.duration", f"at most {s.max_duration:g} seconds")
+        configs = self._for_family(model, configs, spec.negative_prompt)
         if spec.webhook:
             try:
                 check_webhook_url(spec.webhook)
             except ValueError as exc:
                 raise invalid("webhook", str(exc)) from None
+        return configs
+
+    @staticmethod
+    def _for_family(model, configs: Configs, negative_prompt: str) -> Configs:
+        """What the model's family takes: a config it would not read is refused naming it (never ignored), and a
+        diffusion model's steps and guidance default to its own."""
+        given = configs.model_fields_set
+        if model.kind != "diffusion":
+            if configs.steps is not None:
+                raise invalid("configs.steps", f"{configs.model} is an autoregressive model (it decodes tokens, "
+                                               "not denoising steps); steps apply to Stable Audio models")
+            return configs
+        for name in AUTOREGRESSIVE_CONFIGS:
+            if name in given:
+                raise invalid(f"configs.{name}", f"{configs.model} is a diffusion model: it takes steps and "
+                                                 f"cfg_coef (guidance), not {name}")
+        if configs.duration > model.context:
+            raise invalid("configs.duration", f"{configs.model} makes at most {model.context:g} seconds")
+        if configs.loop and configs.duration + loop_overlap(configs.duration) > model.context:
+            raise invalid("configs.loop", f"a loop is generated a little past its end, and {configs.model} makes at "
+                                          f"most {model.context:g} seconds: ask for a shorter duration")
+        configs = configs.model_copy(update={
+            "steps": configs.steps if configs.steps is not None else model.steps,
+            "cfg_coef": configs.cfg_coef if "cfg_coef" in given else model.guidance})
+        if negative_prompt and configs.cfg_coef <= 1.0:
+            raise invalid("negative_prompt", f"{configs.model} runs without guidance at cfg_coef "
+                                             f"{configs.cfg_coef:g}, where a negative prompt changes nothing; set "
+                                             "cfg_coef above 1 to use one")
         return configs
 
     async def check_webhook(self, url: str) -> None:
@@ -101,7 +132,7 @@ class TaskService:
         """Refuse (404/422, naming the field) what the task's model cannot do with its configs (a melody, the
         MBD decoder) and an ``input_audio`` or ``melody`` upload the task could not use."""
         spec = self.svc.catalog.get(cfg.model)
-        if cfg.decoder not in spec.decoders:
+        if spec.kind == "autoregressive" and cfg.decoder not in spec.decoders:
             raise invalid("configs.decoder", f"{cfg.model} is not a MusicGen model; MultiBand Diffusion decodes "
                                              "MusicGen's tokens only (use encodec)")
         if cfg.melody is not None:

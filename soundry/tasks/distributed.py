@@ -1,6 +1,6 @@
 """The distributed queue: Celery over Redis or RabbitMQ.
 
-The API sends ``tasks.audiogen_task`` / ``tasks.musicgen_task`` with the task id to
+The API sends ``tasks.audiogen_task`` / ``tasks.musicgen_task`` (one task name per family) with the task id to
 ``audiogen_queue`` / ``musicgen_queue``; a ``soundry worker`` consumes them. Messages are
 acknowledged late (after the task ends) and requeued if the worker is lost; execution is
 idempotent (see ``TaskRunner``), so a redelivered message never produces a second result.

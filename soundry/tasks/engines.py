@@ -115,9 +115,7 @@ class EngineManager:
                 with self._lock:
                     self._failures[key] = (time.monotonic(), reason)
                 raise ModelUnavailable(reason) from exc
-            engine = Engine(model, max_batch=self.max_batch, compile=self.compile,
-                            compile_cache=self.compile_cache, kv_cache_memory=self.kv_cache_memory,
-                            rng=self.rng, attention=self.attention, separations=self.separations).start()
+            engine = self._engine_for(model).start()
             with self._lock:
                 self._engines[key] = engine
                 self._failures.pop(key, None)
@@ -156,6 +154,16 @@ class EngineManager:
                 raise ModelUnavailable(reason) from exc
             self._mbd_failures.pop(name, None)
             return self._mbd[key]
+
+    def _engine_for(self, model):
+        """The engine of the model's family: continuous batching of decode steps, or of denoising steps."""
+        if getattr(model, "is_diffusion", False):
+            from soundry.engine.diffusion.engine import DiffusionEngine
+
+            return DiffusionEngine(model, max_batch=self.max_batch)
+        return Engine(model, max_batch=self.max_batch, compile=self.compile, compile_cache=self.compile_cache,
+                      kv_cache_memory=self.kv_cache_memory, rng=self.rng, attention=self.attention,
+                      separations=self.separations)
 
     def loaded(self) -> dict[str, Engine]:
         with self._lock:

@@ -114,7 +114,9 @@ class TaskRunner:
         if self.live is None or loop:
             return None
         rate = engine.model.sample_rate
-        return self.live.open(task_id, rate, int(round(request.duration * rate)))
+        samples = getattr(engine.model, "samples", None)  # a diffusion model cuts its decode its own way
+        total = samples(request.duration) if samples is not None else int(round(request.duration * rate))
+        return self.live.open(task_id, rate, total)
 
     def claim(self, task_id: str):
         """Claim the task, waiting while another live worker holds it; None once it is finished. A task
@@ -213,7 +215,7 @@ class TaskRunner:
             prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration,
             top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
             temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
-            negative_prompt=task.negative_prompt or None, id=task_id)
+            negative_prompt=task.negative_prompt or None, steps=cfg.get("steps"), id=task_id)
         refused = self._read_uploads(task, request)
         if refused:
             self.store.fail(task_id, refused, me)

@@ -105,6 +105,8 @@ def _model_ref(svc) -> tuple[str, str]:
         raise ServiceError(503, "unavailable", f"the server's cog_model setting names no model here "
                                                f"({svc.settings.cog_model!r}); its operator should set it to one "
                                                f"of {', '.join(svc.catalog.names())}", {"Retry-After": "60"})
+    if spec.kind != "autoregressive":  # no public Cog model of its own: soundry's inputs for it
+        return f"soundry/{spec.name}", svc.settings.cog_model
     return ("sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"), svc.settings.cog_model
 
 

@@ -1,4 +1,5 @@
-"""The Stable Audio models soundry knows by name, as plain data (what the service and the model list read).
+"""The Stable Audio models soundry knows by name, as the sampling code reads them: derived from the catalog's
+entries (``soundry.models.catalog``, the one place the service and the model list read).
 
 Figures are the releases' own (model cards and the diffusers pipelines' defaults). A loaded folder's configs are
 the truth for its rate, channels and latent sizes; these entries say what to expect before a download.
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAO_LICENSE = "Stability AI Community License"
-SA3_LICENSE = "Stability AI Community License"
+from soundry.models.catalog import ALIASES, BUILTINS
 
 
 @dataclass(frozen=True)
@@ -31,28 +31,11 @@ class StableAudioEntry:
     gated: bool = True
 
 
-ENTRIES = [
-    StableAudioEntry("stable-audio-open", "stabilityai/stable-audio-open-1.0", "sao", SAO_LICENSE, 44100, 2, 47.55,
-                     100, 7.0, True, "Stable Audio Open 1.0: sound effects and music, 44.1 kHz stereo, up to 47 s"),
-    StableAudioEntry("stable-audio-3-small-sfx", "stabilityai/stable-audio-3-small-sfx", "sa3", SA3_LICENSE, 44100, 2,
-                     120.0, 8, 1.0, False, "Stable Audio 3 small (433M, distilled): sound effects, up to 120 s"),
-    StableAudioEntry("stable-audio-3-small-music", "stabilityai/stable-audio-3-small-music", "sa3", SA3_LICENSE,
-                     44100, 2, 120.0, 8, 1.0, False, "Stable Audio 3 small (433M, distilled): music, up to 120 s"),
-    StableAudioEntry("stable-audio-3-medium", "stabilityai/stable-audio-3-medium", "sa3", SA3_LICENSE, 44100, 2,
-                     380.0, 8, 1.0, False, "Stable Audio 3 medium (1.4B, distilled): sound effects and music, up to "
-                     "380 s"),
-    StableAudioEntry("stable-audio-3-small-sfx-base", "stabilityai/stable-audio-3-small-sfx-base", "sa3", SA3_LICENSE,
-                     44100, 2, 120.0, 100, 7.0, True, "Stable Audio 3 small sfx, the non-distilled base (for "
-                     "fine-tuning; guidance and negative prompts apply)"),
-    StableAudioEntry("stable-audio-3-small-music-base", "stabilityai/stable-audio-3-small-music-base", "sa3",
-                     SA3_LICENSE, 44100, 2, 120.0, 100, 7.0, True, "Stable Audio 3 small music, the non-distilled "
-                     "base (for fine-tuning; guidance and negative prompts apply)"),
-    StableAudioEntry("stable-audio-3-medium-base", "stabilityai/stable-audio-3-medium-base", "sa3", SA3_LICENSE, 44100,
-                     2, 380.0, 100, 7.0, True, "Stable Audio 3 medium, the non-distilled base (for fine-tuning; "
-                     "guidance and negative prompts apply)"),
-]
+ENTRIES = [StableAudioEntry(s.name, s.hub_repo, {"stable-audio-open": "sao", "stable-audio-3": "sa3"}[s.family],
+                            s.licence or "", s.sample_rate, s.channels, s.context, s.steps or 0, s.guidance or 1.0,
+                            s.negative_prompt, s.description, s.gated)
+           for s in BUILTINS if s.kind == "diffusion"]
 CATALOG: dict[str, StableAudioEntry] = {e.name: e for e in ENTRIES}
-ALIASES = {"stable-audio-open-1.0": "stable-audio-open"}
 
 
 def entry(name: str) -> StableAudioEntry | None:
