@@ -50,6 +50,7 @@ class Settings:
     # "" = the hub's facebook/multiband-diffusion, downloaded on the first MBD task (SOUNDRY_MBD_PATH too)
     mbd_path: str = ""
     cog_model: str = "musicgen"  # the model Cog's local API (POST /predictions) runs
+    stability_model: str = "stable-audio-3-small-music"  # the model Stability's REST API (/v2beta/audio/...) runs
     max_inline_output_bytes: int = 4 << 20  # Replicate/Cog outputs over this are a signed link, not a data: URL
     max_wait_seconds: float = 1800.0  # longest a request waits for its task's end (Cog's synchronous create)
     credential_cache_seconds: float = 10.0  # a verified API key/token is known this long (revoked elsewhere: so late)

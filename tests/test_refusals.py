@@ -1,6 +1,6 @@
 """The same refusal answers the same status on every wire API (docs/refusals.md): FlexStack, ElevenLabs,
-Replicate and Cog create tasks through one task service, authenticate before they read a body, and each spells
-the refusal in its own shape. Nothing refused is stored."""
+Replicate, Cog and Stability create tasks through one task service, authenticate before they read a body, and
+each spells the refusal in its own shape. Nothing refused is stored."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from soundry.api.app import create_app
 from soundry.service.tasks import TaskSpec
 from tests.conftest import PASSWORD, make_settings
 
-APIS = ["flexstack", "elevenlabs", "replicate", "cog"]
+APIS = ["flexstack", "elevenlabs", "replicate", "cog", "stability"]
 MAX_DURATION = 10
 
 
@@ -37,6 +37,17 @@ def _create(api: str, key: str | None, prompt: str = "rain on a tin roof", durat
         payload = {"input": {"prompt": prompt, "duration": duration, **extra}}
         if webhook:
             payload["webhook"] = webhook
+    elif api == "stability":  # Stability's form, as its examples send it (an empty file part "none")
+        fields = {"prompt": prompt, "duration": str(duration), **{k: str(v) for k, v in extra.items()}}
+        boundary = "soundry-test-boundary"
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                 for k, v in fields.items()]
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="none"; filename=""\r\n\r\n\r\n')
+        form = ("".join(parts) + f"--{boundary}--\r\n").encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Accept": "audio/*",
+                   **({"Authorization": f"Bearer {key}"} if key is not None else {})}
+        return {"method": "POST", "url": "/v2beta/audio/stable-audio-2/text-to-audio", "headers": headers,
+                "content": body if body is not None else form}
     else:  # Cog: the cog_model setting's inputs (meta/musicgen's for the default musicgen)
         url, auth = "/predictions", {"Authorization": f"Bearer {key}", "Prefer": "respond-async"}
         payload = {"input": {"prompt": prompt, "duration": duration, **extra}}
@@ -59,7 +70,8 @@ def _input_audio(api: str, upload_id: str) -> dict:
 
 def _unknown_model(api: str) -> dict:
     return {"flexstack": {"model": "no-such-model"}, "elevenlabs": {"model_id": "no-such-model"},
-            "replicate": {"model": "no-such-model"}, "cog": {"model_version": "no-such-model"}}[api]
+            "replicate": {"model": "no-such-model"}, "cog": {"model_version": "no-such-model"},
+            "stability": {"model": "no-such-model"}}[api]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +116,8 @@ def _said(r, api: str, code_or_field: str | tuple) -> bool:
         return code_or_field in body["detail"]["status"] or code_or_field in body["detail"]["message"]
     if api == "replicate":
         return body["status"] == r.status_code and code_or_field in json.dumps(body)
+    if api == "stability":
+        return len(body["id"]) == 32 and (code_or_field == body["name"] or code_or_field in json.dumps(body["errors"]))
     return code_or_field in json.dumps(body["detail"])
 
 
@@ -112,15 +126,17 @@ REFUSALS = {
     "no credential": (401, "API key", lambda api, c: _create(api, None)),
     "a wrong key": (401, "key", lambda api, c: _create(api, "sk-not-a-key")),
     "a wrong key with a malformed body": (401, "key", lambda api, c: _create(api, "sk-not-a-key", body=b"{")),
-    "malformed JSON": (400, "malformed JSON", lambda api, c: _create(api, c.key, body=b'{"prompt": ')),
-    "a body over 1 MiB": (413, "request body over", lambda api, c: _create(api, c.key, body=b" " * (2 << 20))),
+    "malformed JSON": (400, ("malformed JSON", "malformed multipart"),  # (Stability's is a form)
+                       lambda api, c: _create(api, c.key, body=b'{"prompt": ')),
+    "a body over 1 MiB": (413, ("request body over", "form is over"),
+                          lambda api, c: _create(api, c.key, body=b" " * (2 << 20))),
     "a prompt over max_prompt_chars": (422, "characters", lambda api, c: _create(api, c.key, prompt="a" * 101)),
-    "a blank prompt": (422, ("blank", "needs a prompt"), lambda api, c: _create(api, c.key, prompt="   ")),
+    "a blank prompt": (422, ("blank", "needs a prompt", "prompt:"), lambda api, c: _create(api, c.key, prompt="   ")),
     "a duration over max_duration": (422, "at most", lambda api, c: _create(api, c.key, duration=MAX_DURATION + 5)),
     "an unknown input": (422, "speed", lambda api, c: _create(api, c.key, extra={"speed": 2})),
     "an unknown model": (422, "model", lambda api, c: _create(api, c.key, extra=_unknown_model(api))),
 }
-NOT_ON_ELEVENLABS = {  # ElevenLabs' sound effects take no audio in and no webhook
+NOT_ON_ELEVENLABS = {  # ElevenLabs' sound effects (and Stability's text to audio) take no audio in and no webhook
     "another user's upload": (404, "no upload", lambda api, c: _create(
         api, c.key, duration=5, extra=_input_audio(api, c.others_upload))),
     "a webhook to a private address": (422, "webhook", lambda api, c: _create(

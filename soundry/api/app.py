@@ -26,6 +26,7 @@ from soundry.api.http.streams import AudioStreams, EventStreams
 from soundry.api.openapi import install_openapi
 from soundry.api.predictions.core import webhook_body
 from soundry.api.replicate import routes as replicate
+from soundry.api.stability import routes as stability
 from soundry.config import Settings
 from soundry.data_dir_lock import DataDirLock
 from soundry.models.sources.added import open_catalog
@@ -184,5 +185,6 @@ def create_app(settings: Settings | None = None, queue=None, start_worker: bool 
     app.include_router(replicate.router)
     app.include_router(files.router)
     app.include_router(cog.router)
+    app.include_router(stability.router)
     mount_playground(app)
     return app

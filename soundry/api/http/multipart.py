@@ -8,6 +8,7 @@ import logging
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import FormParserError, MultiPartException
 from starlette.requests import Request as StarletteRequest
 from starlette.types import Message
@@ -33,14 +34,14 @@ async def receive_upload(request: Request, user: User, field_name: str = "file")
         await form.close()
 
 
-async def _read_file_field(request: Request, max_bytes: int, name: str = "file") -> tuple[FormData, UploadFile]:
-    """The form and its file part ``name``, parsed as the body streams in: Starlette spools the file to a temporary
-    file (past 1 MiB), and a body past the limit is refused (413) as soon as it passes it. The caller closes
-    the form."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "bad_request", f"send the clip as multipart/form-data with a file field named '{name}'")
-    limit = max_bytes + _MULTIPART_OVERHEAD
-    too_big = ApiError(413, "payload_too_large", f"uploads are limited to {max_bytes // (1 << 20)} MiB")
+async def read_form(request: Request, limit: int, too_big: ApiError, what: str, max_files: int = 1,
+                    max_fields: int = 8) -> FormData:
+    """A multipart (or urlencoded) form parsed as the body streams in: files are spooled to a temporary file (past
+    1 MiB), and a body past ``limit`` bytes is refused (``too_big``) as soon as it passes it. The caller closes
+    the form. ``what`` says what to send when the body is not a form."""
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise ApiError(400, "bad_request", f"send {what} as multipart/form-data")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -55,13 +56,23 @@ async def _read_file_field(request: Request, max_bytes: int, name: str = "file")
         return message
 
     try:
-        form = await StarletteRequest(request.scope, bounded_receive).form(max_files=1, max_fields=8)
+        return await StarletteRequest(request.scope, bounded_receive).form(max_files=max_files, max_fields=max_fields)
     except (MultiPartException, FormParserError, ValueError) as exc:  # malformed multipart, too many parts
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
+    except HTTPException as exc:  # Starlette's own answer to a malformed multipart body, in this API's shape
+        raise ApiError(400, "bad_request", f"malformed multipart body: {exc.detail}") from None
     except OSError:  # spooling the file to disk failed (a full disk): the server's trouble, not the client's
         log.exception("spooling an upload failed")
         raise ApiError(503, "storage_unavailable", "the upload could not be received; try again later",
                        {"Retry-After": "30"}) from None
+
+
+async def _read_file_field(request: Request, max_bytes: int, name: str = "file") -> tuple[FormData, UploadFile]:
+    """The form and its file part ``name`` (``read_form``); a file over ``max_bytes`` is refused (413)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "bad_request", f"send the clip as multipart/form-data with a file field named '{name}'")
+    too_big = ApiError(413, "payload_too_large", f"uploads are limited to {max_bytes // (1 << 20)} MiB")
+    form = await read_form(request, max_bytes + _MULTIPART_OVERHEAD, too_big, "the clip")
     field = form.get(name)
     if field is None or isinstance(field, str):
         await form.close()
