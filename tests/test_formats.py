@@ -67,3 +67,25 @@ def test_formats_through_the_api(client, user, fmt):
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("audio/")
     audio, sr = sf.read(io.BytesIO(resp.content))
     assert abs(len(audio) / sr - 1.2) <= TOLERANCE_S[fmt] + 1e-9
+
+
+@pytest.mark.parametrize("fmt,depth,subtype", [("wav", 16, "PCM_16"), ("wav", 24, "PCM_24"), ("flac", 24, "PCM_24"),
+                                               ("wav", 32, "FLOAT")])
+def test_bit_depth_sets_the_stored_samples(fmt, depth, subtype):
+    clip = _sine(440, 0.3, 0.5, 32000)
+    info = sf.info(io.BytesIO(encode(clip, 32000, fmt, depth).data))
+    assert info.subtype == subtype
+    audio, _ = sf.read(io.BytesIO(encode(clip, 32000, fmt, depth).data), dtype="float32", always_2d=True)
+    assert np.abs(audio.T - clip).max() <= {16: 2 ** -15, 24: 2 ** -23, 32: 0.0}[depth]
+
+
+def test_bit_depth_is_checked_against_the_format_when_a_task_is_created(client, user):
+    for fmt, depth in (("mp3", 24), ("flac", 32), ("ogg", 32)):
+        configs = {"model": "audiogen", "duration": 1, "output_format": fmt, "bit_depth": depth}
+        r = client.post("/v1/ai/audio_generation", headers=user["headers"], json={"prompt": "rain", "configs": configs})
+        assert r.status_code == 422 and r.json()["error_description"].startswith("configs.bit_depth"), r.text
+    r = client.post("/v1/ai/audio_generation", headers=user["headers"], json={
+        "prompt": "rain", "configs": {"model": "audiogen", "duration": 0.5, "output_format": "wav", "bit_depth": 24}})
+    assert r.status_code == 201, r.text
+    done = wait_for(client, r.json()["data"]["task_id"], user["headers"])
+    assert sf.info(io.BytesIO(client.get(done["url_download"]).content)).subtype == "PCM_24"

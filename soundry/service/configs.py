@@ -51,6 +51,7 @@ class Configs(BaseModel):
     seed: Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_integral)] | None = Field(
         None, description="makes the task reproducible")
     output_format: Literal[tuple(FORMATS)] = "wav"  # type: ignore[valid-type]
+    bit_depth: Literal[16, 24, 32] = Field(16, description="16 (every format), 24 (wav, flac) or 32 (float wav)")
     normalization: Literal[tuple(NORMALIZATIONS)] = "loudness"  # type: ignore[valid-type]
     target_lufs: float = Field(-14.0, ge=-70.0, le=0.0)
     input_audio: str | None = Field(None, pattern="^[0-9a-f]{32}$", description=(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from soundry.audio.decode import UndecodableAudio
+from soundry.audio.encode import check_depth
 from soundry.audio.loop import loop_overlap
 from soundry.models.catalog import AUTOREGRESSIVE_CONFIGS
 from soundry.service.configs import Configs, check_prompt, check_webhook_url
@@ -80,6 +81,10 @@ class TaskService:
                                            f"{', '.join(self.svc.catalog.names())}")
         if configs.duration > s.max_duration:
             raise invalid("configs.duration", f"at most {s.max_duration:g} seconds")
+        try:
+            check_depth(configs.output_format, configs.bit_depth)
+        except ValueError as exc:
+            raise invalid("configs.bit_depth", str(exc).removeprefix(f"bit_depth {configs.bit_depth} ")) from None
         configs = self._for_family(model, configs, spec.negative_prompt)
         if spec.webhook:
             try:

@@ -259,7 +259,7 @@ class TaskRunner:
                 audio = make_loop(audio, int(round(duration * result.sample_rate)))
             audio = normalize(audio, result.sample_rate, cfg.get("normalization", "loudness"),
                               float(cfg.get("target_lufs", -14.0)))
-            encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"))
+            encoded = encode(audio, result.sample_rate, cfg.get("output_format", "wav"), int(cfg.get("bit_depth", 16)))
             key = f"{task.user_id}/{task_id}-{task.attempts}.{encoded.extension}"
             self.storage.put(key, encoded.data, encoded.content_type)
         except Exception as exc:  # the log has the details (paths, buckets); the user gets the cause only
