@@ -17,7 +17,8 @@ fi
 nvidia-smi -L; python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 # --noconftest: tests/conftest.py imports the web stack, which the GPU image lacks; tests/helpers_models.py
 # imports tests/device.py, which sends the tests' model loads to CUDA (SOUNDRY_TEST_PRECISION, default fp32).
-PYTEST="python3 -m pytest --noconftest -p no:cacheprovider -q -rfE"
+# -o addopts=: pyproject's addopts run pytest-xdist's workers, which the GPU image lacks (and one GPU runs serially).
+PYTEST="python3 -m pytest --noconftest -o addopts= -p no:cacheprovider -q -rfE"
 
 # 1. (40 s) Re-capture after a full-window job and a long prompt, in a process of its own: before issue 31's
 #    fix a warm-up wrote past the KV cache, a device-side assert that leaves the CUDA context dead.

@@ -19,6 +19,17 @@ PASSWORD = "correct horse battery"
 # (tests/test_compiled_steps.py). Subprocesses started by tests inherit this.
 os.environ.setdefault("SOUNDRY_COMPILE", "false")
 
+# pytest-xdist's workers (pyproject's addopts) share the cores: each worker's torch, and the servers and
+# workers it starts (OMP_NUM_THREADS), gets its share of them. Two threads per worker on two cores
+# oversubscribe them, and an OpenMP barrier then waits for a thread that is not running: on a busy
+# machine a test took 5 times as long as it takes on one thread.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+
 
 @pytest.fixture
 def tiny_models(monkeypatch):
@@ -97,3 +108,38 @@ def live_server(tmp_path, tiny_models):
     server = start_live_server(make_settings(tmp_path, webhook_backoff=0.2))  # SQLite (API suite covers PostgreSQL)
     yield server
     server.stop()
+
+
+# -- pytest-xdist (pyproject's addopts: -n 2 --dist loadgroup --no-loadscope-reorder) ---------------------
+# Modules whose tests must all run on one worker, one after the other, whatever their fixtures: the
+# distributed tests share Celery's fixed queues (audiogen_queue, musicgen_queue) on the one Redis and
+# RabbitMQ, and each cluster purges them, so two clusters at once would take (and drop) each other's tasks.
+SHARED_GROUPS = {"test_distributed.py": "celery-queues", "test_distributed_stream.py": "celery-queues"}
+
+
+def _xdist_group(item) -> str | None:
+    """The worker group of a test: SHARED_GROUPS, else its module's when it uses a fixture wider than a
+    test (a module's live server or loaded models, set up once per worker that runs the module's tests),
+    else none (it goes alone to whichever worker is free)."""
+    module = item.path.name
+    if module in SHARED_GROUPS:
+        return SHARED_GROUPS[module]
+    defs = getattr(item, "_fixtureinfo", None)
+    if defs and any(d.scope in ("class", "module", "package") for fds in defs.name2fixturedefs.values() for d in fds):
+        return module
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns the marks into the nodeid's "@group"
+def pytest_collection_modifyitems(config, items):
+    """Group the tests (above) and put the units (a group, or a test alone) that hold a ``slow`` test first,
+    each group's tests together and in their order: the longest work starts at once on both workers and the
+    short tests fill in after it, so one worker does not end with the slow tests alone."""
+    units: dict[str, list] = {}
+    for item in items:
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        units.setdefault(group or item.nodeid, []).append(item)
+    ordered = sorted(units.values(), key=lambda unit: not any(i.get_closest_marker("slow") for i in unit))
+    items[:] = [item for unit in ordered for item in unit]

@@ -61,6 +61,7 @@ class _ProgressWatch:
         return infos
 
 
+@pytest.mark.slow
 def test_sigkill_during_generation_then_restart_completes_everything(tmp_path):
     # the restart takes the killed server's task over once its lease lapses: a short one here
     env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}",

@@ -24,6 +24,8 @@ from tests.live_server import free_port, start_live_server
 BROKERS = {"redis": "redis://127.0.0.1:6379/7", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"}
 S3_KEYS = {"SOUNDRY_S3_ACCESS_KEY_ID": "testing", "SOUNDRY_S3_SECRET_ACCESS_KEY": "testing"}
 
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # PostgreSQL, Redis and RabbitMQ; worker processes
+
 
 @pytest.fixture(scope="module")
 def s3_endpoint():

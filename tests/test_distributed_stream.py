@@ -8,9 +8,12 @@ import wave
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.test_distributed import cluster, s3_endpoint  # noqa: F401 - the fixtures (a cluster per broker)
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # PostgreSQL, Redis and RabbitMQ; a worker process
 
 
 def test_stream_route_in_distributed_mode(cluster):  # noqa: F811 - the imported fixture

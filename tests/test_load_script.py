@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_two_hundred_concurrent_tasks(tiny_models):
     out = subprocess.run([sys.executable, "bench/load.py", "-n", "200", "--duration", "0.5"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)

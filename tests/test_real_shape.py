@@ -1,6 +1,7 @@
 """A real-size model (audiogen-medium shape, random weights) loads from a release-format directory
 and generates: shapes right, nothing NaN."""
 
+import pytest
 import torch
 
 from soundry.engine import Engine, GenerationRequest
@@ -9,6 +10,7 @@ from soundry.models.audiocraft.shapes import SHAPES, write_random_release
 from tests.helpers_models import TINY
 
 
+@pytest.mark.slow
 def test_audiogen_medium_shape_loads_and_steps(tmp_path):
     release = write_random_release(tmp_path / "audiogen-medium-random", "audiogen-medium", TINY["audiogen"])
     model = load_model(str(release), device="cpu")

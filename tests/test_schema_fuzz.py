@@ -64,6 +64,7 @@ def _in_envelope(response, path: str) -> None:
         assert body["status"] == "success" and body["errors"] == [], body
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_get_no_5xx_and_the_envelope(api_schema):
     app = api_schema.app
     # /v1/sound-generation answers audio once it is generated (no worker runs here) in ElevenLabs' error

@@ -49,6 +49,7 @@ def _load_secret(data_dir: str, barrier, out) -> None:
     out.put(Settings.load(config_file=os.devnull, data_dir=data_dir).secret)
 
 
+@pytest.mark.slow
 def test_processes_starting_together_agree_on_one_secret(tmp_path):
     ctx = multiprocessing.get_context("fork")
     for round_ in range(4):
@@ -217,6 +218,7 @@ def test_concurrent_wrong_passwords_get_at_most_the_limit_checked(tmp_path, tiny
     assert hasher.calls == 5
 
 
+@pytest.mark.slow
 def test_argon2_work_is_bounded(tmp_path, tiny_models, monkeypatch):
     settings = make_settings(tmp_path, login_attempts_per_address=1000, password_hash_concurrency=2)
     with TestClient(create_app(settings, start_worker=False)) as c:

@@ -66,6 +66,7 @@ def _cli(data_dir: Path, *args: str, env: dict) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
+@pytest.mark.slow
 def test_three_flac_bombs_at_once_raise_peak_memory_by_a_few_mb(tmp_path):
     # three decode slots, so the three bombs are decoded at the same time (the worst case for memory)
     env = {**os.environ, "SOUNDRY_MODEL_PATHS": f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']}",
