@@ -48,8 +48,18 @@ def database_url(request, tmp_path):
     """Every test that uses the service runs against SQLite and against PostgreSQL."""
     from tests.databases import database
 
-    with database(request.param, tmp_path) as url:
+    with database(request.param, tmp_path, migrated=True) as url:
         yield url
+
+
+@pytest.fixture(autouse=True, scope="session")
+def dropped_databases():
+    """At the end, the PostgreSQL databases the tests made are dropped (by a thread, as they go: see
+    tests/databases.py); a drop that failed fails the session."""
+    yield
+    from tests.databases import finish_drops
+
+    finish_drops()
 
 
 @pytest.fixture
