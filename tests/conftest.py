@@ -31,6 +31,21 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def quick_password_hashes():
+    """argon2id at its lowest cost for the users the tests create and log in (0.3-0.5 s of CPU each at the
+    service's cost on this machine, several times per test): what they check is who may log in, not the
+    cost of a hash. The service's own cost (soundry.accounts) is unchanged, and servers started as
+    processes use it."""
+    from argon2 import PasswordHasher
+
+    import soundry.accounts
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(soundry.accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        yield
+
+
 @pytest.fixture
 def tiny_models(monkeypatch):
     monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
