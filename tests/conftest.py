@@ -46,6 +46,48 @@ def quick_password_hashes():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def shared_tiny_models():
+    """The service's engines in this process (each test's app, live server, worker) load each tiny reference
+    model of tests/data once, with the same load options, and share it: a model is read-only to its engines,
+    and loading one again took about a second of each test that generates. The loader stays a partial with
+    the same keywords (tests/test_packed_weights.py reads them). Models elsewhere, a loader a test passes to
+    the EngineManager, and the tests' own load_model calls load as before."""
+    import functools
+    import threading
+
+    from soundry.models import load_model
+    from soundry.models.registry import resolve_model_dir
+    from soundry.tasks import engines
+    from tests.helpers_models import DATA
+
+    loaded: dict[tuple, object] = {}
+    lock = threading.Lock()
+    original = engines.EngineManager.__init__
+
+    def load_shared(name: str, **options):
+        try:
+            where = resolve_model_dir(name, download=False).resolve()
+        except Exception:  # noqa: BLE001 - the loader raises what it raises
+            return load_model(name, **options)
+        if DATA.resolve() not in where.parents:
+            return load_model(name, **options)
+        key = (name, str(where), tuple(sorted(options.items())))
+        with lock:
+            if key not in loaded:
+                loaded[key] = load_model(name, **options)
+            return loaded[key]
+
+    def init(self, *args, **kw):
+        original(self, *args, **kw)
+        if isinstance(self._loader, functools.partial) and self._loader.func is load_model and not self._loader.args:
+            self._loader = functools.partial(load_shared, **self._loader.keywords)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engines.EngineManager, "__init__", init)
+        yield
+
+
 @pytest.fixture
 def tiny_models(monkeypatch):
     monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},musicgen={TINY['musicgen']},"
