@@ -35,14 +35,15 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 def quick_password_hashes():
     """argon2id at its lowest cost for the users the tests create and log in (0.3-0.5 s of CPU each at the
     service's cost on this machine, several times per test): what they check is who may log in, not the
-    cost of a hash. The service's own cost (soundry.accounts) is unchanged, and servers started as
+    cost of a hash. The service's own cost (soundry.service.accounts) is unchanged, and servers started as
     processes use it."""
     from argon2 import PasswordHasher
 
-    import soundry.accounts
+    import soundry.service.accounts
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(soundry.accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        quick = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+        mp.setattr(soundry.service.accounts, "_hasher", quick)
         yield
 
 
@@ -57,7 +58,7 @@ def shared_tiny_models():
     import threading
 
     from soundry.models import load_model
-    from soundry.models.registry import resolve_model_dir
+    from soundry.models.sources.paths import resolve_model_dir
     from soundry.tasks import engines
     from tests.helpers_models import DATA
 
