@@ -199,7 +199,7 @@ def test_hub_download_fetches_only_the_files_of_its_format(tmp_path, monkeypatch
     """The network calls (the listing and the download) are replaced; what soundry asks for is checked."""
     import huggingface_hub
 
-    from soundry.models.sources.hub import hub as sources
+    from soundry.models.sources import hub as sources
 
     asked = []
     listing = {"someone/tune": ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",

@@ -39,6 +39,12 @@ FIELDS = {"configs.cfg_coef": "cfg_scale", "configs.model": "model"}
 MEDIA = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 
 
+class StabilityError(BaseModel):
+    id: str = Field(description="32 hex digits")
+    name: str = Field(examples=["invalid_request"])
+    errors: list[str] = Field(examples=[["duration: Input should be less than or equal to 190"]])
+
+
 class TextToAudio(BaseModel):
     """Stability's text-to-audio form (``none``: the empty file part of Stability's own examples)."""
 
@@ -94,7 +100,11 @@ def translate(svc, form: TextToAudio) -> TaskSpec:
 @router.post("/audio/stable-audio-2/text-to-audio", summary="Stability-compatible text to audio",
              description="Stability's form; `Accept: audio/*` answers the audio, `application/json` base64 JSON. "
                          "Authenticate with `Authorization: Bearer <soundry API key>`.",
-             responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}, "application/json": {}}}},
+             responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}, "application/json": {"schema": {
+                 "type": "object", "properties": {"audio": {"type": "string"}, "finish_reason": {"type": "string"},
+                                                  "seed": {"type": "integer"}}}}}},
+                        204: {"description": "the client left before the audio existed (the task is canceled)"},
+                        **{c: {"model": StabilityError} for c in (400, 401, 413, 422, 429, 500, 503)}},
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
                  "schema": TextToAudio.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def text_to_audio(request: Request):

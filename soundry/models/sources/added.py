@@ -54,10 +54,16 @@ def from_model_paths(entries: list[str]) -> dict[str, AddedModel]:
 def read_facts(source: str) -> tuple[int, bool, str]:
     """(audio channels, whether it takes a melody, licence) as the checkpoint says — a folder, or a hub
     reference in the cache, in either format. Raises ModelNotAvailable / CheckpointError / ValueError."""
-    from soundry.models.audiocraft.checkpoint import load_package, parse_cfg
-    from soundry.models.sources.hub import card_license, fetch
+    from soundry.models.sources.hub import fetch
 
-    path = fetch(source, download=False)
+    return facts_at(fetch(source, download=False))
+
+
+def facts_at(path: Path) -> tuple[int, bool, str]:
+    """The facts of the checkpoint in the folder ``path`` (see ``read_facts``)."""
+    from soundry.models.audiocraft.checkpoint import load_package, parse_cfg
+    from soundry.models.sources.hub import card_license
+
     licence = card_license(path) or ""
     try:
         if (path / "config.json").is_file():  # transformers format
@@ -67,7 +73,7 @@ def read_facts(source: str) -> tuple[int, bool, str]:
         cfg = parse_cfg(load_package(path / "state_dict.bin", mmap=True), path / "state_dict.bin")
         return int(cfg.get("channels", 1)), "self_wav" in ((cfg.get("fuser") or {}).get("prepend") or ()), licence
     except (OSError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read the facts of {source}: {exc}") from exc
+        raise CheckpointError(f"cannot read the facts of {path}: {exc}") from exc
 
 
 def _with_facts(m: AddedModel) -> AddedModel:
@@ -130,7 +136,7 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
                              "transformers-format bases")
         adapter_source = pin(adapter)
         fetch(adapter_source, download=True, kind="adapter")
-    channels, melody, licence = read_facts(source)
+    channels, melody, licence = facts_at(path)
     model = AddedModel(name, source, adapter_source, family, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
                        channels=channels, melody=melody, license=licence)
     models = read_records(data_dir)
