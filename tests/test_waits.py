@@ -102,7 +102,6 @@ def test_200_waiting_cog_clients_leave_healthz_and_creates_answering(tmp_path, t
         async def scenario():
             limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
             async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=180, limits=limits) as http:
-                assert (await http.get("/v1/user/me")).status_code == 200  # a backend's key is in use already
                 waiting = [asyncio.ensure_future(http.post("/predictions", json={
                     "input": {"prompt": f"waltz {i}", "duration": 1}})) for i in range(200)]
                 deadline = time.monotonic() + 120

@@ -20,6 +20,7 @@ Per-address caps count an IPv6 client by its /64 (``address_group``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import threading
 from collections import Counter
@@ -57,29 +58,46 @@ class InFlight:
     def __init__(self, limit: int, per_address: int = 0):
         self.limit, self.per_address, self.active = limit, per_address, 0
         self.unauthenticated: Counter[str] = Counter()
+        # (address, credential digest) -> requests sharing one unauthenticated slot: requests with the same
+        # credential wait for one verification (soundry.service.credentials), so they cost the address one slot
+        self._sharing: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()  # authentication runs in worker threads
 
     @property
     def overloaded(self) -> bool:
         return bool(self.limit) and self.active >= self.limit
 
-    def admit(self, address: str, known: bool = False) -> str | None:
-        """Count a request from ``address`` (not against the address when its caller is ``known`` already),
-        or say why it is refused ("overloaded" / "address")."""
+    def admit(self, address: str, known: bool = False, credential: str | None = None) -> str | None:
+        """Count a request from ``address`` (not against the address when its caller is ``known`` already; once
+        per distinct ``credential`` digest while it is unverified), or say why it is refused ("overloaded" /
+        "address")."""
         with self._lock:
             if self.overloaded:
                 return "overloaded"
             if known:
                 self.active += 1
                 return None
+            shared = (address, credential) if credential is not None else None
+            if shared is not None and self._sharing[shared]:  # its slot is counted already
+                self._sharing[shared] += 1
+                self.active += 1
+                return None
             if self.per_address and self.unauthenticated[address] >= self.per_address:
                 return "address"
             self.active += 1
             self.unauthenticated[address] += 1
+            if shared is not None:
+                self._sharing[shared] = 1
             return None
 
-    def release_address(self, address: str) -> None:
+    def release_address(self, address: str, credential: str | None = None) -> None:
         with self._lock:
+            shared = (address, credential) if credential is not None else None
+            if shared is not None:
+                self._sharing[shared] -= 1
+                if self._sharing[shared] > 0:  # others with the same credential still hold the slot
+                    return
+                del self._sharing[shared]
             self.unauthenticated[address] -= 1
             if self.unauthenticated[address] <= 0:
                 del self.unauthenticated[address]
@@ -114,8 +132,10 @@ class ConcurrencyCap:
             await self.app(scope, receive, send)
             return
         address = address_group(scope["client"][0]) if scope.get("client") else "unknown"
-        known = self.known is not None and self._known_caller(scope)
-        refused = self.in_flight.admit(address, known)
+        credential = self._credential(scope)
+        known = credential is not None and self.known is not None and self.known(credential) is not None
+        digest = hashlib.sha256(credential.encode()).hexdigest() if credential is not None else None
+        refused = self.in_flight.admit(address, known, digest)
         if refused:
             retry = {"Retry-After": str(self.retry_after)}
             if refused == "overloaded":
@@ -133,7 +153,7 @@ class ConcurrencyCap:
             nonlocal released
             if not released:
                 released = True
-                self.in_flight.release_address(address)
+                self.in_flight.release_address(address, digest)
 
         scope["soundry.authenticated"] = release
         try:
@@ -142,18 +162,20 @@ class ConcurrencyCap:
             release()
             self.in_flight.finish()
 
-    def _known_caller(self, scope: Scope) -> bool:
-        """Whether the request's bearer credential (``Authorization`` or ``xi-api-key``) was verified moments ago:
-        its caller is known before any I/O, so it is not counted as unauthenticated (a burst with a valid key is
-        never refused for the time its verification waits on the thread pool)."""
+    @staticmethod
+    def _credential(scope: Scope) -> str | None:
+        """The request's bearer credential (``Authorization`` or ``xi-api-key``), read before any I/O. One
+        verified moments ago makes its caller known (not counted as unauthenticated: a burst with a valid key is
+        never refused for the time its verification waits); requests with one unverified credential share one
+        unauthenticated slot of the address (they wait for one verification)."""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, credential = value.decode("latin-1").partition(" ")
                 if scheme.lower() in ("bearer", "token") and credential.strip():
-                    return self.known(credential.strip()) is not None
+                    return credential.strip()
             elif name == b"xi-api-key" and value.strip():
-                return self.known(value.decode("latin-1").strip()) is not None
-        return False
+                return value.decode("latin-1").strip()
+        return None
 
 
 class BodyTimeout:
