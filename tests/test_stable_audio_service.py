@@ -126,3 +126,20 @@ def test_defaults_of_the_model_are_applied_and_recorded(server):
     assert done["status"] == "COMPLETED"
     got, _ = sf.read(io.BytesIO(server.get(done["url_download"]).content), dtype="float32", always_2d=True)
     assert torch.isfinite(torch.from_numpy(got)).all()
+
+
+def test_the_cli_generates_with_a_stable_audio_folder_and_says_what_it_does_not_take(tmp_path, capsys):
+    from soundry.cli.main import main
+
+    out = tmp_path / "rain.wav"
+    args = ["generate", "rain on a tin roof", "-o", str(out), "--model-path", str(SA3), "--duration", "0.5",
+            "--steps", "4", "--seed", "3", "--normalization", "none", "--device", "cpu"]
+    assert main(args) == 0, capsys.readouterr().err
+    audio, rate = sf.read(out, dtype="float32", always_2d=True)
+    assert rate == 8000 and audio.shape[1] == 2
+    np.testing.assert_allclose(audio.T, alone(SA3, "rain on a tin roof", 0.5, 3, 1.0, 4), atol=2e-4)
+    assert main([*args, "--top-k", "5"]) == 2
+    assert "--top-k" in capsys.readouterr().err
+    assert main(["generate", "rain", "-o", str(tmp_path / "a.wav"), "--model-path", str(TINY["audiogen"]),
+                 "--steps", "4", "--device", "cpu"]) == 2
+    assert "--steps" in capsys.readouterr().err

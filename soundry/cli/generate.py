@@ -16,10 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="audiogen", help="registry name (audiogen, musicgen, musicgen-medium, ...)")
     g.add_argument("--model-path", help="a model folder (audiocraft release or transformers format)")
     p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--top-k", type=int, default=15)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--cfg-coef", type=float, default=3.0)
+    p.add_argument("--top-k", type=int, help="AudioGen/MusicGen (default 15)")
+    p.add_argument("--top-p", type=float, help="AudioGen/MusicGen (default 0.9)")
+    p.add_argument("--temperature", type=float, help="AudioGen/MusicGen (default 1.0)")
+    p.add_argument("--cfg-coef", type=float, help="guidance (default: 3.0; a Stable Audio model's own)")
+    p.add_argument("--steps", type=int, help="denoising steps of a Stable Audio model (default: the model's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
     p.add_argument("--input-audio", help="an audio file (wav, flac, ogg, mp3) to continue; --duration is the total")
@@ -75,8 +76,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --decoder mbd: MultiBand Diffusion decodes MusicGen's tokens; {model.name} is an "
               f"{model.family} model", file=sys.stderr)
         return 2
-    request = GenerationRequest(args.prompt, args.duration, args.top_k, args.top_p, args.temperature,
-                                args.cfg_coef, args.seed, args.negative_prompt)
+    diffusion = getattr(model, "is_diffusion", False)
+    if diffusion and (given := [f"--{n.replace('_', '-')}" for n in ("top_k", "top_p", "temperature")
+                                if getattr(args, n) is not None]):
+        print(f"error: {', '.join(given)}: {model.name} is a diffusion model (it takes --steps and --cfg-coef)",
+              file=sys.stderr)
+        return 2
+    if not diffusion and args.steps is not None:
+        print(f"error: --steps: {model.name} is an autoregressive model (steps apply to Stable Audio)",
+              file=sys.stderr)
+        return 2
+    guidance = args.cfg_coef if args.cfg_coef is not None else (model.default_guidance if diffusion else 3.0)
+    request = GenerationRequest(args.prompt, args.duration, 15 if args.top_k is None else args.top_k,
+                                0.9 if args.top_p is None else args.top_p,
+                                1.0 if args.temperature is None else args.temperature, guidance, args.seed,
+                                args.negative_prompt, steps=args.steps)
     for option, given, read in (("--input-audio", args.input_audio, read_prompt),
                                 ("--melody", args.melody, read_melody)):
         if given:
@@ -90,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # no weights at hand, or a file that is not MBD's
         print(f"error: --decoder mbd: {exc}", file=sys.stderr)
         return 1
-    engine = Engine(model, max_batch=1).start()
+    if diffusion:
+        from soundry.engine.diffusion.engine import DiffusionEngine
+
+        engine = DiffusionEngine(model, max_batch=1).start()
+    else:
+        engine = Engine(model, max_batch=1).start()
     bar = tqdm(total=100, unit="%", desc=f"{model.name}: {args.prompt[:40]}")
 
     def progress(done: int, total: int) -> None:

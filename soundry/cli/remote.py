@@ -46,9 +46,11 @@ def progress_bar(label: str):
 
 def generate(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    configs = {"model": args.model, "duration": args.duration, "top_k": args.top_k, "top_p": args.top_p,
-               "temperature": args.temperature, "cfg_coef": args.cfg_coef, "normalization": args.normalization,
+    configs = {"model": args.model, "duration": args.duration, "normalization": args.normalization,
                "output_format": out.suffix.lstrip(".").lower() or "wav"}
+    for name in ("top_k", "top_p", "temperature", "cfg_coef", "steps"):  # given ones only: the model's defaults
+        if getattr(args, name, None) is not None:
+            configs[name] = getattr(args, name)
     if args.seed is not None:
         configs["seed"] = args.seed
     if args.continuation_start or args.continuation_end is not None:
