@@ -256,21 +256,21 @@ class Catalog:
         """Every name a request may use: the aliases, then the canonical names."""
         return [*ALIASES, *self.specs()]
 
-    def canonical(self, name: str) -> str:
-        """'audiogen' → 'audiogen-medium'; KeyError naming the known models."""
-        key = ALIASES.get(name.strip().lower(), name.strip().lower())
-        if key not in self.specs():
-            raise KeyError(f"unknown model {name!r}; known models: {', '.join(self.names())}")
-        return key
+    def find(self, name: str) -> ModelSpec | None:
+        """The spec of a name or alias (case-insensitive), or None; ``models.json`` is looked at once."""
+        key = name.strip().lower()
+        return self.specs().get(ALIASES.get(key, key))
 
     def get(self, name: str) -> ModelSpec:
-        return self.specs()[self.canonical(name)]
+        """As ``find``; KeyError naming the known models."""
+        spec = self.find(name)
+        if spec is None:
+            raise KeyError(f"unknown model {name!r}; known models: {', '.join(self.names())}")
+        return spec
 
-    def find(self, name: str) -> ModelSpec | None:
-        try:
-            return self.get(name)
-        except KeyError:
-            return None
+    def canonical(self, name: str) -> str:
+        """'audiogen' → 'audiogen-medium'; KeyError naming the known models."""
+        return self.get(name).name
 
     def register(self, spec: ModelSpec) -> None:
         """Serve ``spec`` in this process (a ``model_paths`` entry, a test's model)."""
