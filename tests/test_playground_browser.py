@@ -3,6 +3,8 @@ sign in, generate with the tiny audiogen model, follow progress, play the result
 
 from __future__ import annotations
 
+import httpx
+
 from tests.browser import ARTIFACTS, chromium_page
 
 PROMPT = "a wooden door creaking open"
@@ -104,3 +106,53 @@ def test_playground_continues_an_uploaded_clip(live_server, tmp_path):
         assert task.info["config"]["input_audio"]
         samples, rate = client.task(task_id).audio().to_numpy()
         assert rate == 16000 and len(samples) == 16000
+
+
+def test_playground_offers_a_diffusion_model_what_it_takes(tmp_path, monkeypatch):
+    """A Stable Audio model: the form shows its denoising steps (its default as the placeholder) and its own
+    guidance, hides what it would refuse (top_k, top_p, temperature, a clip to continue), says that the clip
+    plays once it is done, and generates; back on audiogen the sampling fields return."""
+    from tests.conftest import make_settings
+    from tests.helpers_models import DATA, TINY
+    from tests.live_server import start_live_server
+
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},"
+                                              f"stable-audio-3-small-sfx={DATA / 'stable-audio-3-tiny'}")
+    server = start_live_server(make_settings(tmp_path))
+    try:
+        with chromium_page(viewport={"width": 1280, "height": 1000}) as (page, console_errors):
+            page.goto(server.url + "/")
+            page.fill("#username", server.username)
+            page.fill("#password", server.password)
+            page.click("[data-testid=login-submit]")
+            page.wait_for_selector("#model option[value=stable-audio-3-small-sfx]", state="attached")
+
+            page.select_option("#model", "stable-audio-3-small-sfx")
+            assert page.locator("[data-testid=steps-field]").is_visible()
+            assert page.get_attribute("#steps", "placeholder") == "default 8"
+            assert page.input_value("#cfg-coef") == "1"  # the model's own guidance (distilled: none)
+            assert all(not el.is_visible() for el in page.locator("[data-testid=sampling-field]").all())
+            assert page.locator("[data-testid=input-audio-field]").is_hidden()
+
+            page.fill("#prompt", "glass shattering on a stone floor")
+            page.fill("#duration", "0.05")
+            page.fill("#steps", "4")
+            page.click("[data-testid=generate-submit]")
+            page.wait_for_function("document.querySelector('#task-status').dataset.status === 'COMPLETED'",
+                                   timeout=60_000)
+            assert page.locator("#form-error").is_hidden(), page.locator("#form-error").text_content()
+            assert page.locator("[data-testid=at-once-note]").is_hidden()  # only while it runs
+            assert page.get_attribute("#player", "src")
+            history = httpx.get(server.url + "/v1/user/history", headers={
+                "Authorization": f"Bearer {server.api_key}"}).json()["data"]["tasks"]
+            config = history[0]["config"]
+            assert config["model"] == "stable-audio-3-small-sfx" and config["steps"] == 4
+            assert config["cfg_coef"] == 1.0 and "top_k" not in config
+
+            page.select_option("#model", "audiogen")
+            assert all(el.is_visible() for el in page.locator("[data-testid=sampling-field]").all())
+            assert page.locator("[data-testid=steps-field]").is_hidden()
+            assert page.input_value("#cfg-coef") == "3.0"
+            assert not console_errors, console_errors
+    finally:
+        server.stop()

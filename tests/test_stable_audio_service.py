@@ -122,8 +122,11 @@ def test_defaults_of_the_model_are_applied_and_recorded(server):
     assert r.status_code == 201, r.text
     config = r.json()["data"]["config"]
     assert config["steps"] == 8 and config["cfg_coef"] == 1.0  # the catalog's, recorded with the task
+    # what the model does not read is not recorded as its settings (history, webhooks and predictions show these)
+    assert not {"top_k", "top_p", "temperature", "decoder", "melody", "input_audio"} & set(config), config
     done = _finish(server, r.json()["data"]["task_id"])
-    assert done["status"] == "COMPLETED"
+    assert done["status"] == "COMPLETED" and done["decoder"] == "autoencoder"
+    assert not {"top_k", "top_p", "temperature"} & set(done["config"])
     got, _ = sf.read(io.BytesIO(server.get(done["url_download"]).content), dtype="float32", always_2d=True)
     assert torch.isfinite(torch.from_numpy(got)).all()
 
@@ -143,3 +146,28 @@ def test_the_cli_generates_with_a_stable_audio_folder_and_says_what_it_does_not_
     assert main(["generate", "rain", "-o", str(tmp_path / "a.wav"), "--model-path", str(TINY["audiogen"]),
                  "--steps", "4", "--device", "cpu"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_replicate_documents_and_runs_a_stable_audio_model_with_only_its_inputs(server):
+    """Replicate's API: soundry/<Stable Audio model>'s version schema lists what the model reads (steps, its own
+    guidance default, its longest clip; no top_k), a prediction runs as its task alone would, and an input the
+    model does not read is refused naming it as the schema does."""
+    model = "soundry/stable-audio-3-small-sfx"
+    version = server.get(f"/v1/models/{model}/versions", headers=server.headers).json()["results"][0]
+    schema = version["openapi_schema"]["components"]["schemas"]["Input"]["properties"]
+    assert schema["steps"]["default"] == 8 and schema["cfg_coef"]["default"] == 1.0
+    assert schema["duration"]["maximum"] == 120.0
+    assert not {"top_k", "top_p", "temperature", "input_audio", "melody", "decoder", "model"} & set(schema)
+
+    r = server.post(f"/v1/models/{model}/predictions", headers={**server.headers, "Prefer": "wait=60"},
+                    json={"input": {"prompt": "rain on a tin roof", "duration": 0.5, "steps": 4, "seed": 21,
+                                    "normalization": "none"}})
+    assert r.status_code in (200, 201) and r.json()["status"] == "succeeded", r.text
+    task = _finish(server, r.json()["id"])
+    got, _ = sf.read(io.BytesIO(server.get(task["url_download"]).content), dtype="float32", always_2d=True)
+    np.testing.assert_allclose(got.T, alone(SA3, "rain on a tin roof", 0.5, 21, 1.0, 4), atol=2e-4)
+
+    for inputs, field in (({"top_k": 5}, "top_k"), ({"cfg_coef": 30.0}, "cfg_coef"), ({"duration": 200}, "duration")):
+        r = server.post(f"/v1/models/{model}/predictions", headers=server.headers,
+                        json={"input": {"prompt": "rain", **inputs}})
+        assert r.status_code == 422 and field in r.json()["detail"], r.text

@@ -173,6 +173,8 @@ class TaskService:
         configs = configs or self.validate(spec)
         self.check_inputs(user, configs)
         config = configs.model_dump()
+        if self.svc.catalog.get(configs.model).kind == "diffusion":  # what it does not read is not its config
+            config = {k: v for k, v in config.items() if k not in AUTOREGRESSIVE_CONFIGS}
         if spec.wire is not None:
             config["prediction"] = spec.wire
         task = Task(user_id=user.id, prompt=spec.prompt, negative_prompt=spec.negative_prompt, config=config,

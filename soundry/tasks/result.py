@@ -66,8 +66,10 @@ def eta_seconds(task: Task, queue_position: int | None, seconds_per_audio_second
 
 def decoder_of(task: Task) -> str:
     """What decoded the task's stored file: the decoder its configs asked for (the runner never falls back to
-    another; tasks from before the setting existed were decoded by EnCodec)."""
-    return (task.config or {}).get("decoder") or "encodec"
+    another; tasks from before the setting existed were decoded by EnCodec); a diffusion model's latents (its
+    configs have steps and no decoder) are decoded by its autoencoder."""
+    cfg = task.config or {}
+    return cfg.get("decoder") or ("autoencoder" if cfg.get("steps") is not None else "encodec")
 
 
 def task_payload(task: Task, settings: Settings, base_url: str, queue_position: int | None = None,

@@ -211,11 +211,13 @@ class TaskRunner:
             return "FAILED"
         duration = float(cfg["duration"])
         loop = bool(cfg.get("loop"))  # generate past the end, then crossfade that tail into the head
+        # a diffusion task's config has no sampling settings (it reads none): the request's defaults stand
+        sampling = {k: cast(cfg[k]) for k, cast in (("top_k", int), ("top_p", float), ("temperature", float))
+                    if k in cfg}
         request = GenerationRequest(
-            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration,
-            top_k=int(cfg["top_k"]), top_p=float(cfg["top_p"]),
-            temperature=float(cfg["temperature"]), cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"),
-            negative_prompt=task.negative_prompt or None, steps=cfg.get("steps"), id=task_id)
+            prompt=task.prompt, duration=duration + loop_overlap(duration) if loop else duration, **sampling,
+            cfg_coef=float(cfg["cfg_coef"]), seed=cfg.get("seed"), negative_prompt=task.negative_prompt or None,
+            steps=cfg.get("steps"), id=task_id)
         refused = self._read_uploads(task, request)
         if refused:
             self.store.fail(task_id, refused, me)

@@ -75,8 +75,9 @@ class TaskInfo(BaseModel):
     sample_rate: int | None = Field(None, description="COMPLETED only")
     output_format: str | None = Field(None, description="COMPLETED only")
     seed: int | None = Field(None, description="COMPLETED only: the seed used (reproduces the clip)")
-    decoder: Literal["encodec", "mbd"] | None = Field(None, description="COMPLETED only: what decoded the stored "
-                                                                       "file (EnCodec or MultiBand Diffusion)")
+    decoder: Literal["encodec", "mbd", "autoencoder"] | None = Field(None, description=(
+        "COMPLETED only: what decoded the stored file (EnCodec or MultiBand Diffusion; a diffusion model's "
+        "autoencoder)"))
     feedback: TaskFeedback | None = Field(None, description="the owner's rating (POST /v1/ai/feedback); null if none")
 
 

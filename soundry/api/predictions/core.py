@@ -21,12 +21,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, create_model
 
 from soundry import __version__
 from soundry.audio.encode import FORMATS
 from soundry.models import catalog
-from soundry.service.configs import Configs
+from soundry.service.configs import Configs, JsonInt
 from soundry.service.errors import ServiceError, invalid
 from soundry.signing import signed_stream_path
 from soundry.tasks.models import Task
@@ -92,6 +92,33 @@ class SoundryInput(Configs):
     melody: str | None = Field(None, description="an upload's id, or its URL on this server (melody models)")
 
 
+class DiffusionInput(_Input):
+    """soundry/<a Stable Audio model>: what a diffusion model reads (built per model by :func:`input_model`)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _diffusion_input(name: str, steps: int | None, guidance: float | None, seconds: float) -> type[BaseModel]:
+    """soundry/<name>'s inputs: soundry's configs without those only autoregressive models read (the schema
+    lists no input the model would refuse), its own step and guidance defaults, its longest clip."""
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in SoundryInput.model_fields.items()
+                              if n not in (*catalog.AUTOREGRESSIVE_CONFIGS, "model")}  # the path names the model
+    fields.update(
+        duration=(float, Field(5.0, gt=0, le=seconds, allow_inf_nan=False,
+                               description=f"seconds (at most {seconds:g})")),
+        steps=(JsonInt, Field(steps or 8, ge=1, le=500, description="denoising steps (the model's default)")),
+        cfg_coef=(float, Field(guidance if guidance is not None else 1.0, ge=0, le=20, allow_inf_nan=False,
+                               description="classifier-free guidance (1 or less: none, and no negative prompt)")))
+    return create_model(f"Input_{name}", __base__=DiffusionInput, __doc__=f"{name}: a diffusion model's inputs",
+                        **fields)
+
+
+def input_model(spec: catalog.ModelSpec) -> type[BaseModel]:
+    """The inputs soundry/<model> takes: soundry's configs, a diffusion model's only those it reads."""
+    if spec.kind != "diffusion":
+        return SoundryInput
+    return _diffusion_input(spec.name, spec.steps, spec.guidance, spec.context)
+
+
 def version_id(model: str) -> str:
     """A stable version id per model and soundry release (Replicate's are 64 hex digits)."""
     return hashlib.sha256(f"soundry:{model}:{__version__}".encode()).hexdigest()
@@ -101,7 +128,8 @@ def models() -> dict[str, tuple[str, type[BaseModel]]]:
     """Every model this API answers for (the live catalog): ``owner/name`` → (its family or soundry model,
     input model)."""
     out = {"meta/musicgen": ("musicgen", MusicGenInput), "sepal/audiogen": ("audiogen", AudioGenInput)}
-    out.update({f"soundry/{name}": (name, SoundryInput) for name in catalog.active().names()})
+    names = catalog.active()
+    out.update({f"soundry/{name}": (name, input_model(names.get(name))) for name in names.names()})
     return out
 
 
@@ -130,12 +158,12 @@ def to_task(model: str, inp: BaseModel, resolve, cog_model: str | None = None) -
     """(prompt, negative prompt, configs) of a validated input; ``resolve(value, field)`` turns an
     ``input_audio`` or ``melody`` value into an upload id; ``cog_model`` replaces meta/musicgen's default
     model_version (Cog's API serves the model its setting names)."""
-    if isinstance(inp, SoundryInput):
+    if isinstance(inp, (SoundryInput, DiffusionInput)):
         if "model" in inp.model_fields_set:
             raise invalid("model", "the model is the one the path names (soundry/<model>)")
         data = inp.model_dump(exclude={"prompt", "negative_prompt"}, exclude_unset=True)
         for field in ("input_audio", "melody"):
-            if getattr(inp, field) is not None:
+            if getattr(inp, field, None) is not None:
                 data[field] = resolve(getattr(inp, field), field)
         return inp.prompt, inp.negative_prompt, {**data, "model": models()[model][0]}
     if inp.prompt is None or not inp.prompt.strip():
@@ -271,7 +299,8 @@ def field_name(field: str | None, model: str) -> str:
     if not field:
         return ""
     name = field.removeprefix("configs.")
-    name = {"cfg_coef": "classifier_free_guidance", "normalization": "normalization_strategy"}.get(name, name)
+    if model in ("meta/musicgen", "sepal/audiogen"):  # soundry/<model> takes soundry's own names
+        name = {"cfg_coef": "classifier_free_guidance", "normalization": "normalization_strategy"}.get(name, name)
     if model == "meta/musicgen":
         name = {"melody": "input_audio", "decoder": "multi_band_diffusion", "model": "model_version"}.get(name, name)
     return name

@@ -149,19 +149,40 @@ function modelFact(name, key) {
   return m[key] ?? (m.metadata || {})[key];
 }
 
-/** The melody picker for models that take a melody, the MBD checkbox for models MBD can decode. */
+/** What the chosen model takes: the melody picker (melody models), the MBD checkbox (models MBD can decode), the
+    continuation clip (models that continue audio), the sampling fields (autoregressive models) or the denoising
+    steps (diffusion models). A model change puts that model's guidance default in cfg_coef unless the user typed
+    one. */
+let shownModel = null;
 function showModelOptions() {
   const model = $("model").value;
+  const diffusion = modelFact(model, "kind") === "diffusion";
   show($("melody-field"), modelFact(model, "melody") === true);
   show($("decoder-field"), (modelFact(model, "decoders") || []).includes("mbd"));
+  show($("input-audio-field"), (modelFact(model, "inputs") || ["input_audio"]).includes("input_audio"));
+  document.querySelectorAll(".sampling-field").forEach((el) => show(el, !diffusion));
+  show($("steps-field"), diffusion);
+  const steps = modelFact(model, "default_steps");
+  $("steps").placeholder = steps ? `default ${steps}` : "default";
+  if (model !== shownModel && !$("cfg-coef").dataset.edited) {
+    const guidance = modelFact(model, "default_guidance");
+    $("cfg-coef").value = diffusion && guidance != null ? guidance : "3.0";
+  }
+  shownModel = model;
 }
 
-/** The POST body from the form; numbers are sent as numbers, empty fields are left to the API's defaults. */
+/** Whether a model's audio reaches …/stream while it is generated (a diffusion model makes it all at once). */
+function streamsLive(model) {
+  return modelFact(model, "streams_live") !== false;
+}
+
+/** The POST body from the form; numbers are sent as numbers, empty fields are left to the API's defaults, and a
+    hidden field (one the model does not take) is not sent: the API would refuse it, naming it. */
 function readForm() {
-  const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
+  const num = (id) => ($(id).value.trim() === "" || !isShown($(id)) ? undefined : Number($(id).value));
   const configs = {
     model: $("model").value, duration: num("duration"), top_k: num("top-k"), top_p: num("top-p"),
-    temperature: num("temperature"), cfg_coef: num("cfg-coef"), seed: num("seed"),
+    temperature: num("temperature"), cfg_coef: num("cfg-coef"), steps: num("steps"), seed: num("seed"),
     output_format: $("output-format").value,
   };
   if (!$("decoder-field").hidden && $("mbd").checked) configs.decoder = "mbd";
@@ -171,17 +192,25 @@ function readForm() {
   return body;
 }
 
+/** Whether an element and every container above it are shown. */
+function isShown(el) {
+  for (let node = el; node; node = node.parentElement) if (node.hidden) return false;
+  return true;
+}
+
 /** Puts a task's prompt and settings back into the form. */
 function fillForm(task) {
   const c = task.config || {};
   $("prompt").value = task.prompt || "";
   $("negative-prompt").value = task.negative_prompt || "";
   const set = (id, v) => { if (v !== undefined && v !== null) $(id).value = v; };
-  set("model", c.model); set("duration", c.duration); set("top-k", c.top_k); set("top-p", c.top_p);
+  set("model", c.model);
+  showModelOptions();
+  set("duration", c.duration); set("top-k", c.top_k); set("top-p", c.top_p);
   set("temperature", c.temperature); set("cfg-coef", c.cfg_coef); set("output-format", c.output_format);
+  $("steps").value = c.steps ?? "";
   $("seed").value = c.seed ?? task.seed ?? "";
   $("mbd").checked = (task.decoder ?? c.decoder) === "mbd";
-  showModelOptions();
 }
 
 async function submitGeneration(event) {
@@ -194,6 +223,7 @@ async function submitGeneration(event) {
     if (clip) body.configs.input_audio = (await uploadClip(clip, "input clip")).id;
     const melody = $("melody-field").hidden ? null : $("melody").files[0];
     if (melody) body.configs.melody = (await uploadClip(melody, "melody")).id;
+    current.model = body.configs.model;
     const created = await api("POST", "/v1/ai/audio_generation", { body });
     render({ task_id: created.task_id, status: "PENDING", percent: 0, prompt: created.prompt });
     follow(created.task_id);
@@ -328,8 +358,14 @@ function render(task) {
   show($("cancel-btn"), running);
   setError($("task-error"), task.status === "FAILED" ? (task.error_description || "generation failed") : "");
   if (task.status === "COMPLETED" && task.url_download) showResult(task);
-  else if (running && task.url_stream) showStream(task);
+  else if (running && task.url_stream && streamsLive(modelOf(task))) showStream(task);
   else hideResult();
+  show($("at-once-note"), running && !streamsLive(modelOf(task)));
+}
+
+/** The model a task runs (the create answer has none: the one just submitted). */
+function modelOf(task) {
+  return (task.config || {}).model || task.model || current.model;
 }
 
 function renderQueue(task) {
@@ -499,6 +535,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("signout-btn").addEventListener("click", () => signOut());
   $("generate-form").addEventListener("submit", submitGeneration);
   $("model").addEventListener("change", showModelOptions);
+  $("cfg-coef").addEventListener("input", () => { $("cfg-coef").dataset.edited = "true"; });
   $("cancel-btn").addEventListener("click", cancelTask);
   $("history-refresh").addEventListener("click", loadHistory);
   $("rating-form").addEventListener("submit", submitRating);
