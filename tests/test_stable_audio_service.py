@@ -171,3 +171,32 @@ def test_replicate_documents_and_runs_a_stable_audio_model_with_only_its_inputs(
         r = server.post(f"/v1/models/{model}/predictions", headers=server.headers,
                         json={"input": {"prompt": "rain", **inputs}})
         assert r.status_code == 422 and field in r.json()["detail"], r.text
+
+
+def test_the_client_and_the_remote_cli_generate_with_a_stable_audio_model(tmp_path, monkeypatch, capsys):
+    """``Client.generate(model=..., steps=...)`` and ``soundry generate --url ... --model ... --steps`` against a
+    live server: each clip is its request's audio alone; a sampling option the model does not read is refused by
+    the server naming it."""
+    from soundry.cli.main import main
+    from soundry.client import Client
+    from tests.live_server import start_live_server
+
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"audiogen={TINY['audiogen']},stable-audio-3-small-sfx={SA3}")
+    live = start_live_server(make_settings(tmp_path / "live"))
+    try:
+        client = Client(live.url, api_key=live.api_key)
+        audio = client.generate("a door slams", model="stable-audio-3-small-sfx", duration=0.25, steps=4, seed=8,
+                                normalization="none")
+        got, _ = sf.read(io.BytesIO(audio.data), dtype="float32", always_2d=True)
+        np.testing.assert_allclose(got.T, alone(SA3, "a door slams", 0.25, 8, 1.0, 4), atol=2e-4)
+
+        out = tmp_path / "rain.wav"
+        base = ["generate", "rain on a tin roof", "-o", str(out), "--url", live.url, "--api-key", live.api_key,
+                "--model", "stable-audio-3-small-sfx", "--duration", "0.5", "--normalization", "none"]
+        assert main([*base, "--steps", "4", "--seed", "3"]) == 0, capsys.readouterr().err
+        got, _ = sf.read(out, dtype="float32", always_2d=True)
+        np.testing.assert_allclose(got.T, alone(SA3, "rain on a tin roof", 0.5, 3, 1.0, 4), atol=2e-4)
+        assert main([*base, "--top-k", "5"]) != 0
+        assert "top_k" in capsys.readouterr().err
+    finally:
+        live.stop()

@@ -165,9 +165,11 @@ class Client:
 
     def submit(self, prompt: str, negative_prompt: str = "", webhook: str | None = None, **configs) -> Task:
         """Create a task; ``configs``: model, duration, top_k, top_p, temperature, cfg_coef, seed,
-        output_format, normalization, target_lufs, input_audio (an upload id), continuation_start/end,
+        output_format, bit_depth, normalization, target_lufs, input_audio (an upload id), continuation_start/end,
         melody (an upload id: the tune a melody model follows), decoder ("encodec", the default, or "mbd":
-        MultiBand Diffusion for MusicGen models)."""
+        MultiBand Diffusion for MusicGen models), steps (the denoising steps of a diffusion model, e.g.
+        ``model="stable-audio-open"``, which takes steps and cfg_coef but no top_k/top_p/temperature: see
+        :meth:`models`' ``kind``, ``default_steps`` and ``default_guidance``)."""
         body: dict = {"prompt": prompt, "configs": configs}
         if negative_prompt:
             body["negative_prompt"] = negative_prompt
