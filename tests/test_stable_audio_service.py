@@ -115,6 +115,11 @@ def test_concurrent_seeded_requests_of_different_lengths_each_equal_their_result
         np.testing.assert_allclose(got.T, expected, atol=2e-4)  # 16-bit PCM: 3e-5 a step, plus batching's 1e-5
     engine = server.svc.engines.loaded()["stable-audio-3-small-sfx"]
     assert engine.stats.max_batch_size >= 2  # they did share steps
+    metrics = server.get("/metrics").text  # the family's steps and audio are counted like the first family's
+    steps = next(line for line in metrics.splitlines()
+                 if line.startswith('soundry_engine_steps_total{model="stable-audio-3-small-sfx"}'))
+    assert float(steps.split()[-1]) >= 8
+    assert 'soundry_engine_batch_size_count{model="stable-audio-3-small-sfx"}' in metrics
 
 
 def test_defaults_of_the_model_are_applied_and_recorded(server):
