@@ -338,3 +338,39 @@ def test_a_lease_lost_by_a_live_worker_does_not_count_as_a_crash(tmp_path, tiny_
         for r in (a, b, c):
             r.stop()
             r.engines.stop()
+
+
+def test_an_admin_command_beside_a_running_server_never_migrates_under_it(tmp_path, capsys):
+    """``soundry users``/``migrate`` while a server holds the data directory: a database at the newest revision is
+    used as it is; an older one (a newer soundry's command beside an older server) is refused naming both
+    revisions and what to do, and left as it was; with the server gone, ``migrate`` brings it up."""
+    from soundry.cli.main import main
+    from soundry.data_dir_lock import DataDirLock
+    from soundry.tasks import migrate
+    from soundry.tasks.store import make_engine
+
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = make_engine(f"sqlite:///{data / 'soundry.db'}")
+    migrate.upgrade(engine, "0003")
+    server = DataDirLock(data).acquire()  # as `soundry serve` holds it
+    try:
+        for args in (["users", "list"], ["migrate"]):
+            assert main(["--data-dir", str(data), *args]) != 0
+            err = capsys.readouterr().err
+            assert "revision 0003" in err and migrate.head_revision() in err and "stop that server" in err, err
+            assert "in use by soundry serve (pid" in err, err
+            assert migrate.current_revision(engine) == "0003"  # nothing migrated under the server
+    finally:
+        server.release()
+    assert main(["--data-dir", str(data), "migrate"]) == 0
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    server = DataDirLock(data).acquire()
+    try:  # at the newest revision, beside the server: the command works
+        assert main(["--data-dir", str(data), "users", "create", "dora", "--password", "dora's password"]) == 0
+        assert main(["--data-dir", str(data), "users", "list"]) == 0
+        assert "dora" in capsys.readouterr().out
+    finally:
+        server.release()
+    DataDirLock(data).check_free()  # no command kept the lock
+    engine.dispose()

@@ -161,20 +161,50 @@ def server_side(args) -> int:
         return 0
     if args.command == "migrate":
         from soundry.tasks import migrate
-        from soundry.tasks.store import make_engine
 
-        engine = make_engine(settings.database_url)
-        migrate.upgrade(engine)
-        print(f"database at revision {migrate.current_revision(engine)} (head {migrate.head_revision()})")
+        try:
+            store = admin_store(settings)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"database at revision {migrate.current_revision(store.engine)} (head {migrate.head_revision()})")
         return 0
     return users(settings, args)
 
 
-def _accounts(settings):
-    from soundry.service.accounts import Accounts
+def admin_store(settings):
+    """The task store for an admin command (migrate, users), its schema brought to the newest revision — but
+    never under a running embedded server (the data directory's lock held): that server's code reads the schema
+    it started with. Beside one, a database already at the newest revision is used as it is, and an older one is
+    refused with a sentence (stop the server, then migrate). The lock is held while this command migrates, so a
+    server starting meanwhile waits for nothing half-done: it is refused, naming this command."""
+    from soundry.data_dir_lock import DataDirInUse, DataDirLock
+    from soundry.tasks import migrate
     from soundry.tasks.store import TaskStore
 
-    return Accounts(TaskStore(settings.database_url), settings.secret)
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire(f"soundry {' '.join(sys.argv[1:3]) or 'admin command'} (migrating)")
+    except DataDirInUse as exc:
+        store = TaskStore(settings.database_url, upgrade=False)
+        current, head = migrate.current_revision(store.engine), migrate.head_revision()
+        if current != head:
+            store.engine.dispose()
+            raise ValueError(f"the database is at revision {current or 'none'} and this soundry needs {head}, but "
+                             f"{str(exc).split('; ')[0].removeprefix('the data directory ')}: it is not migrated "
+                             "under a running server; stop that server, then run soundry migrate (or start the "
+                             "new version, which migrates first)") from None
+        return store
+    try:
+        return TaskStore(settings.database_url)
+    finally:
+        lock.release()
+
+
+def _accounts(settings):
+    from soundry.service.accounts import Accounts
+
+    return Accounts(admin_store(settings), settings.secret)
 
 
 def _ask_password() -> str:
@@ -185,8 +215,8 @@ def _ask_password() -> str:
 
 
 def users(settings, args) -> int:
-    accounts = _accounts(settings)
     try:
+        accounts = _accounts(settings)
         if args.users_command == "create":
             password = args.password if args.password is not None else _ask_password()
             user = accounts.create_user(args.name, password, email=args.email, type="admin" if args.admin else "user")
@@ -215,8 +245,12 @@ def users(settings, args) -> int:
 
 
 def bootstrap_first_user(settings) -> None:
-    """On first start with no users, create one and print its credentials once."""
-    accounts = _accounts(settings)
+    """On first start with no users, create one and print its credentials once (serve holds the data
+    directory's lock and migrates the database here, first)."""
+    from soundry.service.accounts import Accounts
+    from soundry.tasks.store import TaskStore
+
+    accounts = Accounts(TaskStore(settings.database_url), settings.secret)
     if accounts.list_users():
         return
     password = secrets.token_urlsafe(12)

@@ -84,9 +84,12 @@ def _lapsed(now: dt.datetime):
 
 
 class TaskStore:
-    def __init__(self, url: str):
+    def __init__(self, url: str, upgrade: bool = True):
+        """``upgrade``: bring the schema to the newest revision first (every server and worker does; an admin
+        command beside a running server must not, see ``soundry.cli.main.admin_store``)."""
         self.engine = make_engine(url)
-        migrate.upgrade(self.engine)
+        if upgrade:
+            migrate.upgrade(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self.end_hooks: list = []  # called with a task's id once this process ended it (soundry.tasks.watch)
 
