@@ -152,6 +152,34 @@ def test_four_noise_uploads_at_the_limits_hold_no_clip_in_memory(tmp_path):
         server.wait(30)
 
 
+def _never_whole(key):
+    raise AssertionError(f"{key} was read whole into memory")
+
+
+def test_the_worker_reads_the_part_of_a_stored_upload_it_needs_without_reading_it_whole(tmp_path):
+    """A task continuing 1 s of a long upload: the stored FLAC is opened and only that part is decoded; the file
+    is never read into memory whole (``storage.get``)."""
+    from soundry.service.accounts import Accounts
+    from soundry.storage.local import LocalStorage
+    from soundry.tasks.store import TaskStore
+    from soundry.tasks.uploads import UploadStore
+
+    storage = LocalStorage(str(tmp_path / "files"))
+    store = TaskStore(f"sqlite:///{tmp_path / 'soundry.db'}")
+    user = Accounts(store, "s" * 32).create_user("kim", "kim's password")
+    wav, rng = io.BytesIO(), np.random.default_rng(2)
+    noise = (0.3 * rng.standard_normal((30 * 48000, 2))).astype(np.float32)
+    sf.write(wav, noise, 48000, format="WAV", subtype="PCM_16")
+    wav.seek(0)
+    up = UploadStore(store, storage).create(user.id, "noise.wav", wav, len(wav.getvalue()), 120.0, 50)
+    storage.get = _never_whole
+    audio, rate = UploadStore(store, storage).read(up.id, user.id, 20.0, 21.0)
+    assert rate == 48000 and audio.shape == (2, 48000)
+    expected = np.clip(noise[20 * 48000:21 * 48000].T, -1, 32767 / 32768)  # the 16-bit WAV clips
+    np.testing.assert_allclose(audio, expected, atol=2 / 32767)
+    store.engine.dispose()
+
+
 def test_an_upload_streams_to_s3_in_parts(tmp_path):
     """On S3 an upload's FLAC goes up as a multipart upload of 8 MiB parts (boto3's ``upload_fileobj``), not as
     one PUT of the file read whole: the object's ETag is a multipart one (``…-N``)."""
@@ -181,6 +209,7 @@ def test_an_upload_streams_to_s3_in_parts(tmp_path):
         head = storage.client.head_object(Bucket="clips", Key=f"up/{up.file_key}")
         assert head["ContentLength"] > 8 * 2**20 and head["ContentType"] == "audio/flac"
         assert "-" in head["ETag"], head["ETag"]  # completed from parts
+        storage.get = _never_whole  # the worker reads the part it needs through a temporary file
         audio, rate = UploadStore(store, storage).read(up.id, user.id, 59.0)
         assert rate == 48000 and audio.shape == (2, 48000)
         store.engine.dispose()

@@ -39,6 +39,13 @@ class Storage:
     def get(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def open_read(self, key: str) -> BinaryIO:
+        """A seekable binary file of the stored object, to read a part of it (close it after use): local storage
+        opens the file itself, S3 downloads it to a temporary file; this default holds it in memory."""
+        import io
+
+        return io.BytesIO(self.get(key))
+
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 

@@ -60,6 +60,12 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"cannot read {key}: {exc.strerror}", _reason(exc)) from exc
 
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc.strerror}", _reason(exc)) from exc
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

@@ -59,6 +59,20 @@ class S3Storage(Storage):
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("download", key, exc) from exc
 
+    def open_read(self, key: str) -> BinaryIO:
+        """The object downloaded (ranged parts, boto3's managed transfer) to a temporary file that stays in memory
+        only up to 8 MiB: a part of a long upload is read without holding the whole object."""
+        import tempfile
+
+        dst = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+        try:
+            self.client.download_fileobj(self.bucket, self._key(key), dst)
+        except (BotoCoreError, ClientError) as exc:
+            dst.close()
+            raise self._fail("download", key, exc) from exc
+        dst.seek(0)
+        return dst
+
     def iter_chunks(self, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

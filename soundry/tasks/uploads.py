@@ -94,11 +94,11 @@ class UploadStore:
         up = self.get(upload_id, user_id)
         if up is None:
             raise LookupError(f"input audio {upload_id} no longer exists (deleted or expired)")
-        import io
-
         import soundfile as sf
 
-        with sf.SoundFile(io.BytesIO(self.storage.get(up.file_key))) as f:  # only the part is decoded
+        # the stored FLAC is opened, not read whole (an upload may be minutes of 192 kHz audio): only the part
+        # is read from it and decoded
+        with self.storage.open_read(up.file_key) as src, sf.SoundFile(src) as f:
             part = sample_range(f.frames, f.samplerate, start, end)
             first = min(part.start, f.frames)
             f.seek(first)
