@@ -40,10 +40,15 @@ def free_port() -> int:
 def start_live_server(settings: Settings, username: str = "carol", password: str = "carol's password",
                       start_worker: bool | None = None) -> LiveServer:
     app = create_app(settings, start_worker=start_worker)
-    port = free_port()
+    # the listening socket is bound here, to a port the kernel picks, and handed to uvicorn: no other test can take
+    # the port between picking and binding it (free_port's race, with tests running in parallel)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     settings.listen_url = listened_url("127.0.0.1", port)  # as serve does
     server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started:
