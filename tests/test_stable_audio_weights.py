@@ -72,11 +72,11 @@ class FakeHub:
         root = self.repos[repo]
         return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
 
-    def list_repo_files(self, _api, repo, revision=None, **_):
+    def list_repo_files(self, repo, revision=None, **_):
         self._check(repo)
         return self.files(repo)
 
-    def model_info(self, _api, repo, revision=None, **_):
+    def model_info(self, repo, revision=None, **_):
         self._check(repo)
         return type("Info", (), {"sha": self.sha(repo)})()
 
