@@ -145,7 +145,10 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     if family not in FAMILIES:
         raise ValueError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     source = pin(source)
-    path = check_model_dir(fetch(source, download=True))  # Stability's layout comes back converted
+    path = fetch(source, download=True)
+    if (path / "adapter_config.json").is_file() and not is_transformers_dir(path):
+        raise ValueError(f"{source} is a PEFT adapter: give its base model as SOURCE and this with --adapter")
+    path = check_model_dir(path)  # Stability's layout comes back converted; other layouts checked
     if (facts := diffusion_facts(path)) is not None:  # Stable Audio: its folder says what it is
         if adapter:
             raise ValueError(f"{source} is a Stable Audio pipeline; soundry merges LoRA adapters into MusicGen only")
@@ -159,8 +162,6 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     if FAMILIES[family].kind == "diffusion":
         raise ValueError(f"{source} is not a diffusers pipeline folder (model_index.json) nor in Stability's layout "
                          f"(model_config.json + model.safetensors): it cannot be a {family} model")
-    if (path / "adapter_config.json").is_file() and not is_transformers_dir(path):
-        raise ValueError(f"{source} is a PEFT adapter: give its base model as SOURCE and this with --adapter")
     if is_transformers_dir(path):
         read_config(path)  # refuses the layouts soundry does not serve, with a sentence
         weight_files(path)  # refuses pytorch_model.bin

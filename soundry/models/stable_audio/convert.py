@@ -25,7 +25,6 @@ refused, ``model.safetensors`` read with safetensors.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -469,7 +468,3 @@ def converted_dir_for(src: Path | str) -> Path:
     label = src.name if src.parent.name != "snapshots" else src.parent.parent.name.replace("models--", "")
     return converted_root() / f"{re.sub(r'[^A-Za-z0-9._-]', '_', label)}-{digest}"
 
-
-def max_seconds(cfg: dict) -> float:
-    """The longest clip a converted model makes: the DiT's window in seconds."""
-    return math.floor(int(cfg["sample_size"]) / int(cfg["sample_rate"]) * 100) / 100
