@@ -298,16 +298,13 @@ def _conditioners(cfg: dict) -> dict:
 
 # -- the whole folder --------------------------------------------------------------------------------------------
 def _check_text_parts(text_encoder: Path, tokenizer: Path) -> None:
-    from soundry.models.stable_audio.loader import PICKLE_SUFFIXES
-
-    for folder in (text_encoder, tokenizer):
-        if not folder.is_dir():
-            raise CheckpointError(f"the T5 text encoder folder {folder} does not exist")
-        for f in folder.rglob("*"):
-            if f.suffix.lower() in PICKLE_SUFFIXES:
-                raise CheckpointError(f"{f}: soundry reads the text encoder from safetensors only")
-    if not any(text_encoder.glob("*.safetensors")):
-        raise CheckpointError(f"{text_encoder} has no .safetensors weights")
+    """The T5 folders hold what is read from them: a config and safetensors weights, tokenizer files (only these
+    are copied; a pickle beside them is never read)."""
+    if not (text_encoder / "config.json").is_file() or not any(text_encoder.glob("*.safetensors")):
+        raise CheckpointError(f"the T5 text encoder folder {text_encoder} has no config.json and .safetensors "
+                              "weights (soundry reads safetensors only)")
+    if not any((tokenizer / f).is_file() for f in ("tokenizer.json", "spiece.model")):
+        raise CheckpointError(f"the tokenizer folder {tokenizer} has neither tokenizer.json nor spiece.model")
 
 
 def convert_stability_dir(src: Path | str, dst: Path | str, text_encoder: Path | str | None = None,
