@@ -237,10 +237,13 @@ def test_a_broken_download_leaves_nothing_and_the_next_one_downloads_again(hub, 
 
 
 def test_a_pipeline_missing_a_component_in_the_cache_is_downloaded_again(hub, tmp_path):
+    from soundry.models import load_model
     from soundry.models.sources.hub import fetch
 
     hub.repos["someone/sfx"] = SAO
     path = fetch("hf:someone/sfx")
+    model = load_model(f"hf:someone/sfx@{hub.sha('someone/sfx')}", device="cpu")  # a hub reference loads as is
+    assert model.source == path and len(hub.downloads) == 1
     (path / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     fetch("hf:someone/sfx")
     assert len(hub.downloads) == 2 and (path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
@@ -318,6 +321,26 @@ def test_stabilitys_layout_converts_to_the_same_weights_and_reproduces_the_golde
                          negative_prompts=[g["negative_prompts"][i]]).audio[0]
         assert audio.shape == g["audio"][i].shape
         assert (audio - g["audio"][i]).abs().max() <= 1e-4 * g["audio"][i].abs().max(), i
+
+
+def test_a_whole_t5_from_the_hub_is_kept_as_its_encoder(tmp_path):
+    """google-t5/t5-base is published as T5ForConditionalGeneration: the converted folder keeps its encoder."""
+    from safetensors.torch import load_file
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from soundry.models.stable_audio.convert import _copy_text_encoder
+
+    config = T5Config.from_pretrained(str(SAO / "text_encoder"))
+    config.architectures, config.is_encoder_decoder = ["T5ForConditionalGeneration"], True
+    torch.manual_seed(0)
+    full = T5ForConditionalGeneration(config)
+    full.save_pretrained(str(tmp_path / "t5"), safe_serialization=True)
+    _copy_text_encoder(tmp_path / "t5", tmp_path / "text_encoder")
+    kept = load_file(tmp_path / "text_encoder" / "model.safetensors")
+    assert kept and not any(k.startswith("decoder.") for k in kept)
+    whole = full.state_dict()
+    assert all(torch.equal(v, whole[k]) for k, v in kept.items())
+    assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
 
 
 def test_a_config_or_checkpoint_the_converter_does_not_map_is_refused_with_a_sentence(stability_dir, tmp_path):

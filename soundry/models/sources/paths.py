@@ -48,11 +48,16 @@ def local_dir_for(name: str) -> Path | None:
 def resolve_model_dir(name_or_path: str, download: bool = True) -> Path:
     """A directory holding the release files for a model name or a path.
 
-    Order: an existing directory path; SOUNDRY_MODEL_PATHS; the Hugging Face hub (cache first).
+    Order: an existing directory path; a hub reference ``hf:owner/repo@revision``; SOUNDRY_MODEL_PATHS (or an added
+    model's source); the Hugging Face hub (cache first).
     """
     as_path = Path(name_or_path).expanduser()
     if as_path.is_dir():
         return check_model_dir(as_path, download)
+    if str(name_or_path).startswith("hf:"):  # a hub reference itself, hf:owner/repo@revision
+        from soundry.models.sources.hub import fetch
+
+        return check_model_dir(fetch(str(name_or_path), download=download), download)
     local = local_dir_for(name_or_path)
     spec = catalog.active().find(name_or_path)
     if local is None and spec is not None and spec.source:  # registered with a source (soundry models add)
