@@ -86,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     mdp = command(sub, "models", help="list models (a server's with --url), or pull weights")
     msub = mdp.add_subparsers(dest="models_command", required=True)
     leaves.append(command(msub, "list", help="model names, and where their weights are"))
-    command(msub, "pull", help="download a model's release weights into the Hugging Face cache "
-                                 "(the text encoder and codec follow on first load)").add_argument("name")
-    ma = command(msub, "add", help="add a model from a folder or hf:owner/repo@revision, in audiocraft's or "
-                                   "transformers' format (recorded in the data directory; serve and worker load it)")
+    command(msub, "pull", help="download a model's release weights into the Hugging Face cache (a gated "
+                                 "repository needs HF_TOKEN; Stability's layout is converted to diffusers' here; "
+                                 "the text encoder and codec of an audiocraft model follow on first load)"
+            ).add_argument("name")
+    ma = command(msub, "add", help="add a model from a folder or hf:owner/repo@revision, in audiocraft's, "
+                                   "transformers' or diffusers' layout or Stability's (converted) (recorded in the "
+                                   "data directory; serve and worker load it)")
     ma.add_argument("name", help="the name requests use (\"model\": NAME)")
     ma.add_argument("source", help="a folder, or hf:owner/repo[@revision] (the revision is pinned to its commit)")
     ma.add_argument("--adapter", help="a PEFT LoRA adapter (folder or hf:...) merged into the weights at load")
-    ma.add_argument("--family", choices=["musicgen", "audiogen"], default="musicgen")
+    ma.add_argument("--family", choices=["musicgen", "audiogen"], default="musicgen",
+                    help="an audiocraft model's family (a Stable Audio folder says its own)")
     command(msub, "remove", help="forget an added model (its files stay)").add_argument("name")
     for p in leaves:
         add_connection_arguments(p)

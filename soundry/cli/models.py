@@ -53,8 +53,9 @@ def remove(args: argparse.Namespace) -> int:
 
 
 def pull(args: argparse.Namespace) -> int:
-    """Download a model's files (and its adapter's) into the Hugging Face cache."""
-    from soundry.models.errors import ModelNotAvailable
+    """Download a model's files (and its adapter's) into the Hugging Face cache; a Stability-layout release is
+    converted to diffusers' layout then (the folder printed is the converted one)."""
+    from soundry.models.errors import CheckpointError, ModelNotAvailable
     from soundry.models.sources.added import open_catalog
     from soundry.models.sources.hub import fetch
     from soundry.models.sources.paths import resolve_model_dir
@@ -66,7 +67,7 @@ def pull(args: argparse.Namespace) -> int:
         spec = names.find(args.name)
         if spec is not None and spec.adapter:
             print(f"{args.name} adapter: {fetch(spec.adapter, download=True, kind='adapter')}")
-    except (ModelNotAvailable, ValueError) as exc:
+    except (ModelNotAvailable, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.name}: {path}")

@@ -76,6 +76,7 @@ class ModelSpec:
     guidance: float | None = None
     negative_prompt: bool = True
     gated: bool = False
+    rate: int | None = None  # an added model's sample rate as its files say (None: the family's)
 
     @property
     def facts(self) -> Family:
@@ -97,7 +98,7 @@ class ModelSpec:
 
     @property
     def sample_rate(self) -> int:
-        return self.facts.sample_rate
+        return self.rate or self.facts.sample_rate
 
     @property
     def decoders(self) -> list[str]:
@@ -185,15 +186,24 @@ class AddedModel:
     channels: int | None = None  # None: not recorded (a record written before soundry recorded facts)
     melody: bool = False
     license: str = ""
+    # a diffusion model's (Stable Audio) facts as its folder says: rate, longest clip, default steps and guidance
+    sample_rate: int | None = None
+    max_seconds: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
 
     def spec(self) -> ModelSpec:
         kind = "hub" if self.source.startswith("hf:") else "folder"
         what = f"{self.family} from {kind} {self.source}" + (f" + LoRA adapter {self.adapter}" if self.adapter else "")
+        diffusion = FAMILIES.get(self.family) is not None and FAMILIES[self.family].kind == "diffusion"
         return ModelSpec(self.name, self.source, self.family, what, channels=self.channels or 1, source=self.source,
-                         adapter=self.adapter, melody=self.melody, license=self.license)
+                         adapter=self.adapter, melody=self.melody, license=self.license, rate=self.sample_rate,
+                         max_seconds=self.max_seconds, steps=self.steps, guidance=self.guidance,
+                         negative_prompt=not diffusion or (self.guidance or 1.0) > 1.0)
 
 
-_RECORD_FIELDS = ("source", "adapter", "family", "added_at", "channels", "melody", "license")
+_RECORD_FIELDS = ("source", "adapter", "family", "added_at", "channels", "melody", "license", "sample_rate",
+                  "max_seconds", "steps", "guidance")
 
 
 def read_records(data_dir: Path) -> dict[str, AddedModel]:

@@ -63,11 +63,11 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
                 fused_heads: bool = False) -> AudioModel:
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
-    from soundry.models.stable_audio import diffusers_folder, load_folder
+    from soundry.models.stable_audio import is_diffusers_dir, load_folder
 
-    if (folder := diffusers_folder(name_or_path)) is not None:  # the diffusion family (Stable Audio)
-        return load_folder(name_or_path, folder, dev, precision)
-    release_dir = resolve_model_dir(name_or_path)
+    release_dir = resolve_model_dir(name_or_path)  # a Stability-layout folder comes back converted
+    if is_diffusers_dir(release_dir):  # the diffusion family (Stable Audio)
+        return load_folder(name_or_path, release_dir, dev, precision)
     spec = catalog.active().find(name_or_path)
     if is_transformers_dir(release_dir) or (spec is not None and spec.adapter):
         return _load_transformers(name_or_path, release_dir, spec, dev, precision, max_text_tokens, packed)

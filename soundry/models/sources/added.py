@@ -3,9 +3,12 @@ in ``DATA_DIR/models.json`` (``soundry.models.catalog``), with the facts read fr
 (channels, melody, licence); ``model_paths`` entries (``SOUNDRY_MODEL_PATHS`` or soundry.toml) name more.
 ``open_catalog`` builds the process's catalog from both (``serve``, ``worker`` and the CLI call it at start).
 
-A source is a folder or ``hf:owner/repo@revision``, in the audiocraft release format or the transformers
-format (detected from its files). ``add`` fetches it (a download shows progress), checks that soundry can
-serve it and records the hub revision as the commit it resolved to.
+A source is a folder or ``hf:owner/repo@revision``, in the audiocraft release format, the transformers
+format, diffusers' pipeline layout (Stable Audio Open / Stable Audio 3) or Stability's own layout
+(``model_config.json`` + ``model.safetensors``, converted to diffusers' layout when added) — detected from its
+files. ``add`` fetches it (a download shows progress), checks that soundry can serve it and records the hub revision
+as the commit it resolved to. A Stable Audio model's family, channels, rate, longest clip and defaults are read from
+its folder's configs (``--family`` is then not needed), its licence from its card.
 """
 
 from __future__ import annotations
@@ -55,8 +58,20 @@ def read_facts(source: str) -> tuple[int, bool, str]:
     """(audio channels, whether it takes a melody, licence) as the checkpoint says — a folder, or a hub
     reference in the cache, in either format. Raises ModelNotAvailable / CheckpointError / ValueError."""
     from soundry.models.sources.hub import fetch
+    from soundry.models.sources.paths import check_model_dir
 
-    return facts_at(fetch(source, download=False))
+    return facts_at(check_model_dir(fetch(source, download=False), download=False))
+
+
+def diffusion_facts(path: Path) -> dict | None:
+    """A diffusers folder's facts (``stable_audio.loader.folder_facts``) and its card's licence; None for a folder
+    of another layout."""
+    from soundry.models.sources.hub import card_license
+    from soundry.models.stable_audio.loader import folder_facts, is_diffusers_dir
+
+    if not is_diffusers_dir(path):
+        return None
+    return {**folder_facts(path), "license": card_license(path) or ""}
 
 
 def facts_at(path: Path) -> tuple[int, bool, str]:
@@ -65,6 +80,8 @@ def facts_at(path: Path) -> tuple[int, bool, str]:
     from soundry.models.sources.hub import card_license
 
     licence = card_license(path) or ""
+    if (facts := diffusion_facts(path)) is not None:
+        return facts["channels"], False, licence
     try:
         if (path / "config.json").is_file():  # transformers format
             cfg = json.loads((path / "config.json").read_text())
@@ -78,8 +95,14 @@ def facts_at(path: Path) -> tuple[int, bool, str]:
 
 def _with_facts(m: AddedModel) -> AddedModel:
     """``m`` with its checkpoint's facts; unchanged (and a warning) when its files cannot be read here."""
+    from soundry.models.sources.hub import fetch
+    from soundry.models.sources.paths import check_model_dir
+
     try:
-        channels, melody, licence = read_facts(m.source)
+        path = check_model_dir(fetch(m.source, download=False), download=False)
+        if (facts := diffusion_facts(path)) is not None:
+            return replace(m, **facts)
+        channels, melody, licence = facts_at(path)
     except (ValueError, ModelNotAvailable, CheckpointError) as exc:
         log.warning("model %s: its checkpoint cannot be read here (%s); served as mono without melody until it "
                     "can", m.name, exc)
@@ -116,7 +139,7 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     ModelNotAvailable / CheckpointError with a sentence."""
     from soundry.models.audiocraft.formats.transformers import is_transformers_dir, read_config, weight_files
     from soundry.models.sources.hub import fetch, pin
-    from soundry.models.sources.paths import check_release_dir
+    from soundry.models.sources.paths import check_model_dir
 
     name = check_name(name)
     if family not in FAMILIES:
@@ -125,7 +148,20 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     path = fetch(source, download=True)
     if (path / "adapter_config.json").is_file() and not is_transformers_dir(path):
         raise ValueError(f"{source} is a PEFT adapter: give its base model as SOURCE and this with --adapter")
-    check_release_dir(path)
+    path = check_model_dir(path)  # Stability's layout comes back converted; other layouts checked
+    if (facts := diffusion_facts(path)) is not None:  # Stable Audio: its folder says what it is
+        if adapter:
+            raise ValueError(f"{source} is a Stable Audio pipeline; soundry merges LoRA adapters into MusicGen only")
+        load_check(path)
+        model = AddedModel(name, source, "", added_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                           melody=False, **facts)
+        models = read_records(data_dir)
+        models[name] = model
+        write_records(data_dir, models)
+        return model
+    if FAMILIES[family].kind == "diffusion":
+        raise ValueError(f"{source} is not a diffusers pipeline folder (model_index.json) nor in Stability's layout "
+                         f"(model_config.json + model.safetensors): it cannot be a {family} model")
     if is_transformers_dir(path):
         read_config(path)  # refuses the layouts soundry does not serve, with a sentence
         weight_files(path)  # refuses pytorch_model.bin
@@ -143,6 +179,14 @@ def add(data_dir: Path, name: str, source: str, adapter: str | None = None, fami
     models[name] = model
     write_records(data_dir, models)
     return model
+
+
+def load_check(path: Path) -> None:
+    """What the loader refuses in a diffusers folder (other classes, pickles, code, ``auto_map``), refused now."""
+    from soundry.models.stable_audio.loader import check_files, read_index
+
+    _pipeline, _kind, classes = read_index(path)
+    check_files(path, list(classes))
 
 
 def remove(data_dir: Path, name: str) -> bool:
@@ -168,7 +212,11 @@ def describe(m: AddedModel) -> dict:
         return info
     info["here"] = True
     info["revision"] = snapshot_revision(path) or info["revision"]
-    info["format"] = "transformers" if is_transformers_dir(path) else "audiocraft"
+    from soundry.models.stable_audio.convert import is_stability_dir
+    from soundry.models.stable_audio.loader import is_diffusers_dir
+
+    info["format"] = ("diffusers" if is_diffusers_dir(path) else "stability (converted to diffusers on load)"
+                      if is_stability_dir(path) else "transformers" if is_transformers_dir(path) else "audiocraft")
     info["size_bytes"] = folder_bytes(path)
     info["license"] = card_license(path) or info["license"]
     if m.adapter:

@@ -2,7 +2,7 @@
 the catalog of named releases."""
 
 from soundry.models.stable_audio.catalog import CATALOG, StableAudioEntry, entry
-from soundry.models.stable_audio.loader import diffusers_folder, is_diffusers_dir
+from soundry.models.stable_audio.loader import is_diffusers_dir
 from soundry.models.stable_audio.model import Condition, StableAudioModel, load_stable_audio
 
 
@@ -13,11 +13,13 @@ def load_folder(name_or_path: str, folder, device, precision: str) -> StableAudi
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise ValueError(f"precision {precision} is not available for Stable Audio models (fp32, bf16, fp16)")
-    model = load_stable_audio(folder, name=name_or_path if entry(name_or_path) else folder.name, device=device,
-                              entry=entry(name_or_path), dtype=dtypes[precision])
+    from pathlib import Path
+
+    name = Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
+    model = load_stable_audio(folder, name=name, device=device, entry=entry(name_or_path), dtype=dtypes[precision])
     model.precision = precision
     return model
 
 
-__all__ = ["CATALOG", "Condition", "StableAudioEntry", "StableAudioModel", "diffusers_folder", "entry",
+__all__ = ["CATALOG", "Condition", "StableAudioEntry", "StableAudioModel", "entry",
            "is_diffusers_dir", "load_folder", "load_stable_audio"]

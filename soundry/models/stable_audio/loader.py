@@ -116,10 +116,31 @@ def load_components(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[s
     return kind, parts
 
 
-def diffusers_folder(name_or_path: str) -> Path | None:
-    """The diffusers-layout folder a path or a configured name (``SOUNDRY_MODEL_PATHS``) points at, if any."""
-    from soundry.models.sources.paths import local_dir_for
+def folder_facts(folder: Path) -> dict:
+    """What a diffusers folder says of the model without building it (``soundry models add`` records these):
+    family, channels, sample rate, the longest clip (SAO: the DiT's window and the seconds range; SA3: the duration
+    embedding's range), default steps and guidance as the loaded model uses them (``StableAudioModel``: SAO 100 steps
+    at 7.0; SA3 8 steps when its scheduler re-noises, i.e. distilled, else 100, and no guidance)."""
+    _pipeline, kind, _classes = read_index(folder)
 
-    as_path = Path(name_or_path).expanduser()
-    folder = as_path if as_path.is_dir() else local_dir_for(name_or_path)
-    return folder if folder is not None and is_diffusers_dir(folder) else None
+    def cfg(part: str, name: str = "config.json") -> dict:
+        try:
+            return json.loads((folder / part / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder}/{part}/{name} cannot be read ({exc})") from exc
+
+    vae = cfg("vae")
+    rate, channels = int(vae["sampling_rate"]), int(vae["audio_channels"])
+    if kind == "sao":
+        hop = 1
+        for r in vae["downsampling_ratios"]:
+            hop *= int(r)
+        window = int(cfg("transformer")["sample_size"]) * hop / rate
+        most = min(window, float(cfg("projection_model").get("max_value", window)))
+        steps, guidance = 100, 7.0
+    else:
+        most = float(cfg("duration_embedder").get("max_val", 0))
+        distilled = bool(cfg("scheduler", "scheduler_config.json").get("stochastic_sampling"))
+        steps, guidance = (8 if distilled else 100), 1.0
+    return {"family": "stable-audio-open" if kind == "sao" else "stable-audio-3", "channels": channels,
+            "sample_rate": rate, "max_seconds": most, "steps": steps, "guidance": guidance}

@@ -1,0 +1,447 @@
+"""Stable Audio weights (issue 29, "Models and weights"): the diffusers layout fetched by name and from
+``hf:owner/repo@revision`` with only the files the loader reads; a gated repository answered with one sentence
+(the CLI, the service's model-unavailable error, the API); a failed download leaving nothing behind; Stability's own
+layout converted to diffusers' (a tiny checkpoint written in that layout reproduces the golden audio); and
+``soundry models add`` of either layout.
+
+Nothing here reaches the network: ``huggingface_hub``'s listing and downloads are replaced by a fake hub that
+serves local folders through the real cache layout (blobs, snapshots, refs) under a temporary HF_HUB_CACHE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from functools import cache
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from soundry.engine.generate import generate
+from soundry.models.errors import CheckpointError, ModelNotAvailable
+from tests.conftest import wait_for
+from tests.helpers_models import DATA
+from tests.helpers_stability_layout import write_stability_layout
+
+SAO, SA3 = DATA / "stable-audio-open-tiny", DATA / "stable-audio-3-tiny"
+GATED = ("stabilityai/stable-audio-open-1.0 is gated: accept the Stability AI Community License at "
+         "https://huggingface.co/stabilityai/stable-audio-open-1.0 and set HF_TOKEN to a token of that account")
+SAO_REPO_LISTING = [  # stabilityai/stable-audio-open-1.0 holds both layouts (and, here, a few things never fetched)
+    ".gitattributes", "LICENSE.md", "README.md", "model.ckpt", "model.safetensors", "model_config.json",
+    "model_index.json", "projection_model/config.json", "projection_model/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder/pytorch_model.bin", "tokenizer/special_tokens_map.json", "tokenizer/spiece.model",
+    "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
+    "pipeline.py", "stable_audio_open.png"]
+
+
+# -- a fake hub over the real cache layout ---------------------------------------------------------------------
+class FakeHub:
+    """``HfApi.list_repo_files`` / ``model_info``, ``snapshot_download`` and ``hf_hub_download`` over local folders
+    (repo → folder), writing what a download fetches into ``cache_dir`` (or HF_HUB_CACHE) as huggingface_hub does.
+    ``fail_after`` makes the next download write that many files, then raise; ``gated`` repos raise
+    GatedRepoError from every call."""
+
+    def __init__(self, repos: dict[str, Path], cache_root: Path):
+        self.repos, self.cache_root = repos, cache_root
+        self.gated: set[str] = set()
+        self.fail_after: int | None = None
+        self.downloads: list[tuple[str, list[str]]] = []
+
+    @staticmethod
+    def sha(repo: str) -> str:
+        return hashlib.sha1(repo.encode()).hexdigest()
+
+    def _check(self, repo: str) -> None:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo}")
+        if repo in self.gated:
+            raise GatedRepoError(f"401 Client Error: access to model {repo} is restricted",
+                                 response=httpx.Response(401, request=request))
+        if repo not in self.repos:
+            raise RepositoryNotFoundError("404", response=httpx.Response(404, request=request))
+
+    def files(self, repo: str) -> list[str]:
+        root = self.repos[repo]
+        return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+
+    def list_repo_files(self, repo, revision=None, **_):
+        self._check(repo)
+        return self.files(repo)
+
+    def model_info(self, repo, revision=None, **_):
+        self._check(repo)
+        return type("Info", (), {"sha": self.sha(repo)})()
+
+    def snapshot_download(self, repo, revision=None, allow_patterns=None, cache_dir=None, local_files_only=False,
+                          **_):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        repo_dir = Path(cache_dir or self.cache_root) / f"models--{repo.replace('/', '--')}"
+        if local_files_only:
+            ref = repo_dir / "refs" / (revision or "main")
+            sha = revision if revision and len(revision) == 40 else (ref.read_text() if ref.is_file() else None)
+            if sha is None or not (repo_dir / "snapshots" / sha).is_dir():
+                raise LocalEntryNotFoundError("not in the cache")
+            return str(repo_dir / "snapshots" / sha)
+        self._check(repo)
+        wanted = [f for f in self.files(repo) if f in (allow_patterns or [])]
+        self.downloads.append((repo, wanted))
+        sha = self.sha(repo)
+        snap = repo_dir / "snapshots" / sha
+        for n, name in enumerate(wanted):
+            if self.fail_after is not None and n == self.fail_after:
+                self.fail_after = None
+                (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+                (repo_dir / "blobs" / "deadbeef.incomplete").write_bytes(b"half")
+                raise httpx.ReadTimeout("the connection broke")
+            data = (self.repos[repo] / name).read_bytes()
+            blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            link = snap / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(os.path.relpath(blob, link.parent))
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / (revision if revision and len(revision) != 40 else "main")).write_text(sha)
+        return str(snap)
+
+    def hf_hub_download(self, repo, filename, revision=None, local_dir=None, **_):
+        self._check(repo)
+        target = Path(local_dir) / filename
+        shutil.copyfile(self.repos[repo] / filename, target)
+        return str(target)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    cache_root = tmp_path / "hf-cache"
+    cache_root.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_root))
+    monkeypatch.setenv("SOUNDRY_CONVERTED_DIR", str(tmp_path / "converted"))
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", "")
+    fake = FakeHub({}, cache_root)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", fake.list_repo_files)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake.model_info)
+    return fake
+
+
+def _files(root: Path) -> set[str]:
+    return {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() or f.is_symlink()}
+
+
+@cache
+def stability_tiny(root: str) -> Path:
+    """The tiny SAO pipeline written in Stability's layout (tests/helpers_stability_layout.py), once per session."""
+    return write_stability_layout(SAO, Path(root) / "sao-stability")
+
+
+@pytest.fixture(scope="session")
+def stability_dir(tmp_path_factory) -> Path:
+    return stability_tiny(str(tmp_path_factory.mktemp("stability")))
+
+
+@cache
+def golden():
+    return torch.load(SAO / "stable_audio_golden.pt", weights_only=True)
+
+
+# -- 1. which files a hub repository gives ---------------------------------------------------------------------
+def test_the_diffusers_layout_is_fetched_without_pickles_code_variants_or_stabilitys_copy():
+    from soundry.models.sources.hub import patterns_for
+
+    files = patterns_for(SAO_REPO_LISTING, "hf:stabilityai/stable-audio-open-1.0")
+    assert set(files) == {
+        "model_index.json", "README.md", "LICENSE.md", "projection_model/config.json",
+        "projection_model/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/special_tokens_map.json",
+        "tokenizer/spiece.model", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors"}
+    sharded = ["model_index.json", "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+               "text_encoder/model-00001-of-00002.safetensors", "text_encoder/model-00002-of-00002.safetensors"]
+    assert set(patterns_for(sharded, "hf:x/y")) == set(sharded)
+    with pytest.raises(ModelNotAvailable, match="the vae folder has no plain safetensors weights .only "
+                                                "diffusion_pytorch_model.bin: a pickle"):
+        patterns_for(["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.bin"], "hf:x/y")
+
+
+def test_stabilitys_layout_is_fetched_as_its_config_and_safetensors_only():
+    from soundry.models.sources.hub import patterns_for
+
+    sa3 = ["README.md", "LICENSE.md", "model_config.json", "model.safetensors", "model.ckpt", "demo.py"]
+    assert set(patterns_for(sa3, "hf:stabilityai/stable-audio-3-small-sfx")) == {
+        "model_config.json", "model.safetensors", "README.md", "LICENSE.md"}
+    with pytest.raises(ModelNotAvailable, match="no model.safetensors .only model.ckpt: a pickle"):
+        patterns_for(["model_config.json", "model.ckpt"], "hf:x/y")
+
+
+# -- 2. gated repositories ------------------------------------------------------------------------------------
+def test_a_gated_repo_answers_one_sentence_through_fetch_and_the_cli(hub, tmp_path, capsys):
+    from soundry.cli.main import main
+    from soundry.models.sources.hub import fetch
+
+    hub.repos["stabilityai/stable-audio-open-1.0"] = SAO
+    hub.gated.add("stabilityai/stable-audio-open-1.0")
+    with pytest.raises(ModelNotAvailable) as err:
+        fetch("hf:stabilityai/stable-audio-open-1.0")
+    assert str(err.value) == GATED
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
+    assert main(["models", "pull", "stable-audio-open", *args]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {GATED}"
+    assert not hub.downloads and not list((tmp_path / "hf-cache").iterdir())
+
+
+def test_a_gated_repo_fails_the_task_with_the_sentence(hub, client, user):
+    hub.repos["stabilityai/stable-audio-open-1.0"] = SAO
+    hub.gated.add("stabilityai/stable-audio-open-1.0")
+    body = {"prompt": "rain", "configs": {"model": "stable-audio-open", "duration": 1}}
+    created = client.post("/v1/ai/audio_generation", json=body, headers=user["headers"])
+    assert created.status_code == 201, created.text
+    result = wait_for(client, created.json()["data"]["task_id"], user["headers"])
+    assert result["status"] == "FAILED"
+    assert result["error_description"] == f"model stable-audio-open could not be loaded: {GATED}"
+
+
+# -- 3. nothing half-downloaded -------------------------------------------------------------------------------
+def test_a_broken_download_leaves_nothing_and_the_next_one_downloads_again(hub, tmp_path):
+    from soundry.models.sources.hub import fetch
+
+    cache_root = tmp_path / "hf-cache"
+    hub.repos["someone/sfx"] = SAO
+    hub.fail_after = 3
+    with pytest.raises(ModelNotAvailable, match="cannot reach the Hugging Face hub for hf:someone/sfx"):
+        fetch("hf:someone/sfx")
+    assert len(hub.downloads) == 1 and _files(cache_root) == set()  # no snapshot, no blob, no .incomplete
+    with pytest.raises(ModelNotAvailable, match="not in the local cache"):
+        fetch("hf:someone/sfx", download=False)
+    path = fetch("hf:someone/sfx")
+    assert len(hub.downloads) == 2
+    assert path == cache_root / "models--someone--sfx" / "snapshots" / hub.sha("someone/sfx")
+    assert (path / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not any(p.name.startswith(".soundry-staging") for p in cache_root.iterdir())
+    assert fetch("hf:someone/sfx", download=False) == path and len(hub.downloads) == 2  # cached now
+
+
+def test_a_pipeline_missing_a_component_in_the_cache_is_downloaded_again(hub, tmp_path):
+    from soundry.models import load_model
+    from soundry.models.sources.hub import fetch
+
+    hub.repos["someone/sfx"] = SAO
+    path = fetch("hf:someone/sfx")
+    model = load_model(f"hf:someone/sfx@{hub.sha('someone/sfx')}", device="cpu")  # a hub reference loads as is
+    assert model.source == path and len(hub.downloads) == 1
+    (path / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    fetch("hf:someone/sfx")
+    assert len(hub.downloads) == 2 and (path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+# -- 1. by name and from hf: ----------------------------------------------------------------------------------
+def test_a_built_in_name_downloads_its_diffusers_folder_and_loads(hub, tmp_path, capsys):
+    from soundry.cli.main import main
+    from soundry.models import load_model
+
+    hub.repos["stabilityai/stable-audio-open-1.0"] = SAO
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
+    assert main(["models", "pull", "stable-audio-open", *args]) == 0
+    snapshot = tmp_path / "hf-cache" / "models--stabilityai--stable-audio-open-1.0" / "snapshots" / hub.sha(
+        "stabilityai/stable-audio-open-1.0")
+    assert capsys.readouterr().out.strip() == f"stable-audio-open: {snapshot}"
+    fetched = hub.downloads[-1][1]
+    assert "model_index.json" in fetched and not any(f.endswith((".pt", ".json.bak")) for f in fetched)
+    assert not any("golden" in f for f in fetched)  # only what the loader reads
+    model = load_model("stable-audio-open", device="cpu")
+    assert model.name == "stable-audio-open" and model.sample_rate == 8000 and len(hub.downloads) == 1
+
+
+def test_an_hf_reference_in_stabilitys_layout_is_converted_and_loads(hub, stability_dir, tmp_path, monkeypatch):
+    """Stability's layout holds no T5: the one its model_config.json names comes from the hub (google-t5/...),
+    in transformers' layout, safetensors only (here: the tiny T5 under that name)."""
+    from soundry.models import load_model
+    from soundry.models.sources.paths import resolve_model_dir
+
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    for f in [*(SAO / "text_encoder").iterdir(), *(SAO / "tokenizer").iterdir()]:
+        shutil.copyfile(f, t5 / f.name)
+    hub.repos["google-t5/t5-base"] = t5
+    hub.repos["someone/sao-stability"] = stability_dir
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"mysfx=hf:someone/sao-stability@{hub.sha('someone/sao-stability')}")
+    folder = resolve_model_dir("mysfx")
+    assert folder.parent == tmp_path / "converted" and (folder / "model_index.json").is_file()
+    assert [repo for repo, _ in hub.downloads] == ["someone/sao-stability", "google-t5/t5-base"]
+    assert set(hub.downloads[0][1]) == {"model_config.json", "model.safetensors", "README.md"}
+    assert _files(folder / "tokenizer") == {"tokenizer.json", "tokenizer_config.json"}
+    assert _files(folder / "text_encoder") == {"config.json", "model.safetensors"}
+    assert resolve_model_dir("mysfx") == folder and len(hub.downloads) == 2  # converted once
+    model = load_model("mysfx", device="cpu")
+    assert model.family == "stable-audio-open" and model.sample_rate == 8000
+    g = golden()
+    audio = generate(model, [g["prompts"][0]], duration=g["durations"][0], seed=g["seeds"][0],
+                     cfg_coef=g["guidance_scales"][0], steps=g["steps"][0]).audio[0]
+    assert (audio - g["audio"][0]).abs().max() <= 1e-4 * g["audio"][0].abs().max()
+
+
+# -- 3. Stability's layout converted --------------------------------------------------------------------------
+def test_stabilitys_layout_converts_to_the_same_weights_and_reproduces_the_golden_audio(stability_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from soundry.models import load_model
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    out = convert_stability_dir(stability_dir, tmp_path / "converted")
+    assert {f.suffix for f in out.rglob("*") if f.is_file()} <= {".json", ".safetensors", ".md"}
+    for part in ("transformer", "vae", "projection_model"):
+        name = "diffusion_pytorch_model.safetensors"
+        want, got = load_file(SAO / part / name), load_file(out / part / name)
+        assert set(got) == set(want), part
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+    for part in ("transformer", "vae", "projection_model", "scheduler"):
+        config = "scheduler_config.json" if part == "scheduler" else "config.json"
+        want = {k: v for k, v in json.loads((SAO / part / config).read_text()).items() if k != "_diffusers_version"}
+        got = {k: v for k, v in json.loads((out / part / config).read_text()).items() if k != "_diffusers_version"}
+        assert got == want, part
+    model, g = load_model(str(out), device="cpu"), golden()
+    for i in range(len(g["prompts"])):
+        audio = generate(model, [g["prompts"][i]], duration=g["durations"][i], seed=g["seeds"][i],
+                         cfg_coef=g["guidance_scales"][i], steps=g["steps"][i],
+                         negative_prompts=[g["negative_prompts"][i]]).audio[0]
+        assert audio.shape == g["audio"][i].shape
+        assert (audio - g["audio"][i]).abs().max() <= 1e-4 * g["audio"][i].abs().max(), i
+
+
+def test_a_whole_t5_from_the_hub_is_kept_as_its_encoder(tmp_path):
+    """google-t5/t5-base is published as T5ForConditionalGeneration: the converted folder keeps its encoder."""
+    from safetensors.torch import load_file
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from soundry.models.stable_audio.convert import _copy_text_encoder
+
+    config = T5Config.from_pretrained(str(SAO / "text_encoder"))
+    config.architectures, config.is_encoder_decoder = ["T5ForConditionalGeneration"], True
+    torch.manual_seed(0)
+    full = T5ForConditionalGeneration(config)
+    full.save_pretrained(str(tmp_path / "t5"), safe_serialization=True)
+    _copy_text_encoder(tmp_path / "t5", tmp_path / "text_encoder")
+    kept = load_file(tmp_path / "text_encoder" / "model.safetensors")
+    assert kept and not any(k.startswith("decoder.") for k in kept)
+    whole = full.state_dict()
+    assert all(torch.equal(v, whole[k]) for k, v in kept.items())
+    assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
+
+
+def test_a_config_or_checkpoint_the_converter_does_not_map_is_refused_with_a_sentence(stability_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    sa3 = shutil.copytree(stability_dir, tmp_path / "sa3")
+    cfg = json.loads((sa3 / "model_config.json").read_text())
+    cfg["model"]["pretransform"]["config"]["encoder"]["type"] = "same"
+    cfg["model"]["conditioning"]["configs"][0]["type"] = "t5gemma"
+    (sa3 / "model_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="describes model_type 'diffusion_cond', diffusion 'dit', autoencoder "
+                                              "'same', text conditioner 't5gemma': the autoencoder is not mapped"):
+        convert_stability_dir(sa3, tmp_path / "out")
+    lm = shutil.copytree(stability_dir, tmp_path / "lm")
+    cfg = json.loads((lm / "model_config.json").read_text())
+    cfg["model_type"] = "lm"
+    (lm / "model_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model type is not mapped"):
+        convert_stability_dir(lm, tmp_path / "out")
+    extra = shutil.copytree(stability_dir, tmp_path / "extra")
+    sd = load_file(extra / "model.safetensors")
+    sd["model.model.transformer.memory_tokens"] = torch.zeros(4, 32)
+    save_file(sd, str(extra / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="DiT tensors soundry does not map.*memory_tokens"):
+        convert_stability_dir(extra, tmp_path / "out")
+    pickled = shutil.copytree(stability_dir, tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "model.ckpt")
+    with pytest.raises(CheckpointError, match="only model.ckpt: a pickle"):
+        convert_stability_dir(pickled, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_an_unmapped_stability_repo_is_refused_before_its_weights_download(hub):
+    from soundry.models.sources.hub import fetch
+
+    repo = hub.repos["someone/sa3"] = Path(hub.cache_root.parent / "sa3-src")
+    repo.mkdir()
+    (repo / "model_config.json").write_text(json.dumps({"model_type": "diffusion_cond", "model": {
+        "diffusion": {"type": "dit"}, "pretransform": {"type": "autoencoder", "config": {"encoder": {"type": "same"}}},
+        "conditioning": {"configs": [{"id": "prompt", "type": "t5gemma"}]}}}))
+    (repo / "model.safetensors").write_bytes(b"x" * 100)
+    with pytest.raises(ModelNotAvailable, match="hf:someone/sa3's model_config.json describes .*For Stable Audio 3 "
+                                                "use a diffusers-layout folder"):
+        fetch("hf:someone/sa3")
+    assert not hub.downloads
+
+
+# -- 4. soundry models add ------------------------------------------------------------------------------------
+def test_models_add_records_a_diffusers_and_a_stability_folder_with_their_facts(stability_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    from soundry.cli.main import main
+    from soundry.models.catalog import read_records
+    from soundry.models.sources.added import open_catalog
+
+    monkeypatch.setenv("SOUNDRY_CONVERTED_DIR", str(tmp_path / "converted"))
+    data = tmp_path / "data"
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(data)]
+    sa3 = shutil.copytree(SA3, tmp_path / "my-sa3")
+    (sa3 / "README.md").write_text("---\nlicense: other\nlicense_name: stable-audio-community\n---\n")
+    assert main(["models", "add", "mysa3", str(sa3), *args]) == 0
+    assert main(["models", "add", "mysao", str(stability_dir), *args]) == 0
+    out = capsys.readouterr().out
+    assert "added mysa3: diffusers format" in out and "added mysao: stability (converted" in out
+    records = read_records(data)
+    assert (records["mysa3"].family, records["mysa3"].channels, records["mysa3"].sample_rate) == (
+        "stable-audio-3", 2, 8000)
+    assert records["mysa3"].license == "other" and records["mysa3"].steps == 8
+    assert (records["mysao"].family, records["mysao"].channels, records["mysao"].sample_rate) == (
+        "stable-audio-open", 2, 8000)
+    assert records["mysao"].max_seconds == pytest.approx(0.08) and records["mysao"].license == "other"
+    spec = open_catalog(data, []).get("mysao")
+    assert spec.kind == "diffusion" and spec.sample_rate == 8000 and spec.context == pytest.approx(0.08)
+    assert main(["models", "list", *args]) == 0
+    listing = capsys.readouterr().out
+    assert "format diffusers" in listing and "family stable-audio-3" in listing
+
+
+def test_an_added_stable_audio_model_is_served_beside_a_running_server(stability_dir, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from soundry.api.app import create_app
+    from tests.conftest import PASSWORD, make_settings
+    from tests.test_catalog import _add
+
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", "")
+    monkeypatch.setenv("SOUNDRY_CONVERTED_DIR", str(tmp_path / "converted"))
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        svc = c.app.state.services
+        headers = {"Authorization": "Bearer " + svc.accounts.create_api_key(svc.accounts.create_user("ann",
+                                                                                                     PASSWORD))}
+        _add(settings.data_dir, "mysao", stability_dir)
+        entry = next(m["metadata"] for m in c.get("/v1/models/audio_generation").json()["data"]
+                     if m["model"] == "mysao")
+        assert entry["family"] == "stable-audio-open" and entry["kind"] == "diffusion"
+        assert entry["sample_rate"] == 8000 and entry["channels"] == 2 and entry["license"] == "other"
+        r = c.post("/v1/ai/audio_generation", headers=headers,
+                   json={"prompt": "dog barking in the distance", "configs": {
+                       "model": "mysao", "duration": 0.05, "seed": 0, "steps": 8, "normalization": "none"}})
+        assert r.status_code == 201, r.text
+        result = wait_for(c, r.json()["data"]["task_id"], headers)
+        assert result["status"] == "COMPLETED", result
