@@ -13,40 +13,16 @@ from soundry.engine import GenerationRequest
 from soundry.engine.batch import DecodeBatch
 from soundry.engine.jobs import make_job
 from soundry.engine.static_steps import StaticSteps
+from tests.helpers_cuda_standins import cuda_graph_stand_ins
 from tests.helpers_models import tiny_model
 
 LONG_PROMPT = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
 
 
-class _Graph:
-    """torch.cuda.CUDAGraph's stand-in: capture runs the step eagerly (see ``_graphs``), replays are counted."""
-
-    def __init__(self):
-        self.replays = 0
-
-    def replay(self):
-        self.replays += 1
-
-    def pool(self):
-        return None
-
-
 @pytest.fixture
 def graphs(monkeypatch):
-    """torch.cuda's stream and graph calls replaced by CPU stand-ins."""
-
-    class Stream:
-        def __init__(self, *a, **kw):
-            pass
-
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, **kw: contextlib.nullcontext())
+    """torch.cuda's stream and graph calls replaced by CPU stand-ins (tests/helpers_cuda_standins.py)."""
+    return cuda_graph_stand_ins(monkeypatch)
 
 
 @pytest.fixture(scope="module")
