@@ -87,6 +87,8 @@ class StaticSteps:
 
     def key_bucket(self, key_len: int) -> int:
         """The smallest key bucket holding ``key_len`` keys (the host-side max over the jobs of position + 1)."""
+        if key_len > self.key_buckets[-1]:
+            raise ValueError(f"a step over {key_len} keys does not fit the cache's {self.key_buckets[-1]} positions")
         return next(k for k in self.key_buckets if k >= key_len)
 
     @property
