@@ -106,7 +106,8 @@ def replays() -> None:
         else:
             bad = DEV.type == "cuda" and steps.dynamic_steps
             print(f"[replays] {st.steps} steps under load with a long prompt: {steps.replays} graph replays, "
-                  f"{steps.dynamic_steps} dynamic (graphs stale){'  <-- CHECK' if bad else ''}; mean batch "
+                  f"{steps.dynamic_steps} dynamic (graphs stale){'  <-- CHECK' if bad else ''}; replays per (batch "
+                  f"bucket, key bucket) {dict(sorted(steps.replayed.items()))}; mean batch "
                   f"{st.mean_batch_size:.2f}, {st.steps / max(st.step_seconds, 1e-9):.0f} steps/s (timed on the "
                   f"device)", flush=True)
     finally:

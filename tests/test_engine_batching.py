@@ -167,9 +167,9 @@ def test_unseeded_request_records_its_seed(model):
 
 @pytest.mark.parametrize("name", ["audiogen", "musicgen"])
 def test_static_bucketed_steps_give_the_same_tokens(name):
-    """The graph-capturable step (bucketed batch with padding slots, attention over the whole cache,
-    no host-side top-k bound) samples exactly what the dynamic step samples. On the CPU it runs
-    eagerly; on a GPU the same function is captured in CUDA graphs."""
+    """The graph-capturable step (bucketed batch with padding slots, attention over a key-length bucket
+    (tests/test_gpu_path_ii.py: across buckets), no host-side top-k bound) samples exactly what the dynamic
+    step samples. On the CPU it runs eagerly; on a GPU the same function is captured in CUDA graphs."""
     m = tiny_model(name)
     requests = [req("wind through pine trees", 11, duration=0.5), req("a door slams", 12, duration=0.8, top_k=3),
                 req("glass breaking", 13, duration=0.3, top_k=0, top_p=0.7, temperature=0.8)]

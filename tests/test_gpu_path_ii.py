@@ -35,13 +35,15 @@ def _finish(batch: DecodeBatch) -> None:
         batch.step()
 
 
-def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_cache(model, graphs):
+@pytest.mark.parametrize("key_buckets", [None, (4, 8, 16)])
+def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_cache(model, graphs, key_buckets):
     """Item 1: a full-window job leaves its slot at the cache's last position; a long prompt bumps the
     cache version; when the batch empties the graphs are captured again, and every bucket's warm-up
-    advances the freed slots. They must start from a safe position, not index past the cache."""
+    advances the freed slots. They must start from a safe position, not index past the cache (with key
+    buckets too: item 4)."""
     frames = 20  # a 0.4 s request fills the whole window
     batch = DecodeBatch(model.lm, max_slots=4, max_frames=frames)
-    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True, key_buckets=key_buckets)
     steps.prepare()
     full, long = GenerationRequest("rain", 0.4, seed=1), GenerationRequest(LONG_PROMPT, 0.2, seed=2)
     for r, c in zip([full, long], model.conditions([full, long]), strict=True):
@@ -53,11 +55,14 @@ def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_ca
     assert int((batch.steps + batch.offsets).max()) < batch.cache.max_len
 
 
-def test_while_graphs_are_stale_steps_run_the_dynamic_step_not_the_eager_static_one(model, graphs, monkeypatch):
+@pytest.mark.parametrize("key_buckets", [None, (2, 4)])
+def test_while_graphs_are_stale_steps_run_the_dynamic_step_not_the_eager_static_one(model, graphs, monkeypatch,
+                                                                                     key_buckets):
     """Item 2: after a long prompt reallocates the condition cache the graphs are stale until the batch
-    empties; meanwhile a step attends over the keys the jobs need (the dynamic step), not the whole cache."""
+    empties; meanwhile a step attends over the keys the jobs need (the dynamic step), not a key bucket
+    (item 4) nor the whole cache."""
     batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
-    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True, key_buckets=key_buckets)
     steps.prepare()
     key_lens = []
     real_decode = DecodeBatch.decode
