@@ -24,31 +24,36 @@ PYTEST="python3 -m pytest --noconftest -o addopts= -p no:cacheprovider -q -rfE"
 #    fix a warm-up wrote past the KV cache, a device-side assert that leaves the CUDA context dead.
 timeout 40 python3 bench/gpu_checks.py recapture 2>&1 | tee "$OUT/1_recapture.log"
 
-# 2. (120 s) The engine's tests on CUDA, fp32 with TF32 off (graph capture at every Engine start, stale
+# 2. (110 s) The engine's tests on CUDA, fp32 with TF32 off (graph capture at every Engine start, stale
 #    graphs, continuous batching, streaming on the codec stream, continuation, parity to the goldens, host
 #    syncs, the decode options' equal tokens, the stand-in tests of the CUDA-only code).
-timeout 120 $PYTEST tests/test_engine_batching.py tests/test_streaming_engine.py tests/test_continuation.py \
+timeout 110 $PYTEST tests/test_engine_batching.py tests/test_streaming_engine.py tests/test_continuation.py \
   tests/test_reference_parity.py tests/test_engine_host_syncs.py tests/test_decode_options.py \
   tests/test_gpu_path.py tests/test_gpu_path_ii.py 2>&1 | tee "$OUT/2_pytest_fp32.log"
 
-# 3. (80 s) Issue 31: graph replays vs dynamic steps under load after a long prompt; set_sync_debug_mode("error")
+# 3. (70 s) Issue 31: graph replays vs dynamic steps under load after a long prompt; set_sync_debug_mode("error")
 #    around an engine pass; engine steps/s alone and beside a MultiBand Diffusion decode on another thread.
-timeout 80 python3 bench/gpu_checks.py replays syncs mbd 2>&1 | tee "$OUT/3_issue31.log"
+timeout 70 python3 bench/gpu_checks.py replays syncs mbd 2>&1 | tee "$OUT/3_issue31.log"
 
-# 4. (60 s) Stale graphs (poisoned old cache), SDPA backends on the engine's strides, a seed's tokens on CPU
+# 4. (50 s) Stale graphs (poisoned old cache), SDPA backends on the engine's strides, a seed's tokens on CPU
 #    vs CUDA with rng=counter.
-timeout 60 python3 bench/gpu_checks.py stale sdpa seed 2>&1 | tee "$OUT/4_checks.log"
+timeout 50 python3 bench/gpu_checks.py stale sdpa seed 2>&1 | tee "$OUT/4_checks.log"
 
-# 5. (90 s) Real sizes, bf16 as served: audiogen-medium and musicgen-large at the slot count fit_slots allows
-#    (at most 64), capture time, graphs vs dynamic steps/s, then the batch filled with a 256-token prompt.
-timeout 90 python3 bench/gpu_checks.py scale 2>&1 | tee "$OUT/5_scale.log"
+# 5. (40 s) Issue 31 item 4: musicgen-large bf16, 16 slots, one graph per key-length bucket (the count checked):
+#    replay ms/step per bucket against the whole-cache graph at the same positions, and the KV bytes each reads.
+timeout 40 python3 bench/gpu_checks.py keys 2>&1 | tee "$OUT/5_keys.log"
 
-# 6. (40 s) The engine bench on the audiogen-medium shape, bf16, graphs on, beside the eager baseline.
+# 6. (90 s) Real sizes, bf16 as served: audiogen-medium and musicgen-large at the slot count fit_slots allows
+#    (at most 64), the graph count (batch x key buckets) and capture time, graphs vs dynamic steps/s, then the
+#    batch filled with a 256-token prompt.
+timeout 90 python3 bench/gpu_checks.py scale 2>&1 | tee "$OUT/6_scale.log"
+
+# 7. (40 s) The engine bench on the audiogen-medium shape, bf16, graphs on, beside the eager baseline.
 timeout 40 python3 bench/engine.py --shape audiogen-medium --device cuda --batch-sizes 1,16,64 \
-  --plain only --repeats 2 2>&1 | tee "$OUT/6_bench_graphs.log"
+  --plain only --repeats 2 2>&1 | tee "$OUT/7_bench_graphs.log"
 
-# 7. (50 s) bf16 (what precision=auto serves): the real audiogen-medium shape through the Engine, the batching
+# 8. (40 s) bf16 (what precision=auto serves): the real audiogen-medium shape through the Engine, the batching
 #    tests and mixed precision (token mismatches here can be bf16 batch variance; NaN, crashes and capture
 #    failures are bugs).
-SOUNDRY_TEST_PRECISION=bf16 timeout 50 $PYTEST tests/test_real_shape.py tests/test_engine_batching.py \
-  tests/test_mixed_precision.py 2>&1 | tee "$OUT/7_pytest_bf16.log"
+SOUNDRY_TEST_PRECISION=bf16 timeout 40 $PYTEST tests/test_real_shape.py tests/test_engine_batching.py \
+  tests/test_mixed_precision.py 2>&1 | tee "$OUT/8_pytest_bf16.log"

@@ -1,7 +1,7 @@
 """GPU-only checks of soundry's engine (run by bench/gpu_check.sh; never run on a GPU yet), from the repo root:
 
     SOUNDRY_TEST_DEVICE=cuda python3 bench/gpu_checks.py [recapture] [replays] [syncs] [mbd] [stale] [sdpa]
-                                                        [seed] [scale]   (default: all but recapture)
+                                                        [seed] [keys] [scale]   (default: all but recapture)
 
 recapture  issue 31 item 1: a full-window job and a long prompt, then graphs captured again once the batch is
            empty (before the fix a warm-up wrote past the cache: a device-side assert that kills the process's
@@ -19,10 +19,16 @@ stale  tiny audiogen: CUDA graphs captured, a long prompt grows the condition ca
 sdpa   one layer of musicgen-large's shape: forward_cached under each SDPA backend vs MATH, with the
        engine's strided q/K/V, masked (static and dynamic key lengths) and unmasked (attention=lengths)
 seed   rng=counter: a seed gives the same tokens on the CPU and on the GPU (fp32, top_k=250)
+keys   issue 31 item 4: musicgen-large bf16, 16 slots (or what fit_slots allows): one graph per key-length
+       bucket for the full batch (the count checked, and that a second prepare captures none), then per bucket
+       the replay time with the slots inside it against the whole-cache graph's at the same positions, and the
+       KV bytes each reads
 scale  audiogen-medium and musicgen-large, bf16 as served (mixed precision), the slots engine.memory.fit_slots
-       allows (at most 64), the engine's real cache (condition cache at 256 tokens): KV bytes, capture time,
-       graphs vs dynamic steps/s, then the batch filled to that count with a 256-token prompt (no OOM)
-SOUNDRY_TEST_DEVICE=cpu runs recapture, replays and mbd on the CPU (graphs off): a dry run of the script.
+       allows (at most 64), the engine's real cache (condition cache at 256 tokens): KV bytes, the graph count
+       (one per batch bucket x key bucket) and capture time, graphs vs dynamic steps/s, then the batch filled to
+       that count with a 256-token prompt (no OOM)
+SOUNDRY_TEST_DEVICE=cpu runs recapture, replays, mbd and keys on the CPU (graphs off; keys on the tiny musicgen,
+eager): a dry run of the script.
 Adapted from the shared GPU kit (../shared/gpu-kit/gpu_checks.py) to the code as it is now.
 """
 
@@ -100,7 +106,8 @@ def replays() -> None:
         else:
             bad = DEV.type == "cuda" and steps.dynamic_steps
             print(f"[replays] {st.steps} steps under load with a long prompt: {steps.replays} graph replays, "
-                  f"{steps.dynamic_steps} dynamic (graphs stale){'  <-- CHECK' if bad else ''}; mean batch "
+                  f"{steps.dynamic_steps} dynamic (graphs stale){'  <-- CHECK' if bad else ''}; replays per (batch "
+                  f"bucket, key bucket) {dict(sorted(steps.replayed.items()))}; mean batch "
                   f"{st.mean_batch_size:.2f}, {st.steps / max(st.step_seconds, 1e-9):.0f} steps/s (timed on the "
                   f"device)", flush=True)
     finally:
@@ -283,10 +290,10 @@ def seed() -> None:
           f"(fp32; a difference can be a near-tie in the logits, not the random numbers)", flush=True)
 
 
-def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
-    cfg = lm_config(shape)
+def _served_lm(shape: str) -> TransformerLM:
+    """A real shape's LM on DEV with random weights, bf16 as served (precision=bf16: mixed, norms in fp32)."""
     with torch.device("meta"):
-        lm = TransformerLM(cfg)
+        lm = TransformerLM(lm_config(shape))
     lm = lm.to_empty(device=DEV).to(torch.bfloat16).eval()
     for name, p in lm.named_parameters():
         if "norm" in name and name.endswith("weight"):
@@ -296,6 +303,85 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
         else:
             p.normal_(0.0, p.shape[-1] ** -0.5)
     keep_fp32_(lm)  # what precision=bf16 serves
+    return lm
+
+
+def _fill(b: DecodeBatch, n: int, pos: int, last_cond: int = 16) -> None:
+    """The batch emptied, then ``n`` jobs of a whole window each at step ``pos`` (random conditions of 16
+    tokens, the last one's ``last_cond``)."""
+    for j in list(b.jobs):
+        b.remove(j)
+    dim, dtype = b.lm.cfg.dim, b.cache.dtype
+    for i in range(n):
+        req = GenerationRequest("x", duration=b.max_frames / 50, seed=i, top_k=250, top_p=0.0)
+        L = last_cond if i == n - 1 else 16
+        cond = torch.randn(2, L, dim, device=DEV, dtype=dtype)
+        job = Job(req, [Window(b.max_frames, 0)], cond, torch.ones(2, L, dtype=torch.bool, device=DEV),
+                  torch.Generator(device=DEV).manual_seed(i))
+        b.admit(job)
+        job.step = pos
+        b.steps[job.slot] = pos
+
+
+def _graph_count(s: StaticSteps) -> str:
+    """The graphs captured against one per (batch bucket, key bucket) (issue 31 item 4)."""
+    want = len(s.buckets) * len(s.key_buckets)
+    return (f"{len(s.graphs)} graphs ({len(s.buckets)} batch x {len(s.key_buckets)} key buckets "
+            f"{s.key_buckets}){'' if len(s.graphs) == want else f'  <-- BUG: not {want}'}")
+
+
+def keys(shape: str = "musicgen-large", slots: int = 16, replays: int = 10) -> None:
+    """Issue 31 item 4: a graph replay per key-length bucket against the whole cache's graph, with the batch's
+    slots at a position inside each bucket (the same position for both); the graph count. On the CPU (a dry
+    run): the tiny musicgen's eager static step per key bucket, no graphs."""
+    if DEV.type == "cuda":
+        lm = _served_lm(shape)
+        frames = int(lm.cfg.segment_duration * 50)
+    else:
+        from tests.helpers_models import tiny_model
+
+        shape, lm, frames = "tiny musicgen (CPU, eager)", tiny_model("musicgen").lm, 1500
+    slots = fit_slots(lm, slots, frames, DEV, 0.9, shape, max_cond_len=256)
+    b = DecodeBatch(lm, slots, frames, max_cond_len=256)  # as the engine allocates it on a GPU
+    s = b.static = StaticSteps(b, buckets=(slots,))  # the full batch only: one graph per key bucket
+    t0 = time.perf_counter()
+    s.prepare()
+    _sync()
+    took, captured = time.perf_counter() - t0, dict(s.graphs)
+    s.prepare()  # the same cache version: nothing is captured again
+    again = "" if s.graphs == captured else "  <-- BUG: captured again"
+    print(f"[keys] {shape} slots={slots}: {_graph_count(s) if s.use_graphs else 'no graphs (the CPU)'}, captured "
+          f"in {took:.1f} s{again}", flush=True)
+    per_position = 2 * slots * b.cache.nbytes_per_position()  # K and V of both rows of every slot, every layer
+    full = b.cache.max_len
+
+    def per_step(k: int, pos: int) -> float:
+        """Seconds a step over ``k`` keys, at positions pos .. pos + replays - 1."""
+        b.steps[:slots] = pos
+        run = s.graphs[slots, k].replay if s.use_graphs else lambda: s._run(slots, k)
+        run()  # warm
+        b.steps[:slots] = pos
+        _sync()
+        t = time.perf_counter()
+        for _ in range(replays):
+            run()
+        _sync()
+        return (time.perf_counter() - t) / replays
+
+    _fill(b, slots, 0)
+    for k in s.key_buckets:
+        pos = max(0, k - replays)  # the furthest key each step needs stays inside the bucket
+        bucket, whole = per_step(k, pos), per_step(full, pos)
+        print(f"[keys] {shape} slots={slots} keys {k:5d} (positions {pos}..{pos + replays - 1}): {bucket * 1e3:7.2f} "
+              f"ms/step, whole cache ({full}) {whole * 1e3:7.2f} ms/step ({whole / bucket:.2f}x); KV read "
+              f"{k * per_position / 1e6:.0f} MB vs {full * per_position / 1e6:.0f} MB", flush=True)
+    for j in list(b.jobs):
+        b.remove(j)
+
+
+def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
+    lm = _served_lm(shape)
+    cfg = lm.cfg
     frames = int(cfg.segment_duration * 50)
     asked, slots = slots, fit_slots(lm, slots, frames, DEV, 0.9, shape, max_cond_len=256)
     torch.cuda.reset_peak_memory_stats()
@@ -308,22 +394,12 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
     torch.cuda.synchronize()
     capture = time.perf_counter() - t0
     print(f"[scale] {shape} bf16 slots={slots} (fit_slots allows {slots} of {asked}) frames={frames}: KV {kv:.1f} GB, "
-          f"weights {weights:.1f} GB, buckets {s.buckets} captured in {capture:.1f} s, "
+          f"weights {weights:.1f} GB, {_graph_count(s)} captured in {capture:.1f} s, "
           f"allocated {torch.cuda.memory_allocated() / 1e9:.1f} GB", flush=True)
 
     def run(n: int, pos: int, static: bool, last_cond: int = 16) -> float:
-        for j in list(b.jobs):
-            b.remove(j)
         b.static = s if static else None
-        for i in range(n):
-            req = GenerationRequest("x", duration=frames / 50, seed=i, top_k=250, top_p=0.0)
-            L = last_cond if i == n - 1 else 16
-            cond = torch.randn(2, L, cfg.dim, device=DEV, dtype=torch.bfloat16)
-            job = Job(req, [Window(frames, 0)], cond, torch.ones(2, L, dtype=torch.bool, device=DEV),
-                      torch.Generator(device=DEV).manual_seed(i))
-            b.admit(job)
-            job.step = pos
-            b.steps[job.slot] = pos
+        _fill(b, n, pos, last_cond)
         b.step()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -333,7 +409,7 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
         return steps / (time.perf_counter() - t0)
 
     pos = frames // 2
-    for n in sorted({1, 16, slots}):
+    for n in sorted({n for n in (1, 16, slots) if n <= slots}):
         st, dy = run(n, pos, True), run(n, pos, False)
         print(f"[scale] {shape} n={n:3d} at frame {pos}: graphs {st:7.1f} steps/s, dynamic {dy:7.1f} steps/s "
               f"({n * st:8.1f} / {n * dy:8.1f} clip-steps/s)", flush=True)
@@ -346,11 +422,11 @@ def scale(shape: str, slots: int = 64, steps: int = 20) -> None:
 
 
 def main(argv: list[str]) -> None:
-    chosen = argv or ["replays", "syncs", "mbd", "stale", "sdpa", "seed", "scale"]
+    chosen = argv or ["replays", "syncs", "mbd", "stale", "sdpa", "seed", "keys", "scale"]
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if DEV.type == 'cuda' else 'the CPU'}",
           flush=True)
     checks = {"recapture": [recapture], "replays": [replays], "syncs": [syncs], "mbd": [mbd_overlap],
-              "stale": [stale], "sdpa": [sdpa], "seed": [seed],
+              "stale": [stale], "sdpa": [sdpa], "seed": [seed], "keys": [keys],
               "scale": [lambda: scale("audiogen-medium"), lambda: scale("musicgen-large")]}
     for name in chosen:
         for fn in checks[name]:

@@ -7,6 +7,7 @@ import torch
 from soundry.engine import Engine, GenerationCanceled, GenerationRequest
 from soundry.engine.generate import generate
 from soundry.engine.jobs import make_job
+from tests.helpers_cuda_standins import cuda_graph_stand_ins
 from tests.helpers_models import continuation, tiny_model
 
 
@@ -166,9 +167,9 @@ def test_unseeded_request_records_its_seed(model):
 
 @pytest.mark.parametrize("name", ["audiogen", "musicgen"])
 def test_static_bucketed_steps_give_the_same_tokens(name):
-    """The graph-capturable step (bucketed batch with padding slots, attention over the whole cache,
-    no host-side top-k bound) samples exactly what the dynamic step samples. On the CPU it runs
-    eagerly; on a GPU the same function is captured in CUDA graphs."""
+    """The graph-capturable step (bucketed batch with padding slots, attention over a key-length bucket
+    (tests/test_gpu_path_ii.py: across buckets), no host-side top-k bound) samples exactly what the dynamic
+    step samples. On the CPU it runs eagerly; on a GPU the same function is captured in CUDA graphs."""
     m = tiny_model(name)
     requests = [req("wind through pine trees", 11, duration=0.5), req("a door slams", 12, duration=0.8, top_k=3),
                 req("glass breaking", 13, duration=0.3, top_k=0, top_p=0.7, temperature=0.8)]
@@ -219,41 +220,14 @@ def test_continuation_and_text_only_requests_share_a_batch(kind):
     assert together[1].shape[-1] == together[0].shape[-1] == 50
 
 
-class _RecordingGraph:
-    """A stand-in for torch.cuda.CUDAGraph on the CPU: capture runs the step eagerly, replay is counted
-    (a real replay would read the tensors captured, whatever the cache holds now)."""
-
-    def __init__(self):
-        self.replays = 0
-
-    def replay(self):
-        self.replays += 1
-
-    def pool(self):
-        return None
-
-
 def test_graphs_never_replay_over_a_reallocated_condition_cache(model, monkeypatch):
     """A long prompt grows the condition cache and its leaving shrinks it back to the same length, in new
     tensors: the graphs captured on the old ones must not replay (wrong audio, no error), only the dynamic
     step until the batch is empty and they are captured again."""
-    import contextlib
-
     from soundry.engine.batch import DecodeBatch
     from soundry.engine.static_steps import StaticSteps
 
-    class _Stream:
-        def __init__(self, *a, **kw):
-            pass
-
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: _Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordingGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, **kw: contextlib.nullcontext())
+    cuda_graph_stand_ins(monkeypatch)
 
     long_prompt = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
     batch = DecodeBatch(model.lm, max_slots=2, max_frames=model.max_frames())

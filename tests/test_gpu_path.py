@@ -13,6 +13,7 @@ import torch
 from soundry.engine import Engine, GenerationRequest
 from soundry.engine.codec_stream import CodecStream
 from soundry.engine.memory import KVCacheTooLarge, fit_slots, kv_bytes_per_slot
+from tests.helpers_cuda_standins import cuda_graph_stand_ins
 from tests.helpers_models import tiny_model
 
 
@@ -104,31 +105,10 @@ def test_graphs_are_captured_on_a_stream_of_the_batchs_device(monkeypatch):
     from soundry.engine.static_steps import StaticSteps
 
     model = tiny_model("audiogen")
-    captured = []
-
-    class Stream:
-        def __init__(self, device=None):
-            self.device = device
-
-        def wait_stream(self, other):
-            pass
-
-    class Graph:
-        def pool(self):
-            return None
-
-    def graph(g, pool=None, stream=None, **kw):
-        captured.append(None if stream is None else stream.device)
-        return contextlib.nullcontext()
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
+    seen = cuda_graph_stand_ins(monkeypatch)
     batch = DecodeBatch(model.lm, max_slots=2, max_frames=8)
     StaticSteps(batch, buckets=(1, 2), use_graphs=True).prepare()
-    assert captured == [batch.device, batch.device]
+    assert seen.captured and [g.captured_on for g in seen.captured] == [batch.device] * len(seen.captured)
 
 
 def test_the_kv_cache_is_sized_from_the_free_gpu_memory(monkeypatch, caplog):

@@ -13,40 +13,16 @@ from soundry.engine import GenerationRequest
 from soundry.engine.batch import DecodeBatch
 from soundry.engine.jobs import make_job
 from soundry.engine.static_steps import StaticSteps
+from tests.helpers_cuda_standins import cuda_graph_stand_ins
 from tests.helpers_models import tiny_model
 
 LONG_PROMPT = " ".join(["dog barking in the distance while cars pass by"] * 12)  # > 64 tokens
 
 
-class _Graph:
-    """torch.cuda.CUDAGraph's stand-in: capture runs the step eagerly (see ``_graphs``), replays are counted."""
-
-    def __init__(self):
-        self.replays = 0
-
-    def replay(self):
-        self.replays += 1
-
-    def pool(self):
-        return None
-
-
 @pytest.fixture
 def graphs(monkeypatch):
-    """torch.cuda's stream and graph calls replaced by CPU stand-ins."""
-
-    class Stream:
-        def __init__(self, *a, **kw):
-            pass
-
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **kw: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, **kw: contextlib.nullcontext())
+    """torch.cuda's stream and graph calls replaced by CPU stand-ins (tests/helpers_cuda_standins.py)."""
+    return cuda_graph_stand_ins(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +35,15 @@ def _finish(batch: DecodeBatch) -> None:
         batch.step()
 
 
-def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_cache(model, graphs):
+@pytest.mark.parametrize("key_buckets", [None, (4, 8, 16)])
+def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_cache(model, graphs, key_buckets):
     """Item 1: a full-window job leaves its slot at the cache's last position; a long prompt bumps the
     cache version; when the batch empties the graphs are captured again, and every bucket's warm-up
-    advances the freed slots. They must start from a safe position, not index past the cache."""
+    advances the freed slots. They must start from a safe position, not index past the cache (with key
+    buckets too: item 4)."""
     frames = 20  # a 0.4 s request fills the whole window
     batch = DecodeBatch(model.lm, max_slots=4, max_frames=frames)
-    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True, key_buckets=key_buckets)
     steps.prepare()
     full, long = GenerationRequest("rain", 0.4, seed=1), GenerationRequest(LONG_PROMPT, 0.2, seed=2)
     for r, c in zip([full, long], model.conditions([full, long]), strict=True):
@@ -77,11 +55,14 @@ def test_recapture_after_a_full_window_job_and_a_long_prompt_stays_inside_the_ca
     assert int((batch.steps + batch.offsets).max()) < batch.cache.max_len
 
 
-def test_while_graphs_are_stale_steps_run_the_dynamic_step_not_the_eager_static_one(model, graphs, monkeypatch):
+@pytest.mark.parametrize("key_buckets", [None, (2, 4)])
+def test_while_graphs_are_stale_steps_run_the_dynamic_step_not_the_eager_static_one(model, graphs, monkeypatch,
+                                                                                     key_buckets):
     """Item 2: after a long prompt reallocates the condition cache the graphs are stale until the batch
-    empties; meanwhile a step attends over the keys the jobs need (the dynamic step), not the whole cache."""
+    empties; meanwhile a step attends over the keys the jobs need (the dynamic step), not a key bucket
+    (item 4) nor the whole cache."""
     batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
-    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True)
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True, key_buckets=key_buckets)
     steps.prepare()
     key_lens = []
     real_decode = DecodeBatch.decode
@@ -318,3 +299,149 @@ def test_per_request_attention_makes_a_requests_logits_independent_of_its_batch(
     steps = same + 1  # (delays: step s writes frame s - delay; bounding up to that step is conservative enough)
     for a, b in zip(alone[:steps], batched[:steps], strict=True):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+# -- item 4: graphs per (batch bucket, key-length bucket) --------------------------------------------------
+
+def test_the_key_ladder_is_powers_of_two_up_to_the_cache_and_a_step_picks_the_smallest_that_covers(model):
+    """Item 4: the default key buckets double from 64 to the cache's length (musicgen-large's 30 s: 1504
+    positions); a step attends over the smallest bucket holding the furthest job's position + 1."""
+    from soundry.engine.static_steps import key_ladder
+
+    assert key_ladder(1504) == (64, 128, 256, 512, 1024, 1504)
+    assert key_ladder(64) == (64,) and key_ladder(40) == (40,) and key_ladder(65) == (64, 65)
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
+    assert StaticSteps(batch).key_buckets == [64, 128, 256, batch.cache.max_len]
+    steps = StaticSteps(batch, key_buckets=(8, 4, 4, 10_000))
+    assert steps.key_buckets == [4, 8, batch.cache.max_len]  # sorted, once each, the cache's length last
+    assert [steps.key_bucket(n) for n in (1, 4, 5, 8, 9, batch.cache.max_len)] == \
+        [4, 4, 8, 8, batch.cache.max_len, batch.cache.max_len]
+    assert StaticSteps(batch, key_buckets=()).key_buckets == [batch.cache.max_len]  # the whole cache only
+
+
+def _self_attention_keys(batch: DecodeBatch, monkeypatch) -> list[int]:
+    """The key length of every self-attention call over ``batch``'s cache (the positions a step reads)."""
+    import soundry.models.audiocraft.lm.transformer as transformer
+
+    seen, real = [], transformer.attend
+    cache = {t.untyped_storage().data_ptr() for t in batch.cache.k}
+
+    def attend(q, k, v, mask):
+        if k.untyped_storage().data_ptr() in cache:
+            seen.append(k.shape[-2])
+        return real(q, k, v, mask)
+
+    monkeypatch.setattr(transformer, "attend", attend)
+    return seen
+
+
+def _decode_together(model, requests, lags, static: StaticSteps | None = None, key_buckets=None, monkeypatch=None):
+    """Decode ``requests`` in one batch, request i admitted ``lags[i]`` steps in (so rows sit at different
+    positions); returns each one's tokens and, per step, (the host's key length, the keys self-attention read)."""
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames(), max_prefix=model.max_prefix)
+    if key_buckets is not None:
+        batch.static = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=False, key_buckets=key_buckets)
+    seen = _self_attention_keys(batch, monkeypatch)
+    jobs = [make_job(model, GenerationRequest(**{**r.__dict__, "id": f"{r.id}{key_buckets}"}), c)
+            for r, c in zip(requests, model.conditions(requests), strict=True)]
+    steps, done = [], 0
+    while done < len(jobs):
+        for job, lag in zip(jobs, lags, strict=True):
+            if lag == len(steps):
+                batch.admit(job)
+        key_len, layers = (batch.key_len(), len(seen)) if batch.jobs else (0, len(seen))
+        done += len(batch.step())
+        steps.append((key_len, seen[layers:]))
+    return [DecodeBatch.tokens_of(j) for j in jobs], steps
+
+
+@pytest.mark.parametrize("kind", ["audiogen", "musicgen-melody"])
+def test_static_steps_over_key_buckets_give_the_dynamic_steps_tokens(kind, monkeypatch):
+    """Item 4: the static step attends over the smallest key bucket that covers the furthest row (later keys
+    masked) and samples exactly what the dynamic step does: requests crossing several bucket boundaries mid-way,
+    admitted at different steps (rows at different positions), a continuation prefilled from an audio prompt,
+    a melody model's prefix (its positions count)."""
+    from tests.helpers_models import continuation
+
+    m = tiny_model(kind)
+    requests = [GenerationRequest("wind through pine trees", 0.6, seed=11),
+                GenerationRequest("a door slams", 0.4, seed=12, top_k=3),
+                GenerationRequest("glass breaking", 0.3, seed=13, top_k=0, top_p=0.7, temperature=0.8)]
+    if kind == "audiogen":
+        c = continuation(kind)
+        requests[2].prompt_codes = m.prompt_codes(c["prompt_wav"][0], c["prompt_sample_rate"])  # 0.4 s
+        requests[2].duration = 0.7  # admitted at step 9 it starts at position 20: the furthest row at once
+    lags = [0, 5, 9]
+    # the melody model's rows start after their prefix (text and chroma: ~250 positions here)
+    buckets = (2, 4, 8, 16, 32) if kind == "audiogen" else (248, 256, 264, 272, 288)
+    dynamic, _ = _decode_together(m, requests, lags, monkeypatch=monkeypatch)
+    static, steps = _decode_together(m, requests, lags, key_buckets=buckets, monkeypatch=monkeypatch)
+    for a, b in zip(dynamic, static, strict=True):
+        assert torch.equal(a, b)
+    max_len = m.max_frames() + 3 + 1 + m.max_prefix
+    ladder = [*buckets, max_len]
+    used = [keys[0] for _, keys in steps]
+    for (key_len, keys), picked in zip(steps, used, strict=True):  # every layer reads the same, smallest cover
+        assert set(keys) == {picked} and picked == min(k for k in ladder if k >= key_len)
+    assert set(buckets[1:]) <= set(used)  # crossed each boundary mid-request
+    assert used[0] == 2 if kind == "audiogen" else steps[0][0] > 248
+
+
+def test_the_positions_a_static_step_reads_drop_with_its_key_bucket(model, monkeypatch):
+    """Item 4: before, every static step (and so every replay) read all max_len positions of every layer; now
+    a step reads its key bucket's, on the default ladder 64 while the furthest row is under 64."""
+    request = GenerationRequest("rain", 1.6, seed=5)  # 80 frames: past the 64 bucket
+    batch = DecodeBatch(model.lm, max_slots=2, max_frames=model.max_frames())
+    batch.static = StaticSteps(batch, use_graphs=False)
+    seen = _self_attention_keys(batch, monkeypatch)
+    batch.admit(make_job(model, request, model.conditions([request])[0]))
+    per_step = []
+    while batch.jobs:
+        before = len(seen)
+        batch.step()
+        per_step.append(set(seen[before:]))
+    layers = model.lm.cfg.num_layers
+    assert per_step[0] == {64} and per_step[-1] == {128} and len(per_step) == 83
+    assert per_step.count({64}) == 64 and per_step.count({128}) == 19  # positions 0..63 read 64 keys
+    read = sum(next(iter(s)) for s in per_step) * layers
+    assert read == (64 * 64 + 19 * 128) * layers < 0.2 * len(per_step) * batch.cache.max_len * layers
+
+
+def test_graphs_are_captured_once_per_batch_and_key_bucket_into_one_pool_and_replayed_by_key_length(
+        model, graphs):
+    """Item 4: prepare captures one graph per (batch bucket, key bucket), the largest first, every one into
+    the first's memory pool; preparing again on the same cache captures nothing; each step replays the graph
+    of its batch bucket and of the smallest key bucket holding its rows' positions; a cache version bump
+    (a long prompt) makes them stale: the dynamic step serves, and they are captured again, once each, when
+    the batch is empty."""
+    batch = DecodeBatch(model.lm, max_slots=4, max_frames=model.max_frames())
+    batch.static = steps = StaticSteps(batch, buckets=(1, 2, 4), use_graphs=True, key_buckets=(8, 16))
+    max_len = batch.cache.max_len
+    steps.prepare()
+    pairs = [(b, k) for b in (1, 2, 4) for k in (8, 16, max_len)]
+    assert steps.pairs == pairs and sorted(steps.graphs) == pairs and len(graphs.captured) == 9
+    assert [steps.graphs[p] for p in reversed(pairs)] == graphs.captured  # largest first
+    assert {g.pool() for g in graphs.captured} == {graphs.captured[0].pool()}  # one pool
+    steps.prepare()
+    assert len(graphs.captured) == 9  # same cache version: nothing captured again
+    first, second = GenerationRequest("rain", 0.4, seed=1), GenerationRequest("wind", 0.2, seed=2)
+    jobs = [make_job(model, r, c) for r, c in zip([first, second], model.conditions([first, second]), strict=True)]
+    batch.admit(jobs[0])
+    for _ in range(10):  # positions 0..9: 8 steps over 8 keys, 2 over 16
+        batch.step()
+    batch.admit(jobs[1])  # at position 0 beside the first at 10: the furthest row decides
+    for _ in range(7):
+        batch.step()
+    assert dict(steps.replayed) == {(1, 8): 8, (1, 16): 2, (2, 16): 6, (2, max_len): 1}
+    assert {p: g.replays for p, g in steps.graphs.items() if g.replays} == dict(steps.replayed)
+    assert steps.dynamic_steps == 0
+    _finish(batch)
+    long = GenerationRequest(LONG_PROMPT, 0.1, seed=3)
+    batch.admit(make_job(model, long, model.conditions([long])[0]))  # grows the condition cache: stale
+    batch.step()
+    assert steps.dynamic_steps == 1 and steps.replays == sum(steps.replayed.values())
+    _finish(batch)
+    steps.prepare()
+    assert len(graphs.captured) == 18 and sorted(steps.graphs) == pairs
+    assert steps.captured_version == batch.cache.version
+    assert int((batch.steps + batch.offsets).max()) == 0

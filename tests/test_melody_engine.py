@@ -229,7 +229,7 @@ def test_a_melody_is_separated_off_the_decode_loop(monkeypatch):
 
 
 def test_static_steps_serve_prefixes_as_the_dynamic_step_does():
-    """The static-shape steps (what CUDA graphs replay: bucketed slots, attention over the whole cache, prefix
+    """The static-shape steps (what CUDA graphs replay: bucketed slots, attention over a key bucket, prefix
     positions included) give a melody request and text-only ones the dynamic step's tokens."""
     model, ref = tiny_model("musicgen-melody"), melody_reference("musicgen-melody")
     requests = _melody_requests(ref)[:3]

@@ -274,8 +274,8 @@ class Engine:
 
     def _prepare_static(self) -> None:
         """(Re)capture the step graphs while the batch is empty. On failure the engine falls back to the
-        dynamic step for good, loudly: static steps without graphs attend over the whole cache and are
-        slower than the dynamic one."""
+        dynamic step for good, loudly: static steps without graphs attend over a whole key bucket and the
+        whole condition cache and sort every logit: slower than the dynamic one."""
         try:
             self._batch.static.prepare()
         except Exception:
