@@ -1,4 +1,5 @@
-"""Stability's own checkpoint layout → diffusers' layout, for Stable Audio Open 1.0.
+"""Stability's own checkpoint layout → diffusers' layout, for Stable Audio Open 1.0 and (its own section below)
+Stable Audio 3.
 
 Stability AI publishes its releases as stable-audio-tools reads them: ``model_config.json`` (the model's
 construction arguments) and one ``model.safetensors`` holding every trained network under stable-audio-tools'
@@ -16,9 +17,10 @@ weight/bias). The sizes of the diffusers modules are read from the tensors' shap
 ``model_config.json`` gives what shapes cannot (heads, rate, the seconds range, the text length). Every tensor is
 placed or named as known-unused (the rotary table, which diffusers recomputes); anything else refuses the file.
 
-Only the architecture above is mapped. A ``model_config.json`` naming another model type, autoencoder, text
-conditioner or DiT option (Stable Audio 3's SAME autoencoder and T5Gemma, adaLN, memory tokens, differential
-attention, ...) is refused with a sentence before any weight is read. Nothing is unpickled: ``model.ckpt`` is
+Only the architectures mapped here are converted. A ``model_config.json`` naming another model type, autoencoder,
+text conditioner or DiT option (for SAO: adaLN, memory tokens, differential attention, ...; for Stable Audio 3,
+recognised by its ``t5gemma`` prompt conditioner: see ``check_sa3_config``) is refused with a sentence before any
+weight is read. Nothing is unpickled: ``model.ckpt`` is
 refused, ``model.safetensors`` read with safetensors.
 """
 
@@ -559,7 +561,7 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
     if diffusion.get("diffusion_objective", "v") not in _SA3_OBJECTIVES:
         refuse(f"the diffusion objective {diffusion.get('diffusion_objective', 'v')!r} is not mapped")
     if diffusion.get("cross_attention_cond_ids") != ["prompt"] or diffusion.get("global_cond_ids") != [
-            "seconds_total"] or diffusion.get("local_add_cond_ids", []) not in ([], ["inpaint_mask"]):
+            "seconds_total"]:  # local_add_cond_ids (inpainting inputs): not text-to-audio's, the weights are kept
         refuse("the conditioning order is not mapped")
     options = diffusion.get("config") or {}
     unknown = sorted(set(options) - _SA3_DIT_OPTIONS)
