@@ -644,3 +644,25 @@ def test_sa3_an_hf_reference_and_models_add_of_stabilitys_layout_convert(hub, sa
     record = read_records(data)["mysa3"]
     assert (record.family, record.channels, record.sample_rate, record.steps) == ("stable-audio-3", 2, 8000, 8)
     assert len(hub.downloads) == 2  # the folder's own T5Gemma: nothing fetched
+
+
+def test_sa3_a_whole_t5gemma_from_the_hub_is_kept_as_its_encoder(tmp_path):
+    """google/t5gemma-b-b-ul2 is published as a whole encoder-decoder T5Gemma: the converted folder keeps its
+    encoder (T5GemmaEncoderModel), as Stability's conditioner loads it."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, T5GemmaForConditionalGeneration
+
+    from soundry.models.stable_audio.convert import _write_t5gemma
+
+    config = AutoConfig.from_pretrained(str(SA3 / "text_encoder"))
+    config.architectures, config.is_encoder_decoder = ["T5GemmaForConditionalGeneration"], True
+    torch.manual_seed(0)
+    full = T5GemmaForConditionalGeneration(config)
+    full.save_pretrained(str(tmp_path / "t5gemma"), safe_serialization=True)
+    _write_t5gemma(tmp_path / "t5gemma", {}, tmp_path / "text_encoder")
+    kept = load_file(tmp_path / "text_encoder" / "model.safetensors")
+    whole = {k.removeprefix("model."): v for k, v in full.state_dict().items()}
+    assert kept and not any(k.startswith("decoder.") for k in kept)
+    assert all(torch.equal(v, whole[k]) for k, v in kept.items())
+    assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["architectures"] == [
+        "T5GemmaEncoderModel"]

@@ -315,11 +315,13 @@ def _check_text_parts(text_encoder: Path, tokenizer: Path) -> None:
 
 def convert_stability_dir(src: Path | str, dst: Path | str, text_encoder: Path | str | None = None,
                           tokenizer: Path | str | None = None) -> Path:
-    """Write ``src`` (Stability's layout) as a ``StableAudioPipeline`` folder at ``dst``, atomically: built in a
-    temporary folder beside it and renamed into place whole (a failed conversion leaves nothing at ``dst``).
+    """Write ``src`` (Stability's layout) as a ``StableAudioPipeline`` folder at ``dst`` (Stable Audio 3: a
+    ``StableAudio3Pipeline`` one, ``convert_sa3_dir``), atomically: built in a temporary folder beside it and renamed
+    into place whole (a failed conversion leaves nothing at ``dst``).
 
-    The T5 encoder and tokenizer (transformers' layout, safetensors) are ``text_encoder`` / ``tokenizer``, else
-    ``src``'s own ``text_encoder/`` and ``tokenizer/`` folders. Raises CheckpointError with a sentence."""
+    The T5 (SA3: T5Gemma) encoder and tokenizer (transformers' layout, safetensors) are ``text_encoder`` /
+    ``tokenizer``, else ``src``'s own ``text_encoder/`` and ``tokenizer/`` folders. Raises CheckpointError with a
+    sentence."""
     import torch
     from safetensors import safe_open
 
