@@ -167,3 +167,168 @@ def write_stability_layout(diffusers_folder: Path, dst: Path, with_text_encoder:
         shutil.copytree(diffusers_folder / "text_encoder", dst / "text_encoder")
         shutil.copytree(diffusers_folder / "tokenizer", dst / "tokenizer")
     return dst
+
+
+# == Stable Audio 3 ===============================================================================================
+# Stability-AI/stable-audio-3's module tree (stable_audio_3/factory.py, models/{diffusion,dit,transformer,
+# autoencoders,bottleneck,conditioners}.py), as its ``state_dict()`` names it:
+# - ``model`` (``DiTWrapper``) → ``model`` (``DiffusionTransformer``): ``to_timestep_embed`` (Linear+bias, SiLU,
+#   Linear+bias), ``to_cond_embed`` / ``to_global_embed`` (Linear, SiLU, Linear, no bias), ``preprocess_conv``,
+#   ``postprocess_conv``; ``timestep_features`` = ``ExpoFourierFeatures`` (no tensors); ``transformer``
+#   (``ContinuousTransformer``): ``project_in``, ``project_out``, ``rotary_pos_emb.inv_freq`` (a persistent buffer),
+#   ``memory_tokens``, ``global_cond_embedder`` (Linear, SiLU, Linear), ``layers[i]`` (``TransformerBlock``):
+#   ``pre_norm`` / ``cross_attend_norm`` / ``ff_norm`` (RMSNorm ``gamma``), ``self_attn.to_qkv`` (differential: one
+#   Linear of 5 × dim rows, q | k | v | q2 | k2), ``self_attn.to_out``, ``self_attn.q_norm`` / ``k_norm``,
+#   ``cross_attn.to_q`` (q | q2) / ``to_kv`` (k | k2 | v) / ``to_out`` / ``q_norm`` / ``k_norm``, ``ff.ff`` =
+#   Sequential(GLU(``proj``), Identity, Linear), ``to_scale_shift_gate``, ``to_local_embed`` (Linear, SiLU, Linear).
+# - ``pretransform`` (``AutoencoderPretransform``) → ``model`` (``AudioAutoencoder``): ``encoder`` (``SAMEEncoder``:
+#   ``layers`` = [TransformerResamplingBlock × depth, Transpose, Linear, Transpose]), ``decoder`` (``SAMEDecoder``:
+#   [Transpose, Linear, Transpose, TransformerResamplingBlock × depth]), a TransformerResamplingBlock's
+#   ``mapping`` (WNConv1d: weight_g, weight_v, bias), ``new_tokens``, ``transformers[j]`` (``TransformerBlock`` with
+#   DynamicTanh norms: ``pre_norm`` / ``ff_norm`` / ``self_attn.q_norm`` / ``k_norm`` hold alpha, gamma, beta),
+#   ``bottleneck`` (``SoftNormBottleneck``: scaling_factor, bias, noise_scaling_factor [1, noise_augment_dim, 1] —
+#   empty here — and running_std), ``pretransform`` (``PatchedPretransform``: no tensors without a post-filter).
+# - ``conditioner`` → ``conditioners``: ``prompt`` (``T5GemmaConditioner``: ``padding_embedding``; its T5Gemma is
+#   kept outside the state dict when frozen, ``self.__dict__["model"]``, so it is written only when asked, as a
+#   trained one would be), ``seconds_total`` (``NumberConditioner`` → ``embedder.embedding`` = Sequential(
+#   ExpoFourierFeatures, Linear)).
+# Each of those modules is paired with the diffusers module doing its job (by attribute on the built diffusers
+# networks); only the differential self-attention's row order differs (diffusers keeps q | q2 | k | k2 | v).
+def _stability_qkv(weight: torch.Tensor) -> torch.Tensor:
+    q, q2, k, k2, v = weight.detach().clone().chunk(5, dim=0)
+    return torch.cat([q, k, v, q2, k2])
+
+
+def _sa3_block(out: dict, p: str, blk, dit: bool) -> None:
+    """One TransformerBlock: a DiT block (``StableAudio3DiTBlock``) or a SAME one."""
+    attn = blk.self_attn if dit else blk.attn
+    for src, dst in ((blk.pre_norm if dit else blk.norm_attn, "pre_norm"), (blk.ff_norm if dit else blk.norm_ff,
+                                                                             "ff_norm"),
+                     (attn.q_norm, "self_attn.q_norm"), (attn.k_norm, "self_attn.k_norm"),
+                     (attn.to_out, "self_attn.to_out")):
+        _emit(out, f"{p}.{dst}", src)
+    out[f"{p}.self_attn.to_qkv.weight"] = _stability_qkv(attn.to_qkv.weight)
+    _emit(out, f"{p}.ff.ff.0.proj", blk.ff.proj_in)
+    _emit(out, f"{p}.ff.ff.2", blk.ff.proj_out)
+    if dit:
+        _emit(out, f"{p}.cross_attend_norm", blk.cross_attend_norm)
+        for name in ("to_q", "to_kv", "to_out", "q_norm", "k_norm"):
+            _emit(out, f"{p}.cross_attn.{name}", getattr(blk.cross_attn, name))
+        out[f"{p}.to_scale_shift_gate"] = blk.to_scale_shift_gate.detach().clone()
+        _emit(out, f"{p}.to_local_embed", blk.to_local_embed)
+
+
+def sa3_dit(out: dict, prefix: str, net) -> None:
+    for name in ("to_timestep_embed", "to_cond_embed", "to_global_embed", "preprocess_conv", "postprocess_conv"):
+        _emit(out, f"{prefix}.{name}", getattr(net, name))
+    t = f"{prefix}.transformer"
+    _emit(out, f"{t}.project_in", net.proj_in)
+    _emit(out, f"{t}.project_out", net.proj_out)
+    _emit(out, f"{t}.global_cond_embedder", net.global_cond_embedder)
+    out[f"{t}.memory_tokens"] = net.memory_tokens.detach().clone()
+    out[f"{t}.rotary_pos_emb.inv_freq"] = net.rotary_pos_emb.inv_freq.detach().clone()
+    for i, blk in enumerate(net.transformer_blocks):
+        _sa3_block(out, f"{t}.layers.{i}", blk, dit=True)
+
+
+def _trb(out: dict, p: str, block) -> None:
+    _emit(out, f"{p}.mapping", block.mapping)
+    out[f"{p}.new_tokens"] = block.new_tokens.detach().clone()
+    for j, blk in enumerate(block.transformers):
+        _sa3_block(out, f"{p}.transformers.{j}", blk, dit=False)
+
+
+def same(out: dict, prefix: str, vae) -> None:
+    n = len(vae.encoder.blocks)
+    for i, block in enumerate(vae.encoder.blocks):
+        _trb(out, f"{prefix}.encoder.layers.{i}", block)
+    _emit(out, f"{prefix}.encoder.layers.{n + 1}", vae.encoder.proj)  # after the blocks and a Transpose
+    _emit(out, f"{prefix}.decoder.layers.1", vae.decoder.proj)  # between two Transposes
+    for i, block in enumerate(vae.decoder.blocks):
+        _trb(out, f"{prefix}.decoder.layers.{i + 3}", block)
+    bn = vae.bottleneck
+    out[f"{prefix}.bottleneck.scaling_factor"] = bn.scale.detach().clone()
+    out[f"{prefix}.bottleneck.bias"] = bn.bias.detach().clone()
+    out[f"{prefix}.bottleneck.noise_scaling_factor"] = torch.ones(1, 0, 1)  # noise_augment_dim 0
+    out[f"{prefix}.bottleneck.running_std"] = bn.running_std.detach().clone()
+
+
+def sa3_model_config(folder: Path) -> dict:
+    """Stability-AI/stable-audio-3's ``model_config.json`` for the tiny pipeline (the fields its factory reads)."""
+    t = json.loads((folder / "transformer" / "config.json").read_text())
+    v = json.loads((folder / "vae" / "config.json").read_text())
+    d = json.loads((folder / "duration_embedder" / "config.json").read_text())
+    tok = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    s = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    hop = v["patch_size"]
+    for r in v["encoder_strides"]:
+        hop *= r
+    same_cfg = {"channels": v["encoder_channels"], "c_mults": v["encoder_c_mults"], "strides": v["encoder_strides"],
+                "transformer_depths": v["encoder_transformer_depths"], "latent_dim": v["latent_dim"],
+                "sliding_window": [v["sliding_window"], v["sliding_window"]], "differential": True,
+                "variable_stride": True, "dim_heads": v["dim_heads"], "ff_mult": v["ff_mult"]}
+    patched = v["audio_channels"] * v["patch_size"]
+    return {
+        "model_type": "diffusion_cond", "sample_size": 64 * hop, "sample_rate": v["sampling_rate"],
+        "audio_channels": v["audio_channels"],
+        "model": {
+            "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
+                "encoder": {"type": "same", "config": {"in_channels": patched, **same_cfg,
+                                                       "sinusoidal_blocks": v["encoder_sinusoidal_blocks"]}},
+                "decoder": {"type": "same", "config": {"out_channels": patched, **same_cfg,
+                                                       "sinusoidal_blocks": v["decoder_sinusoidal_blocks"]}},
+                "bottleneck": {"type": "soft_norm", "config": {"dim": v["latent_dim"], "auto_scale": True}},
+                "pretransform": {"type": "patched", "config": {"channels": v["audio_channels"],
+                                                               "patch_size": v["patch_size"]}},
+                "latent_dim": v["latent_dim"], "downsampling_ratio": hop, "io_channels": v["audio_channels"]}},
+            "conditioning": {"cond_dim": d["output_dim"], "configs": [
+                {"id": "prompt", "type": "t5gemma", "config": {"model_name": "google/t5gemma-b-b-ul2",
+                                                               "max_length": tok["model_max_length"],
+                                                               "padding_mode": "learned"}},
+                {"id": "seconds_total", "type": "number", "config": {
+                    "min_val": d["min_val"], "max_val": d["max_val"], "fourier_features_type": "expo"}}]},
+            "diffusion": {
+                "type": "dit", "diffusion_objective": "rf_denoiser" if s["stochastic_sampling"] else "rectified_flow",
+                "cross_attention_cond_ids": ["prompt"], "global_cond_ids": ["seconds_total"],
+                "config": {"io_channels": t["io_channels"], "embed_dim": t["embed_dim"], "depth": t["depth"],
+                           "num_heads": t["num_heads"], "cond_token_dim": t["cond_token_dim"],
+                           "global_cond_dim": t["global_cond_dim"], "global_cond_type": "adaLN",
+                           "timestep_features_type": "expo", "timestep_features_dim": t["timestep_features_dim"],
+                           "num_memory_tokens": t["num_memory_tokens"], "local_add_cond_dim": t["local_add_cond_dim"],
+                           "attn_kwargs": {"differential": True, "qk_norm": "rms"},
+                           "ff_kwargs": {"mult": t["ff_mult"]}}},
+            "io_channels": t["io_channels"]},
+    }
+
+
+def write_sa3_stability_layout(diffusers_folder: Path, dst: Path, text_beside: bool = True,
+                               text_in_checkpoint: bool = False) -> Path:
+    """``dst`` = the tiny Stable Audio 3 pipeline in Stability's layout. ``text_beside``: the T5Gemma's
+    ``text_encoder/`` and ``tokenizer/`` folders beside it (the hub's google/t5gemma-b-b-ul2 otherwise);
+    ``text_in_checkpoint``: its weights also inside ``model.safetensors`` (``conditioner.conditioners.prompt.model.*``,
+    as a checkpoint with a trained T5Gemma holds them)."""
+    from diffusers import AutoencoderSAME, StableAudio3DiTModel, StableAudio3DurationEmbedder
+    from safetensors.torch import save_file
+
+    net = StableAudio3DiTModel.from_pretrained(str(diffusers_folder / "transformer"), use_safetensors=True)
+    vae = AutoencoderSAME.from_pretrained(str(diffusers_folder / "vae"), use_safetensors=True)
+    dur = StableAudio3DurationEmbedder.from_pretrained(str(diffusers_folder / "duration_embedder"),
+                                                       use_safetensors=True)
+    sd: dict = {}
+    sa3_dit(sd, "model.model", net)
+    same(sd, "pretransform.model", vae)
+    sd["conditioner.conditioners.prompt.padding_embedding"] = net.prompt_padding_embedding.detach().clone()
+    _emit(sd, "conditioner.conditioners.seconds_total.embedder.embedding.1", dur.linear)
+    if text_in_checkpoint:
+        from safetensors.torch import load_file
+
+        for k, val in load_file(str(diffusers_folder / "text_encoder" / "model.safetensors")).items():
+            sd[f"conditioner.conditioners.prompt.model.{k}"] = val
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dst / "model.safetensors"))
+    (dst / "model_config.json").write_text(json.dumps(sa3_model_config(diffusers_folder), indent=2))
+    (dst / "README.md").write_text("---\nlicense: other\nlicense_name: stable-audio-community\n---\n# tiny\n")
+    if text_beside:
+        shutil.copytree(diffusers_folder / "text_encoder", dst / "text_encoder")
+        shutil.copytree(diffusers_folder / "tokenizer", dst / "tokenizer")
+    return dst

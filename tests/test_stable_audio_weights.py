@@ -25,7 +25,7 @@ from soundry.engine.generate import generate
 from soundry.models.errors import CheckpointError, ModelNotAvailable
 from tests.conftest import wait_for
 from tests.helpers_models import DATA
-from tests.helpers_stability_layout import write_stability_layout
+from tests.helpers_stability_layout import write_sa3_stability_layout, write_stability_layout
 
 SAO, SA3 = DATA / "stable-audio-open-tiny", DATA / "stable-audio-3-tiny"
 GATED = ("stabilityai/stable-audio-open-1.0 is gated: accept the Stability AI Community License at "
@@ -157,6 +157,48 @@ def stability_dir(tmp_path_factory) -> Path:
 @cache
 def golden():
     return torch.load(SAO / "stable_audio_golden.pt", weights_only=True)
+
+
+@cache
+def sa3_stability_tiny(root: str, text_beside: bool) -> Path:
+    """The tiny SA3 pipeline in Stability-AI/stable-audio-3's layout (tests/helpers_stability_layout.py): with the
+    T5Gemma's folders beside it, or without (then it comes from the hub's google/t5gemma-b-b-ul2)."""
+    return write_sa3_stability_layout(SA3, Path(root) / ("sa3-stability" + ("" if text_beside else "-bare")),
+                                      text_beside=text_beside)
+
+
+@pytest.fixture(scope="session")
+def sa3_stability_dir(tmp_path_factory) -> Path:
+    return sa3_stability_tiny(str(tmp_path_factory.mktemp("sa3-stability")), True)
+
+
+@pytest.fixture(scope="session")
+def sa3_stability_bare(tmp_path_factory) -> Path:
+    return sa3_stability_tiny(str(tmp_path_factory.mktemp("sa3-stability")), False)
+
+
+@cache
+def sa3_golden():
+    return torch.load(SA3 / "stable_audio_golden.pt", weights_only=True)
+
+
+def t5gemma_repo(root: Path) -> Path:
+    """google/t5gemma-b-b-ul2 as the fake hub serves it: transformers' layout (here the tiny's T5Gemma encoder)."""
+    repo = root / "t5gemma"
+    repo.mkdir(exist_ok=True)
+    for f in [*(SA3 / "text_encoder").iterdir(), *(SA3 / "tokenizer").iterdir()]:
+        shutil.copyfile(f, repo / f.name)
+    return repo
+
+
+def assert_sa3_golden(model, cases=None):
+    g = sa3_golden()
+    for i in cases if cases is not None else range(len(g["prompts"])):
+        audio = generate(model, [g["prompts"][i]], duration=g["durations"][i], seed=g["seeds"][i],
+                         cfg_coef=g["guidance_scales"][i], steps=g["steps"][i],
+                         negative_prompts=[g["negative_prompts"][i]]).audio[0]
+        assert audio.shape == g["audio"][i].shape, i
+        assert (audio - g["audio"][i]).abs().max() <= 1e-4 * g["audio"][i].abs().max(), i
 
 
 # -- 1. which files a hub repository gives ---------------------------------------------------------------------
@@ -350,11 +392,10 @@ def test_a_config_or_checkpoint_the_converter_does_not_map_is_refused_with_a_sen
 
     sa3 = shutil.copytree(stability_dir, tmp_path / "sa3")
     cfg = json.loads((sa3 / "model_config.json").read_text())
-    cfg["model"]["pretransform"]["config"]["encoder"]["type"] = "same"
-    cfg["model"]["conditioning"]["configs"][0]["type"] = "t5gemma"
+    cfg["model"]["pretransform"]["config"]["encoder"]["type"] = "same"  # a SAME autoencoder under a T5 prompt
     (sa3 / "model_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="describes model_type 'diffusion_cond', diffusion 'dit', autoencoder "
-                                              "'same', text conditioner 't5gemma': the autoencoder is not mapped"):
+                                              "'same', text conditioner 't5': the autoencoder is not mapped"):
         convert_stability_dir(sa3, tmp_path / "out")
     lm = shutil.copytree(stability_dir, tmp_path / "lm")
     cfg = json.loads((lm / "model_config.json").read_text())
@@ -384,8 +425,8 @@ def test_an_unmapped_stability_repo_is_refused_before_its_weights_download(hub):
         "diffusion": {"type": "dit"}, "pretransform": {"type": "autoencoder", "config": {"encoder": {"type": "same"}}},
         "conditioning": {"configs": [{"id": "prompt", "type": "t5gemma"}]}}}))
     (repo / "model.safetensors").write_bytes(b"x" * 100)
-    with pytest.raises(ModelNotAvailable, match="hf:someone/sa3's model_config.json describes .*For Stable Audio 3 "
-                                                "use a diffusers-layout folder"):
+    with pytest.raises(ModelNotAvailable, match="hf:someone/sa3's model_config.json describes .*: the diffusion "
+                                                "objective 'v' is not mapped; soundry converts Stable Audio 3's"):
         fetch("hf:someone/sa3")
     assert not hub.downloads
 
@@ -445,3 +486,183 @@ def test_an_added_stable_audio_model_is_served_beside_a_running_server(stability
         assert r.status_code == 201, r.text
         result = wait_for(c, r.json()["data"]["task_id"], headers)
         assert result["status"] == "COMPLETED", result
+
+
+# -- Stable Audio 3 in Stability's layout ------------------------------------------------------------------------
+def _diffusers_script():
+    """diffusers' own scripts/convert_stable_audio_3_to_diffusers.py, vendored unchanged in tests/reference_scripts
+    (only its pure state-dict functions are called)."""
+    import importlib
+
+    return importlib.import_module("tests.reference_scripts.convert_stable_audio_3_to_diffusers")
+
+
+def test_sa3_stabilitys_layout_converts_as_diffusers_script_does_and_reproduces_the_golden_audio(
+        sa3_stability_dir, tmp_path):
+    """The same Stability-layout checkpoint through soundry's converter and through diffusers' script's mapping
+    gives the same diffusers tensors (every key, every value), which are the tiny's own; the converted folder
+    reproduces every golden case of tests/data/stable-audio-3-tiny."""
+    from safetensors.torch import load_file
+
+    from soundry.models import load_model
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    out = convert_stability_dir(sa3_stability_dir, tmp_path / "converted")
+    assert {f.suffix for f in out.rglob("*") if f.is_file()} <= {".json", ".safetensors", ".md"}
+    ref = load_file(sa3_stability_dir / "model.safetensors")
+    script = _diffusers_script()
+    theirs = {"transformer": script.convert_dit(ref, differential=True),
+              "vae": script.convert_vae(ref, differential=True),
+              "duration_embedder": script.convert_duration_embedder(ref)}
+    for part, want in theirs.items():
+        got = load_file(out / part / "diffusion_pytorch_model.safetensors")
+        assert set(got) == set(want), (part, set(got) ^ set(want))
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+        tiny = load_file(SA3 / part / "diffusion_pytorch_model.safetensors")
+        assert set(tiny) == set(got) and all(torch.equal(got[k], tiny[k]) for k in tiny), part
+    assert script.extract_text_encoder(ref) == {}  # a frozen T5Gemma is not in the checkpoint: the folder's is kept
+    te, tiny_te = load_file(out / "text_encoder" / "model.safetensors"), load_file(SA3 / "text_encoder" /
+                                                                                    "model.safetensors")
+    assert set(te) == set(tiny_te) and all(torch.equal(te[k], tiny_te[k]) for k in tiny_te)
+    for part in ("transformer", "vae", "duration_embedder", "scheduler"):
+        config = "scheduler_config.json" if part == "scheduler" else "config.json"
+        want = {k: v for k, v in json.loads((SA3 / part / config).read_text()).items() if k != "_diffusers_version"}
+        got = {k: v for k, v in json.loads((out / part / config).read_text()).items() if k != "_diffusers_version"}
+        assert got == want, part
+    # the script's DiT and duration-embedder configs (inferred from shapes) agree with soundry's where it does
+    # not hard-code the release's values (its VAE rate and duration range are fixed to 44.1 kHz and 0-384 s)
+    dit_cfg = json.loads((out / "transformer" / "config.json").read_text())
+    assert {k: dit_cfg[k] for k in script._infer_dit_config(ref)} == script._infer_dit_config(ref)
+    model = load_model(str(out), device="cpu")
+    assert model.family == "stable-audio-3" and model.sample_rate == 8000
+    assert_sa3_golden(model)
+
+
+def test_sa3_a_t5gemma_trained_inside_the_checkpoint_is_the_one_kept(sa3_stability_dir, tmp_path):
+    """``conditioner.conditioners.prompt.model.*`` (a trained T5Gemma) replaces the hub's weights, as diffusers'
+    script applies them; the same tensors come out of both."""
+    from safetensors.torch import load_file, save_file
+
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    src = shutil.copytree(sa3_stability_dir, tmp_path / "trained")
+    sd = load_file(src / "model.safetensors")
+    trained = {k: v + 0.5 for k, v in load_file(SA3 / "text_encoder" / "model.safetensors").items()}
+    sd.update({f"conditioner.conditioners.prompt.model.{k}": v for k, v in trained.items()})
+    save_file(sd, str(src / "model.safetensors"))
+    out = convert_stability_dir(src, tmp_path / "converted")
+    got = load_file(out / "text_encoder" / "model.safetensors")
+    theirs = _diffusers_script().extract_text_encoder(sd)
+    assert set(got) == set(theirs) == set(trained)
+    assert all(torch.equal(got[k], trained[k]) and torch.equal(theirs[k], trained[k]) for k in trained)
+
+
+def test_sa3_an_unknown_tensor_or_option_is_refused_with_a_sentence(sa3_stability_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    def variant(name, edit_cfg=None, extra=None):
+        d = shutil.copytree(sa3_stability_dir, tmp_path / name)
+        if edit_cfg:
+            cfg = json.loads((d / "model_config.json").read_text())
+            edit_cfg(cfg)
+            (d / "model_config.json").write_text(json.dumps(cfg))
+        if extra:
+            sd = load_file(d / "model.safetensors")
+            sd.update(extra)
+            save_file(sd, str(d / "model.safetensors"))
+        return d
+
+    cases = [
+        (variant("lambda", extra={"model.model.transformer.layers.0.self_attn.lambda_dc": torch.zeros(32)}),
+         r"DiT tensors soundry does not map: \['transformer.layers.0.self_attn.lambda_dc'\]"),
+        (variant("conformer", extra={"pretransform.model.encoder.layers.0.transformers.0.conformer.in_norm.gamma":
+                                     torch.ones(16)}), "autoencoder tensors soundry does not map"),
+        (variant("stray", extra={"model.model.transformer.layers.0.something": torch.zeros(1)}),
+         "DiT tensors soundry does not map"),
+        (variant("option", lambda c: c["model"]["diffusion"]["config"].update(mm_dim=4)),
+         r"describes model_type 'diffusion_cond', diffusion 'dit', autoencoder 'same', text conditioner 't5gemma': "
+         r"the DiT options \['mm_dim'\] are not mapped; soundry converts Stable Audio 3's layout only as diffusers' "
+         r"StableAudio3Pipeline holds it"),
+        (variant("prepend", lambda c: c["model"]["diffusion"]["config"].update(global_cond_type="prepend")),
+         "the DiT option global_cond_type='prepend' is not mapped"),
+        (variant("layerscale", lambda c: c["model"]["pretransform"]["config"]["decoder"]["config"].update(
+            layer_scale=True)), r"the decoder options \['layer_scale'\] are not mapped"),
+        (variant("zero-pad", lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(padding_mode="zero")),
+         "without a learned padding embedding is not mapped"),
+        (variant("objective", lambda c: c["model"]["diffusion"].update(diffusion_objective="v")),
+         "the diffusion objective 'v' is not mapped"),
+    ]
+    for src, match in cases:
+        with pytest.raises(CheckpointError, match=match):
+            convert_stability_dir(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_sa3_pulled_by_name_is_converted_with_the_t5gemma_from_the_hub(hub, sa3_stability_bare, tmp_path, capsys):
+    """`soundry models pull stable-audio-3-small-sfx`: the repo is Stability's layout only; its model_config.json is
+    checked before the weights come, the T5Gemma (tokenizer, config, weights) is fetched from the repository the
+    config names (safetensors only), and the converted folder is what loads by that name."""
+    from soundry.cli.main import main
+    from soundry.models import load_model
+
+    hub.repos["stabilityai/stable-audio-3-small-sfx"] = sa3_stability_bare
+    hub.repos["google/t5gemma-b-b-ul2"] = t5gemma_repo(tmp_path)
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "data")]
+    assert main(["models", "pull", "stable-audio-3-small-sfx", *args]) == 0
+    printed = capsys.readouterr().out.strip()
+    folder = Path(printed.split(": ", 1)[1])
+    assert printed.startswith("stable-audio-3-small-sfx: ") and folder.parent == tmp_path / "converted"
+    assert [repo for repo, _ in hub.downloads] == ["stabilityai/stable-audio-3-small-sfx", "google/t5gemma-b-b-ul2"]
+    assert set(hub.downloads[0][1]) == {"model_config.json", "model.safetensors", "README.md"}
+    assert _files(folder / "text_encoder") == {"config.json", "model.safetensors"}
+    assert {f.suffix for f in folder.rglob("*") if f.is_file()} <= {".json", ".safetensors", ".md"}
+    model = load_model("stable-audio-3-small-sfx", device="cpu")
+    assert model.family == "stable-audio-3" and model.source == folder and len(hub.downloads) == 2
+    assert_sa3_golden(model, cases=[0])
+
+
+def test_sa3_an_hf_reference_and_models_add_of_stabilitys_layout_convert(hub, sa3_stability_bare,
+                                                                         sa3_stability_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    from soundry.cli.main import main
+    from soundry.models.catalog import read_records
+    from soundry.models.sources.paths import resolve_model_dir
+
+    hub.repos["someone/sa3-stability"] = sa3_stability_bare
+    hub.repos["google/t5gemma-b-b-ul2"] = t5gemma_repo(tmp_path)
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"mysfx=hf:someone/sa3-stability@{hub.sha('someone/sa3-stability')}")
+    folder = resolve_model_dir("mysfx")
+    assert folder.parent == tmp_path / "converted" and (folder / "model_index.json").is_file()
+    assert [repo for repo, _ in hub.downloads] == ["someone/sa3-stability", "google/t5gemma-b-b-ul2"]
+    assert resolve_model_dir("mysfx") == folder and len(hub.downloads) == 2  # converted once
+    data = tmp_path / "data"
+    args = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(data)]
+    assert main(["models", "add", "mysa3", str(sa3_stability_dir), *args]) == 0
+    assert "added mysa3: stability (converted" in capsys.readouterr().out
+    record = read_records(data)["mysa3"]
+    assert (record.family, record.channels, record.sample_rate, record.steps) == ("stable-audio-3", 2, 8000, 8)
+    assert len(hub.downloads) == 2  # the folder's own T5Gemma: nothing fetched
+
+
+def test_sa3_a_whole_t5gemma_from_the_hub_is_kept_as_its_encoder(tmp_path):
+    """google/t5gemma-b-b-ul2 is published as a whole encoder-decoder T5Gemma: the converted folder keeps its
+    encoder (T5GemmaEncoderModel), as Stability's conditioner loads it."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, T5GemmaForConditionalGeneration
+
+    from soundry.models.stable_audio.convert import _write_t5gemma
+
+    config = AutoConfig.from_pretrained(str(SA3 / "text_encoder"))
+    config.architectures, config.is_encoder_decoder = ["T5GemmaForConditionalGeneration"], True
+    torch.manual_seed(0)
+    full = T5GemmaForConditionalGeneration(config)
+    full.save_pretrained(str(tmp_path / "t5gemma"), safe_serialization=True)
+    _write_t5gemma(tmp_path / "t5gemma", {}, tmp_path / "text_encoder")
+    kept = load_file(tmp_path / "text_encoder" / "model.safetensors")
+    whole = {k.removeprefix("model."): v for k, v in full.state_dict().items()}
+    assert kept and not any(k.startswith("decoder.") for k in kept)
+    assert all(torch.equal(v, whole[k]) for k, v in kept.items())
+    assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["architectures"] == [
+        "T5GemmaEncoderModel"]

@@ -29,7 +29,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 AUDIOCRAFT_FILES = ["state_dict.bin", "compression_state_dict.bin"]
 TRANSFORMERS_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
                       "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "spiece.model",
-                      "special_tokens_map.json", "preprocessor_config.json"]  # the last: a melody model's chroma
+                      "tokenizer.model", "special_tokens_map.json",
+                      "preprocessor_config.json"]  # the last: a melody model's chroma; tokenizer.model: T5Gemma's
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 CARD = ["README.md"]
 # Stability's own layout (stable-audio-tools): converted to diffusers' by soundry.models.stable_audio.convert

@@ -108,7 +108,9 @@ def check_model_dir(path: Path, download: bool = True) -> Path:
 def converted(path: Path, download: bool = True) -> Path:
     """The diffusers folder a Stability-layout folder converts into, converted now when it is not yet. Its T5
     encoder and tokenizer: the folder's own ``text_encoder/`` and ``tokenizer/`` when it has them, else the hub
-    repository ``model_config.json``'s ``t5_model_name`` names (fetched like a model, safetensors only)."""
+    repository ``model_config.json``'s ``t5_model_name`` names (Stable Audio 3: the T5Gemma conditioner's
+    ``model_path`` / ``repo_id`` / ``model_name``, default google/t5gemma-b-b-ul2), fetched like a model,
+    safetensors only."""
     from soundry.models.stable_audio import convert
 
     dst = convert.converted_dir_for(path)
@@ -119,9 +121,12 @@ def converted(path: Path, download: bool = True) -> Path:
     if not ((path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()):
         from soundry.models.sources.hub import fetch
 
-        name = next(c.get("config", {}).get("t5_model_name", "t5-base")
-                    for c in cfg["model"]["conditioning"]["configs"] if c.get("id") == "prompt")
-        repo = convert.T5_REPOS.get(name, name)
+        if convert.is_sa3_config(cfg):  # Stable Audio 3: the T5Gemma (tokenizer, config, frozen weights)
+            repo = convert.sa3_text_repo(cfg)
+        else:
+            name = next(c.get("config", {}).get("t5_model_name", "t5-base")
+                        for c in cfg["model"]["conditioning"]["configs"] if c.get("id") == "prompt")
+            repo = convert.T5_REPOS.get(name, name)
         text_encoder = tokenizer = fetch(f"hf:{repo}", download=download)
     return convert.convert_stability_dir(path, dst, text_encoder, tokenizer)
 
