@@ -7,16 +7,13 @@ from soundry.models.stable_audio.model import Condition, StableAudioModel, load_
 
 
 def load_folder(name_or_path: str, folder, device, precision: str) -> StableAudioModel:
-    """``soundry.models.load_model``'s entry for a diffusers folder (fp32, bf16 or fp16)."""
-    import torch
+    """``soundry.models.load_model``'s entry for a diffusers folder, with the resolved precision setting (the DiT in
+    fp32, bf16 or fp16; int8 runs this family in fp32: ``soundry.models.stable_audio.precision``)."""
+    from soundry.models.stable_audio.precision import family_precision
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision {precision} is not available for Stable Audio models (fp32, bf16, fp16)")
-    model = load_stable_audio(folder, name=name_or_path if entry(name_or_path) else folder.name, device=device,
-                              entry=entry(name_or_path), dtype=dtypes[precision])
-    model.precision = precision
-    return model
+    name = name_or_path if entry(name_or_path) else folder.name
+    return load_stable_audio(folder, name=name, device=device, entry=entry(name_or_path),
+                             precision=family_precision(precision, name))
 
 
 __all__ = ["CATALOG", "Condition", "StableAudioEntry", "StableAudioModel", "diffusers_folder", "entry",
