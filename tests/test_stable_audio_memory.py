@@ -99,20 +99,7 @@ def test_the_models_estimates_follow_its_shapes(kind):
     assert m.dit_row_bytes() == m.dit_row_bytes(longest) > m.dit_row_bytes(max(1, longest // 2)) > 0
     assert m.state_bytes() == 16 * 4 * m.latent_channels * longest
     # the decode estimate covers the largest activation of a real decode of the longest clip
-    largest = 0
-
-    def hook(_m, _i, out):
-        nonlocal largest
-        if isinstance(out, torch.Tensor):
-            largest = max(largest, out.numel() * out.element_size())
-
-    hooks = [mod.register_forward_hook(hook) for mod in m.vae.modules()]
-    try:
-        with torch.no_grad():
-            m.vae.decode(torch.zeros(1, m.latent_channels, longest))
-    finally:
-        for h in hooks:
-            h.remove()
+    largest = m.largest_decode_activation(longest)
     assert largest <= m.decode_bytes() <= 8 * largest
 
 

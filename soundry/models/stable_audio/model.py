@@ -150,11 +150,9 @@ class StableAudioModel:
         return int(n if self.kind == "sao" else min(n, 256))
 
     @torch.no_grad()
-    def decode_bytes(self, probe_frames: int = 8) -> int:
-        """An estimate of the autoencoder decode's peak for the longest clip: the largest activation of a decode of
-        ``probe_frames`` latent frames (every module's output, recorded by forward hooks), × 4 live tensors (a
-        residual unit's input, activation, convolution and sum), scaled linearly to the longest clip's latent
-        length (the decoders are convolutional, SAME's attention windowed). Float32, as the decode runs."""
+    def largest_decode_activation(self, frames: int) -> int:
+        """Bytes of the largest tensor any autoencoder module outputs while decoding ``frames`` latent frames
+        (recorded by forward hooks)."""
         largest = 0
 
         def hook(_module, _inputs, output):
@@ -164,12 +162,20 @@ class StableAudioModel:
 
         hooks = [m.register_forward_hook(hook) for m in self.vae.modules()]
         try:
-            latents = torch.zeros(1, self.latent_channels, probe_frames, device=self.device)
+            latents = torch.zeros(1, self.latent_channels, frames, device=self.device)
             self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
         finally:
             for h in hooks:
                 h.remove()
-        return int(4 * largest * self.latent_length(self.max_duration) / probe_frames)
+        return largest
+
+    def decode_bytes(self, probe_frames: int = 8) -> int:
+        """An estimate of the autoencoder decode's peak for the longest clip: the largest activation of a decode of
+        ``probe_frames`` latent frames × 4 live tensors (a residual unit's input, activation, convolution and sum),
+        scaled linearly to the longest clip's latent length (the decoders are convolutional, SAME's attention
+        windowed). Float32, as the decode runs."""
+        longest = self.latent_length(self.max_duration)
+        return int(4 * self.largest_decode_activation(probe_frames) * longest / probe_frames)
 
     # -- conditioning ------------------------------------------------------------------------------
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
