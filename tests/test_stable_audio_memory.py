@@ -130,3 +130,19 @@ def test_an_engine_whose_one_request_does_not_fit_refuses_every_request_with_the
         engine.submit(GenerationRequest("wind", 0.05, seed=2, steps=2))
     engine.stop()
     assert claimed("cpu") == 0
+
+
+def test_the_diffusion_memory_setting_is_checked_and_reaches_the_engines(monkeypatch, tmp_path):
+    from soundry.config import Settings
+    from soundry.tasks.engines import EngineManager
+
+    with pytest.raises(ValueError, match="setting diffusion_memory: 1.5 is not a fraction in \\(0, 1\\]"):
+        Settings(diffusion_memory=1.5).check()
+    monkeypatch.setenv("SOUNDRY_DIFFUSION_MEMORY", "0.5")
+    assert Settings.load(str(tmp_path / "none.toml"), finalize=False).diffusion_memory == 0.5
+    manager = EngineManager(diffusion_memory=0.5, loader=lambda name: model("sa3"))
+    engine = manager.get("stable-audio-3-tiny")
+    try:
+        assert isinstance(engine, DiffusionEngine) and engine.memory_fraction == 0.5
+    finally:
+        manager.stop()
