@@ -9,7 +9,6 @@ import torch
 from soundry.engine import memory
 from soundry.engine.diffusion.engine import DiffusionEngine
 from soundry.engine.memory import (
-    CPU_RESERVE,
     DIFFUSION_RESERVE,
     DiffusionMemoryTooLarge,
     GiB,
@@ -83,8 +82,9 @@ def test_a_second_model_in_the_process_counts_the_first_ones_claim_in_either_fam
 
 
 def test_on_the_cpu_the_hosts_available_memory_is_budgeted_and_max_batch_caps_it(monkeypatch):
-    monkeypatch.setattr(memory, "host_available", lambda: CPU_RESERVE + 2 * GiB)
-    assert fit_diffusion_batch(100 * MiB, 0, 1 * GiB, 16, "cpu", 1.0)[0] == 5
+    monkeypatch.setattr(memory, "host_available", lambda: 2 * GiB)
+    assert fit_diffusion_batch(100 * MiB, 0, 1 * GiB, 16, "cpu", 1.0)[0] == 5  # (2 - 1) GiB / 200 MiB
+    assert fit_diffusion_batch(100 * MiB, 0, 1 * GiB, 16, "cpu", 0.75)[0] == 2  # (1.5 - 1) GiB / 200 MiB
     assert fit_diffusion_batch(1 * MiB, 0, 1 * GiB, 16, "cpu", 1.0)[0] == 16
     with pytest.raises(DiffusionMemoryTooLarge, match="the host \\(MemAvailable\\) has"):
         fit_diffusion_batch(1 * GiB, 0, 1 * GiB, 16, "cpu", 1.0)
@@ -106,7 +106,7 @@ def test_the_models_estimates_follow_its_shapes(kind):
 def test_the_engine_serves_what_its_budget_holds_and_claims_it_while_it_runs(monkeypatch):
     m = model("sa3")
     per_request = 2 * m.dit_row_bytes() + m.state_bytes()
-    monkeypatch.setattr(memory, "host_available", lambda: CPU_RESERVE + m.decode_bytes() + per_request + 1)
+    monkeypatch.setattr(memory, "host_available", lambda: m.decode_bytes() + per_request + 1)
     engine = DiffusionEngine(m, max_batch=4, memory_fraction=1.0).start()
     try:
         futures = [engine.submit(GenerationRequest(p, 0.05, seed=s, steps=3, cfg_coef=1.0))
@@ -121,7 +121,7 @@ def test_the_engine_serves_what_its_budget_holds_and_claims_it_while_it_runs(mon
 
 def test_an_engine_whose_one_request_does_not_fit_refuses_every_request_with_the_sentence(monkeypatch):
     m = model("sa3")
-    monkeypatch.setattr(memory, "host_available", lambda: CPU_RESERVE)
+    monkeypatch.setattr(memory, "host_available", lambda: m.decode_bytes())
     engine = DiffusionEngine(m, max_batch=4)
     fut = engine.submit(GenerationRequest("rain", 0.05, seed=1, steps=2))
     with pytest.raises(DiffusionMemoryTooLarge, match=f"one request of {m.name} needs"):

@@ -21,10 +21,11 @@ in the same process sizes its cache from what is free when it starts, less what 
 the DiT's shapes) plus its float32 sampler state, and, once, the autoencoder decoding the longest clip (one decode
 at a time, on the engine's decode thread: ``StableAudioModel.decode_bytes``). On a GPU the budget is the smaller of
 ``fraction`` × free memory and free memory less ``DIFFUSION_RESERVE`` (the text encoder's run at admission, allocator
-fragmentation, the process's other work); on the CPU the same over the kernel's ``MemAvailable`` (the host's RAM:
-a batch of full-length SAO rows and a 47 s decode run to gigabytes), less ``CPU_RESERVE``. ``max_batch`` is the cap
-either way. The engine ``claim``s what it budgeted for as long as it runs, and every engine that sizes itself later
-in the process (either family) counts the claims of the others as used.
+fragmentation, the process's other work); on the CPU ``fraction`` × the kernel's ``MemAvailable`` (the host's RAM:
+a batch of full-length SAO rows and a 47 s decode run to gigabytes; what is in use is already not available, and no
+fixed reserve, so a small host still serves a small model). ``max_batch`` is the cap either way. The engine
+``claim``s what it budgeted for as long as it runs, and every engine that sizes itself later in the process (either
+family) counts the claims of the others as used.
 """
 
 from __future__ import annotations
@@ -105,7 +106,6 @@ def fit_slots(lm, max_slots: int, max_frames: int, device: torch.device | str, f
 
 # -- diffusion engines ------------------------------------------------------------------------------------------
 DIFFUSION_RESERVE = 2 * GiB  # GPU memory left to all but the DiT rows and the decode (see the module docstring)
-CPU_RESERVE = 2 * GiB  # host memory left to the rest of the process and the machine
 
 
 class DiffusionMemoryTooLarge(MemoryBudgetTooSmall):
@@ -170,7 +170,7 @@ def fit_diffusion_batch(row_bytes: int, state_bytes: int, decode_bytes: int, max
         free = host_available()
         if free is None:  # no figure to budget from: max_batch is the cap
             return max_batch, max_batch * per_request + decode_bytes
-        where, reserve = "the host (MemAvailable)", CPU_RESERVE if reserve is None else reserve
+        where, reserve = "the host (MemAvailable)", 0 if reserve is None else reserve
     others = claimed(device, exclude=owner)
     free = max(0, free - others)
     budget = max(0, min(int(free * fraction), free - reserve))
