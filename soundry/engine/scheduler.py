@@ -28,7 +28,7 @@ from soundry.models.audiocraft.conditioners.melody import SeparationCanceled, ca
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineStats", "_safe"]  # EngineStats and _safe live in engine.base
+__all__ = ["Engine", "EngineStats"]  # EngineStats (and _safe) live in engine.base; re-exported here
 
 
 class Engine(EngineBase):
