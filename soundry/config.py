@@ -13,7 +13,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # the LM's precision (soundry.models.audiocraft.lm.precision)
+# the models' precision: the LM's (soundry.models.audiocraft.lm.precision), a Stable Audio DiT's
+# (soundry.models.stable_audio.precision: int8 runs that family in fp32)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 @dataclass
@@ -102,6 +104,9 @@ class Settings:
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True
     kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)
+    # a diffusion engine's rows and decode take at most this share of free memory at its start (GPU: the device's;
+    # CPU: the host's MemAvailable): fewer requests at a time than max_batch if needed (soundry.engine.memory)
+    diffusion_memory: float = 0.9
     # Decode options built for the GPU, off by default until measured there (issue 24; each gives the same
     # tokens on and off in the CPU tests): the K output heads as one matmul; per-request uniforms hashed
     # from seed and step (rng = generator | counter; counter: a seed gives the same tokens on any device);
@@ -151,6 +156,8 @@ class Settings:
             setattr(self, name, value)
         if not 0 < float(self.kv_cache_memory) <= 1:
             raise ValueError(f"setting kv_cache_memory: {self.kv_cache_memory!r} is not a fraction in (0, 1]")
+        if not 0 < float(self.diffusion_memory) <= 1:
+            raise ValueError(f"setting diffusion_memory: {self.diffusion_memory!r} is not a fraction in (0, 1]")
 
     @property
     def compile_cache(self) -> Path:

@@ -61,11 +61,13 @@ def _finish(c, task_id: str, timeout: float = 300) -> dict:
 
 
 def test_the_model_list_says_what_a_diffusion_model_is(server):
+    server.svc.engines.get("stable-audio-3-small-sfx")  # loaded (the preload may still be running)
     entries = {m["model"]: m["metadata"] for m in server.get("/v1/models/audio_generation").json()["data"]}
     sa3 = entries["stable-audio-3-small-sfx"]
     assert sa3["kind"] == "diffusion" and sa3["default_steps"] == 8 and sa3["default_guidance"] == 1.0
     assert sa3["streams_live"] is False and sa3["license"] == "Stability AI Community License"
     assert sa3["sample_rate"] == 44100 and sa3["channels"] == 2 and sa3["context_seconds"] == 120.0
+    assert sa3["loaded"] is True and sa3["precision"] == "fp32"  # the precision setting's auto, on the CPU
     assert entries["audiogen"]["kind"] == "autoregressive" and entries["audiogen"]["streams_live"] is True
 
 

@@ -59,11 +59,13 @@ class EngineManager:
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
                  packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
-                 rng: str = "generator", attention: str = "masked", mbd_path: str = "", melody_separations: int = 1):
+                 rng: str = "generator", attention: str = "masked", mbd_path: str = "", melody_separations: int = 1,
+                 diffusion_memory: float = 0.9):
         self.max_batch, self.retry_after = max_batch, retry_after
         # melody stem separations at once in this process, over all its engines (each takes every core; queued beyond)
         self.separations = threading.BoundedSemaphore(max(1, melody_separations))
         self.kv_cache_memory, self.rng, self.attention = kv_cache_memory, rng, attention
+        self.diffusion_memory = diffusion_memory
         self.precision, self.compile, self.compile_cache = precision, compile, compile_cache
         self._engines: dict[str, Engine] = {}
         self._failures: dict[str, tuple[float, str]] = {}
@@ -86,7 +88,8 @@ class EngineManager:
                    precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
                    packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
                    fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention,
-                   mbd_path=settings.mbd_path, melody_separations=settings.melody_separations)
+                   mbd_path=settings.mbd_path, melody_separations=settings.melody_separations,
+                   diffusion_memory=settings.diffusion_memory)
 
     def key(self, name: str) -> str:
         try:
@@ -160,7 +163,7 @@ class EngineManager:
         if getattr(model, "is_diffusion", False):
             from soundry.engine.diffusion.engine import DiffusionEngine
 
-            return DiffusionEngine(model, max_batch=self.max_batch)
+            return DiffusionEngine(model, max_batch=self.max_batch, memory_fraction=self.diffusion_memory)
         return Engine(model, max_batch=self.max_batch, compile=self.compile, compile_cache=self.compile_cache,
                       kv_cache_memory=self.kv_cache_memory, rng=self.rng, attention=self.attention,
                       separations=self.separations)

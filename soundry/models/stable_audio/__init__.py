@@ -7,18 +7,15 @@ from soundry.models.stable_audio.model import Condition, StableAudioModel, load_
 
 
 def load_folder(name_or_path: str, folder, device, precision: str) -> StableAudioModel:
-    """``soundry.models.load_model``'s entry for a diffusers folder (fp32, bf16 or fp16)."""
-    import torch
-
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision {precision} is not available for Stable Audio models (fp32, bf16, fp16)")
+    """``soundry.models.load_model``'s entry for a diffusers folder, with the resolved precision setting (the DiT in
+    fp32, bf16 or fp16; int8 runs this family in fp32: ``soundry.models.stable_audio.precision``)."""
     from pathlib import Path
 
+    from soundry.models.stable_audio.precision import family_precision
+
     name = Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
-    model = load_stable_audio(folder, name=name, device=device, entry=entry(name_or_path), dtype=dtypes[precision])
-    model.precision = precision
-    return model
+    return load_stable_audio(folder, name=name, device=device, entry=entry(name_or_path),
+                             precision=family_precision(precision, name))
 
 
 __all__ = ["CATALOG", "Condition", "StableAudioEntry", "StableAudioModel", "entry",

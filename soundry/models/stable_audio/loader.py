@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from soundry.models.errors import CheckpointError
 
 # pipeline class -> its kind and, per component, the (library, class) pairs accepted
@@ -96,8 +94,11 @@ def _transformers_class(name: str):
     return getattr(transformers, name)
 
 
-def load_components(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[str, dict]:
-    """(kind, {component: built module / tokenizer / scheduler config dict}) from a checked folder."""
+def load_components(folder: Path, precision: str = "fp32") -> tuple[str, dict]:
+    """(kind, {component: built module / tokenizer / scheduler config dict}) from a checked folder; the DiT in
+    ``precision``'s dtype, the other networks in float32 (``soundry.models.stable_audio.precision``)."""
+    from soundry.models.stable_audio.precision import part_dtype
+
     _pipeline, kind, classes = read_index(folder)
     check_files(folder, list(classes))
     parts: dict = {}
@@ -109,10 +110,10 @@ def load_components(folder: Path, dtype: torch.dtype = torch.float32) -> tuple[s
             parts[part] = _transformers_class(cls_name).from_pretrained(str(sub), local_files_only=True)
         elif part == "text_encoder":
             parts[part] = _transformers_class(cls_name).from_pretrained(
-                str(sub), local_files_only=True, use_safetensors=True, dtype=dtype).eval()
+                str(sub), local_files_only=True, use_safetensors=True, dtype=part_dtype(part, precision)).eval()
         else:
             parts[part] = _diffusers_class(cls_name).from_pretrained(
-                str(sub), local_files_only=True, use_safetensors=True, torch_dtype=dtype).eval()
+                str(sub), local_files_only=True, use_safetensors=True, torch_dtype=part_dtype(part, precision)).eval()
     return kind, parts
 
 

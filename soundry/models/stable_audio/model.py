@@ -59,6 +59,7 @@ class StableAudioModel:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The DiT's dtype (the precision's; the other networks are float32)."""
         return next(self.transformer.parameters()).dtype
 
     @property
@@ -112,10 +113,74 @@ class StableAudioModel:
         if self.samples(duration) < 1:
             raise ValueError(f"duration {duration:g} s is shorter than one sample at {self.sample_rate} Hz")
 
+    # -- working memory (soundry.engine.memory budgets it) ----------------------------------------------
+    def dit_row_bytes(self, length: int | None = None) -> int:
+        """An estimate of the DiT's peak activations for one row at ``length`` latent frames (default: the longest
+        clip's), from the shapes: per token the residual stream, its norm, q/k/v, the attention output and the
+        SwiGLU feed-forward's 3 × inner, plus the attention scores and their softmax (heads × tokens × (tokens +
+        text tokens), twice for SA3's differential attention) as if materialised — what SDPA's math path does on the
+        CPU; flash kernels on a GPU need less. In the DiT's dtype. Not measured on a GPU yet."""
+        cfg = self.transformer.config
+        length = self.latent_length(self.max_duration) if length is None else length
+        if self.kind == "sao":
+            heads, dim, ff_inner = cfg.num_attention_heads, cfg.num_attention_heads * cfg.attention_head_dim, None
+            tokens, maps = length + 1, 1
+        else:
+            heads, dim = cfg.num_heads, cfg.embed_dim
+            ff_inner = int(dim * cfg.ff_mult)
+            tokens = length // cfg.patch_size + cfg.num_memory_tokens
+            maps = 2 if cfg.use_differential_attention else 1
+        ff_inner = ff_inner or 4 * dim
+        text = self.text_tokens + 2
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        per_token = 8 * dim + 3 * ff_inner
+        scores = 2 * maps * heads * tokens * (tokens + text)
+        return int(elem * (tokens * per_token + scores))
+
+    def state_bytes(self, length: int | None = None) -> int:
+        """One request's float32 sampler state at ``length`` latent frames: its latents, model input and outputs,
+        x0 and the solver's history, noise, and the Brownian tree's cached draws (16 latent-sized tensors)."""
+        length = self.latent_length(self.max_duration) if length is None else length
+        return 16 * 4 * self.latent_channels * length
+
+    @property
+    def text_tokens(self) -> int:
+        """The text tokens a condition holds at most (what ``_tokens`` pads to)."""
+        n = self.tokenizer.model_max_length
+        return int(n if self.kind == "sao" else min(n, 256))
+
+    @torch.no_grad()
+    def largest_decode_activation(self, frames: int) -> int:
+        """Bytes of the largest tensor any autoencoder module outputs while decoding ``frames`` latent frames
+        (recorded by forward hooks)."""
+        largest = 0
+
+        def hook(_module, _inputs, output):
+            nonlocal largest
+            if isinstance(output, torch.Tensor):
+                largest = max(largest, output.numel() * output.element_size())
+
+        hooks = [m.register_forward_hook(hook) for m in self.vae.modules()]
+        try:
+            latents = torch.zeros(1, self.latent_channels, frames, device=self.device)
+            self.vae.decode(latents.to(next(self.vae.parameters()).dtype))
+        finally:
+            for h in hooks:
+                h.remove()
+        return largest
+
+    def decode_bytes(self, probe_frames: int = 8) -> int:
+        """An estimate of the autoencoder decode's peak for the longest clip: the largest activation of a decode of
+        ``probe_frames`` latent frames × 4 live tensors (a residual unit's input, activation, convolution and sum),
+        scaled linearly to the longest clip's latent length (the decoders are convolutional, SAME's attention
+        windowed). Float32, as the decode runs."""
+        longest = self.latent_length(self.max_duration)
+        return int(4 * self.largest_decode_activation(probe_frames) * longest / probe_frames)
+
     # -- conditioning ------------------------------------------------------------------------------
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.tokenizer.model_max_length if self.kind == "sao" else min(self.tokenizer.model_max_length, 256)
-        t = self.tokenizer(texts, padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+        t = self.tokenizer(texts, padding="max_length", max_length=self.text_tokens, truncation=True,
+                           return_tensors="pt")
         return t.input_ids.to(self.device), t.attention_mask.to(self.device)
 
     def _text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +267,7 @@ class StableAudioModel:
     def decode(self, latents: torch.Tensor, duration: float) -> torch.Tensor:
         """Final latents [B, C, L] → audio [B, channels, samples(duration)] float32: cut as the pipeline cuts
         (SAO from 0 without a clamp; SA3 clamped to [-1, 1])."""
-        audio = self.vae.decode(latents.to(self.dtype)).sample.float()
+        audio = self.vae.decode(latents.to(next(self.vae.parameters()).dtype)).sample.float()
         audio = audio[:, :, :self.samples(duration)]
         return audio.clamp(-1.0, 1.0) if self.kind == "sa3" else audio
 
@@ -215,11 +280,18 @@ class StableAudioModel:
 
 
 def load_stable_audio(folder: Path | str, name: str | None = None, device: torch.device | str = "cpu",
-                      entry: StableAudioEntry | None = None, dtype: torch.dtype = torch.float32) -> StableAudioModel:
-    """Build a ``StableAudioModel`` from a diffusers-layout folder (checked by ``loader.read_index``)."""
+                      entry: StableAudioEntry | None = None, precision: str = "fp32") -> StableAudioModel:
+    """Build a ``StableAudioModel`` from a diffusers-layout folder (checked by ``loader.read_index``): the DiT in
+    ``precision`` (fp32, bf16 or fp16), the rest in float32 (``soundry.models.stable_audio.precision``); a half
+    precision is tried with one DiT forward here (PrecisionError if the device cannot run it)."""
     from soundry.models.stable_audio.loader import load_components
+    from soundry.models.stable_audio.precision import check_precision, keep_fp32_
 
     folder = Path(folder)
-    kind, parts = load_components(folder, dtype)
-    model = StableAudioModel(name or folder.name, kind, parts, source=folder, entry=entry)
-    return model.to(device)
+    kind, parts = load_components(folder, precision)
+    keep_fp32_(parts["transformer"])
+    model = StableAudioModel(name or folder.name, kind, parts, source=folder, entry=entry).to(device)
+    model.precision = precision
+    if precision != "fp32":
+        check_precision(model, precision)
+    return model
