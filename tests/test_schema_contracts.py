@@ -53,6 +53,10 @@ def _param(doc: dict, path: str, method: str, name: str) -> dict:
     return next(p for p in _operation(doc, path, method)["parameters"] if p["name"] == name)["schema"]
 
 
+def _pattern(schema: dict) -> str:
+    return _flat(schema)["pattern"]
+
+
 def _flat(schema: dict) -> dict:
     """A property's schema without its ``anyOf: [..., {"type": "null"}]`` wrapper."""
     options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
@@ -72,14 +76,29 @@ def test_a_signed_link_missing_its_signature_is_403_and_expires_has_its_range(ap
     assert r.status_code == 422 and "expires" in r.json()["error_description"], r.text
 
 
-def test_cog_webhook_empty_means_no_webhook(api):
-    """Finding 2: Cog's ``webhook: ""`` (schema-valid) is no webhook, as Cog's own server takes it."""
+def test_cog_webhook_empty_means_no_webhook_and_refused_fields_are_documented_as_refused(api):
+    """Finding 2: a Cog create with ``webhook: ""`` was refused. ``webhook: ""`` itself is no webhook (as on
+    Replicate); what refused it was a field the same example carried that soundry refuses (``stream: true``,
+    ``output_file_prefix: ""``, a non-empty ``context``: issue 30 item 14) while the document offered it. The
+    document now says what is taken: ``stream`` false or null, ``output_file_prefix`` null, ``context`` empty."""
     for method, path in (("post", "/predictions"), ("put", "/predictions/contract-hook")):
         r = api.request(method, path, json={"input": COG_INPUT, "webhook": ""},
                         headers={"Prefer": "respond-async"})
         assert r.status_code == 202, (path, r.text)
     schema = _body_schema(api.doc, "/predictions", "post")
-    assert re.search(schema["properties"]["webhook"]["anyOf"][0]["pattern"], "")
+    assert re.search(_pattern(schema["properties"]["webhook"]), "")
+    props = schema["properties"]
+    assert props["output_file_prefix"]["type"] == "null" and props["context"]["anyOf"][0]["maxProperties"] == 0
+    assert {"const": False} in props["stream"]["anyOf"] and {"type": "boolean"} not in props["stream"]["anyOf"]
+    assert _body_schema(api.doc, "/predictions/{prediction_id}", "put") == schema
+    for extra in ({"stream": False}, {"stream": None, "output_file_prefix": None, "context": {}}):
+        r = api.post("/predictions", json={"input": COG_INPUT, "webhook": "", **extra},
+                     headers={"Prefer": "respond-async"})
+        assert r.status_code == 202, (extra, r.text)
+    for extra, field in (({"stream": True}, "stream"), ({"output_file_prefix": ""}, "output_file_prefix")):
+        r = api.post("/predictions", json={"input": COG_INPUT, "webhook": "", **extra},
+                     headers={"Prefer": "respond-async"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, r.text
 
 
 def test_replicate_version_is_documented_as_the_versions_served(api):
@@ -121,7 +140,7 @@ def test_cog_put_id_is_documented_as_taken(api):
     assert re.fullmatch(pattern.strip("^$"), "job-7.a_b") and not re.search(pattern, "a b")
     r = api.put("/predictions/job%20one", json={"input": COG_INPUT}, headers={"Prefer": "respond-async"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "id", r.text
-    assert _body_schema(api.doc, "/predictions", "post")["properties"]["id"]["anyOf"][0]["pattern"] == pattern
+    assert _pattern(_body_schema(api.doc, "/predictions", "post")["properties"]["id"]) == pattern
 
 
 def test_negative_prompt_past_its_documented_length_is_refused_everywhere(api):
@@ -147,9 +166,8 @@ def test_a_control_character_in_a_webhook_url_is_refused(api, field, char):
     it. URLs with C0/C1 controls or DEL are refused (422 naming the field) on every API, and the pattern says so
     whatever regex dialect reads it."""
     url = f"https://hooks.example.com/a{char}b"
-    for pattern in (_body_schema(api.doc, "/v1/predictions", "post")["properties"][field]["anyOf"][0]["pattern"],
-                    _body_schema(api.doc, "/v1/ai/audio_generation", "post")["properties"]["webhook"]["anyOf"][0][
-                        "pattern"]):
+    for pattern in (_pattern(_body_schema(api.doc, "/v1/predictions", "post")["properties"][field]),
+                    _pattern(_body_schema(api.doc, "/v1/ai/audio_generation", "post")["properties"]["webhook"])):
         assert not re.search(pattern, url) and re.search(pattern, "https://hooks.example.com/a?b=1")
     r = api.post("/v1/models/sepal/audiogen/predictions", json={"input": {"prompt": "rain"}, field: url})
     assert r.status_code == 422 and r.json()["invalid_fields"][0]["field"] == field, r.text

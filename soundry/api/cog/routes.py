@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,8 @@ from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import Task, User
 
 router = APIRouter(tags=["Cog compatibility"])
-COG_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+COG_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+COG_ID = re.compile(COG_ID_PATTERN.strip("^$"))
 
 
 class CogError(BaseModel):
@@ -42,7 +43,7 @@ class CogPrediction(PredictionFields):
 
 
 class CogRequest(CreatePrediction):
-    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description=(
+    id: str | None = Field(None, max_length=128, pattern=COG_ID_PATTERN, description=(
         "the prediction's id: a POST with an id is idempotent, as a PUT to /predictions/{id}"))
     created_at: str | None = Field(None, max_length=64, description=(
         "the caller's timestamp, as Cog's clients send it; the answer's created_at is when soundry created it"))
@@ -61,6 +62,21 @@ class CogRequest(CreatePrediction):
         if self.stream:
             raise invalid("stream", "Cog's answers carry no stream URL; soundry's live audio is GET "
                                     "/v1/ai/audio_generation/{id}/stream (or Replicate's urls.stream)")
+
+
+def _body_doc() -> dict:
+    """Cog's create body as soundry takes it: the fields :meth:`CogRequest.unsupported` refuses are documented as
+    what is taken (``output_file_prefix`` null, ``context`` empty, ``stream`` false), so the document says exactly
+    which requests are accepted."""
+    schema = CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    props = schema["properties"]
+    props["output_file_prefix"] = {"type": "null", "title": "Output File Prefix",
+                                   "description": props["output_file_prefix"]["description"]}
+    props["context"]["anyOf"][0]["maxProperties"] = 0
+    props["stream"] = {"anyOf": [{"const": False}, {"type": "null"}], "title": "Stream", "description": (
+        "refused when true (422): Cog's answers carry no stream URL; soundry's live audio is GET "
+        "/v1/ai/audio_generation/{id}/stream (or Replicate's urls.stream)")}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class Health(BaseModel):
@@ -139,8 +155,7 @@ async def _start(request: Request, user: User, body: CogRequest, cog_id: str | N
                          "inputs are those of meta/musicgen (or sepal/audiogen when `cog_model` is an AudioGen). "
                          "Without `Prefer: respond-async` the answer waits for the end (200); with it, 202 at once.",
              responses={**_docs(200, 400, 413, 422, 503), 202: {"model": CogPrediction}},
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+             openapi_extra=_body_doc())
 @_cog
 async def create_prediction(request: Request):
     user = await caller(request)
@@ -155,11 +170,11 @@ async def create_prediction(request: Request):
 
 @router.put("/predictions/{prediction_id}", status_code=202, summary="Cog: start a prediction with your id (async)",
             description="Idempotent: the same id again answers the prediction already started.",
-            responses=_docs(202, 400, 413, 422, 503),
-            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+            responses=_docs(202, 400, 413, 422, 503), openapi_extra=_body_doc())
 @_cog
-async def put_prediction(request: Request, prediction_id: str):
+async def put_prediction(request: Request, prediction_id: str = Path(json_schema_extra={
+        "pattern": COG_ID_PATTERN, "maxLength": 128, "description": "1 to 128 letters, digits, '_', '.' or '-' "
+                                                                    "(else 422 naming id)"})):
     user = await caller(request)
     if not COG_ID.fullmatch(prediction_id):
         raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
