@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from soundry.api.flexstack.schemas import CreateTask
 from soundry.api.http.server import UNCOUNTED, UNCOUNTED_SUFFIXES
+from soundry.api.replicate import routes as replicate
 from soundry.config import Settings
 from soundry.models.catalog import Catalog
 from soundry.service.configs import NON_BLANK_PATTERN, TEXT_PATTERN
@@ -93,6 +94,7 @@ def install_openapi(app: FastAPI, settings: Settings, catalog: Catalog) -> None:
                    "parameters": {"task_id": "$response.body#/data/task_id"}}
             for name, (path, method, text) in TASK_LINKS.items()}
         _elevenlabs_limits(doc, settings)
+        replicate.document(doc, settings.max_prompt_chars)
         _document_common_answers(doc)
         app.openapi_schema, made_for[0] = doc, names
         return doc

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from soundry import __version__
 from soundry.audio.encode import FORMATS
 from soundry.models import catalog
-from soundry.service.configs import Configs
+from soundry.service.configs import TEXT_PATTERN, Configs
 from soundry.service.errors import ServiceError, invalid
 from soundry.signing import signed_stream_path
 from soundry.tasks.models import Task
@@ -90,6 +90,15 @@ class SoundryInput(Configs):
     negative_prompt: str = Field("", description="what to steer away from")
     input_audio: str | None = Field(None, description="an upload's id, or its URL on this server")
     melody: str | None = Field(None, description="an upload's id, or its URL on this server (melody models)")
+
+
+def limit_text(prop: dict, max_chars: int) -> None:
+    """A text input's schema with the task service's limits: at most ``max_chars`` characters, no control
+    characters (``None`` allowed where it is)."""
+    for option in prop.get("anyOf", [prop]):
+        if option.get("type") == "string":
+            option["maxLength"] = max_chars
+            option["pattern"] = TEXT_PATTERN
 
 
 def version_id(model: str) -> str:
