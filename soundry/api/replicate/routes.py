@@ -283,7 +283,8 @@ async def get_model(request: Request, owner: str, name: str):
     return JSONResponse({"url": f"{link_base(request).rstrip('/')}/v1/models/{model}", "owner": owner, "name": name,
                          "description": f"{model} served by soundry ({family})", "visibility": "public",
                          "github_url": None, "paper_url": None, "license_url": None, "run_count": 0,
-                         "cover_image_url": None, "default_example": None, "latest_version": _version(model, services(request).settings.max_prompt_chars)})
+                         "cover_image_url": None, "default_example": None,
+                         "latest_version": _version(model, services(request).settings.max_prompt_chars)})
 
 
 @router.get("/models/{owner}/{name}/versions", summary="A model's versions (one)",
