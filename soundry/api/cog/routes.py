@@ -30,8 +30,10 @@ from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import Task, User
 
 router = APIRouter(tags=["Cog compatibility"])
-COG_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
-COG_ID = re.compile(COG_ID_PATTERN.strip("^$"))
+# Not "." or "..": a URL's path cannot carry them (clients resolve them as dot segments), so neither can an id
+# (spelled without a look-ahead, which pydantic's regex engine lacks)
+COG_ID_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}|\.\.[A-Za-z0-9_.-]{1,126})$"
+COG_ID = re.compile(COG_ID_PATTERN)
 
 
 class CogError(BaseModel):
@@ -173,11 +175,11 @@ async def create_prediction(request: Request):
             responses=_docs(202, 400, 413, 422, 503), openapi_extra=_body_doc())
 @_cog
 async def put_prediction(request: Request, prediction_id: str = Path(json_schema_extra={
-        "pattern": COG_ID_PATTERN, "maxLength": 128, "description": "1 to 128 letters, digits, '_', '.' or '-' "
-                                                                    "(else 422 naming id)"})):
+        "pattern": COG_ID_PATTERN, "maxLength": 128, "description": "1 to 128 letters, digits, '_', '.' or '-', not "
+                                                                    "'.' or '..' (else 422 naming id)"})):
     user = await caller(request)
     if not COG_ID.fullmatch(prediction_id):
-        raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
+        raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-' (not '.' or '..')")
     body = await parse_json_body(request, CogRequest)
     body.unsupported()
     if body.id is not None and body.id != prediction_id:
