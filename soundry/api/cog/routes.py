@@ -32,7 +32,8 @@ from soundry.tasks.models import Task, User
 router = APIRouter(tags=["Cog compatibility"])
 # Not "." or "..": a URL's path cannot carry them (clients resolve them as dot segments), so neither can an id
 # (spelled without a look-ahead, which pydantic's regex engine lacks)
-COG_ID_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}|\.\.[A-Za-z0-9_.-]{1,126})$"
+COG_ID_PATTERN = (r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}"
+                  r"|\.\.[A-Za-z0-9_.-]{1,126})$")
 COG_ID = re.compile(COG_ID_PATTERN)
 
 
