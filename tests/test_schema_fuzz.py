@@ -225,7 +225,7 @@ def test_stateful_sequences_follow_the_links(api_schema):
                 assert response.status_code in (200, 503)
             else:
                 case.validate_response(response, excluded_checks=_excluded(case), transport_kwargs=kwargs,
-                                       recorder=getattr(self, "recorder", None))
+                                       recorder=self.recorder)
             _in_envelope(response, case.formatted_path)
 
     run_state_machine_as_test(Stateful, settings=settings(
