@@ -178,3 +178,21 @@ def test_a_control_character_in_a_webhook_url_is_refused(api, field, char):
     if field == "webhook":
         r = api.post("/v1/ai/audio_generation", json={"prompt": "rain", "webhook": url})
         assert r.status_code == 422 and "webhook" in r.json()["error_description"], r.text
+
+
+def test_cog_input_is_documented_as_the_cog_models_inputs(api):
+    """Found while fixing the above: Cog's ``input`` was documented as any object, while unknown inputs and a
+    missing prompt are 422. Cog serves one model (``cog_model``), so its ``input`` is that model's inputs: no
+    others, ``prompt`` required and non-blank, the texts' and the duration's limits."""
+    settings = api.app.state.services.settings
+    for method, path in (("post", "/predictions"), ("put", "/predictions/{prediction_id}")):
+        body = _body_schema(api.doc, path, method)
+        inputs = body["properties"]["input"]
+        assert body["required"] == ["input"] and inputs["additionalProperties"] is False
+        assert "prompt" in inputs["required"] and inputs["properties"]["prompt"]["maxLength"] == settings.max_prompt_chars
+        assert inputs["properties"]["duration"]["maximum"] == settings.max_duration
+        assert not re.search(inputs["properties"]["prompt"]["pattern"], " \t\u3000")
+    for bad, field in (({"prompt": "a waltz", "speed": 2}, "speed"), ({"duration": 1}, "prompt"),
+                       ({"prompt": "a waltz", "duration": settings.max_duration + 1}, "duration")):
+        r = api.post("/predictions", json={"input": bad}, headers={"Prefer": "respond-async"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, r.text

@@ -11,6 +11,7 @@ import copy
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from soundry.api.cog import routes as cog
 from soundry.api.flexstack.schemas import CreateTask
 from soundry.api.http.server import UNCOUNTED, UNCOUNTED_SUFFIXES
 from soundry.api.replicate import routes as replicate
@@ -95,6 +96,7 @@ def install_openapi(app: FastAPI, settings: Settings, catalog: Catalog) -> None:
             for name, (path, method, text) in TASK_LINKS.items()}
         _elevenlabs_limits(doc, settings)
         replicate.document(doc, settings.max_prompt_chars)
+        cog.document(doc, settings, catalog)
         _document_common_answers(doc)
         app.openapi_schema, made_for[0] = doc, names
         return doc

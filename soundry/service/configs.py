@@ -87,7 +87,9 @@ class Configs(BaseModel):
 # other than tab, line feed and carriage return; DEL; C1); a non-blank text has a visible character.
 _TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]"
 TEXT_PATTERN = f"^{_TEXT}*$"
-NON_BLANK_PATTERN = f"^{_TEXT}*[^\\s\\u0000-\\u001F\\u007F-\\u009F]{_TEXT}*$"
+# a visible character: neither a control nor what str.strip() takes as space (spelled out: \\s differs by dialect)
+NON_BLANK_PATTERN = (f"^{_TEXT}*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]"
+                     f"{_TEXT}*$")
 
 
 def check_webhook_url(v: str | None) -> str | None:

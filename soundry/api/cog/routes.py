@@ -26,6 +26,7 @@ from soundry.api.http.live import task_end
 from soundry.api.predictions import core
 from soundry.api.predictions.create import CreatePrediction, caller, translate
 from soundry.api.predictions.docs import PredictionFields
+from soundry.service.configs import NON_BLANK_PATTERN
 from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import Task, User
 
@@ -116,6 +117,13 @@ def _cog_spec(svc):
     return svc.catalog.find(svc.settings.cog_model)
 
 
+def _public(spec) -> str:
+    """The public model whose inputs Cog's API takes for a soundry model."""
+    if spec.kind != "autoregressive":  # no public Cog model of its own: soundry's inputs for it
+        return f"soundry/{spec.name}"
+    return "sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"
+
+
 def _model_ref(svc) -> tuple[str, str]:
     """(the public model whose inputs Cog's API takes, the soundry model it runs); 503 naming the setting when
     it names no model (an operator's mistake, not the client's)."""
@@ -124,9 +132,34 @@ def _model_ref(svc) -> tuple[str, str]:
         raise ServiceError(503, "unavailable", f"the server's cog_model setting names no model here "
                                                f"({svc.settings.cog_model!r}); its operator should set it to one "
                                                f"of {', '.join(svc.catalog.names())}", {"Retry-After": "60"})
-    if spec.kind != "autoregressive":  # no public Cog model of its own: soundry's inputs for it
-        return f"soundry/{spec.name}", svc.settings.cog_model
-    return ("sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"), svc.settings.cog_model
+    return _public(spec), svc.settings.cog_model
+
+
+def document(doc: dict, settings, catalog) -> None:
+    """Cog's server runs one model (the ``cog_model`` setting), so its create bodies' ``input`` is documented as
+    exactly that model's inputs: unknown ones refused, ``prompt`` required (soundry generates from a description),
+    the task service's limits on the texts."""
+    spec = catalog.find(settings.cog_model)
+    known = core.models()
+    if spec is None or _public(spec) not in known:
+        return
+    schema = known[_public(spec)][1].model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    props = schema["properties"]
+    props["prompt"] = {"type": "string", "minLength": 1, "maxLength": settings.max_prompt_chars,
+                       "pattern": NON_BLANK_PATTERN, "description": props["prompt"].get("description", "")}
+    if "negative_prompt" in props:
+        core.limit_text(props["negative_prompt"], settings.max_prompt_chars)
+    for option in props["duration"].get("anyOf", [props["duration"]]):
+        if option.get("type") == "number":
+            option["maximum"] = settings.max_duration
+    schema["required"] = sorted({*schema.get("required", []), "prompt"})
+    schema["additionalProperties"] = False
+    schema["description"] = f"the inputs of {_public(spec)} (this server's cog_model: {spec.name})"
+    for method, path in (("post", "/predictions"), ("put", "/predictions/{prediction_id}")):
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["input"] = schema
+        body["required"] = ["input"]
 
 
 def _view(request: Request, task: Task, cog_id: str | None = None) -> dict:
