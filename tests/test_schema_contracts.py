@@ -189,7 +189,8 @@ def test_cog_input_is_documented_as_the_cog_models_inputs(api):
         body = _body_schema(api.doc, path, method)
         inputs = body["properties"]["input"]
         assert body["required"] == ["input"] and inputs["additionalProperties"] is False
-        assert "prompt" in inputs["required"] and inputs["properties"]["prompt"]["maxLength"] == settings.max_prompt_chars
+        assert "prompt" in inputs["required"]
+        assert inputs["properties"]["prompt"]["maxLength"] == settings.max_prompt_chars
         assert inputs["properties"]["duration"]["maximum"] == settings.max_duration
         assert not re.search(inputs["properties"]["prompt"]["pattern"], " \t\u3000")
     for bad, field in (({"prompt": "a waltz", "speed": 2}, "speed"), ({"duration": 1}, "prompt"),

@@ -88,8 +88,8 @@ class Configs(BaseModel):
 _TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]"
 TEXT_PATTERN = f"^{_TEXT}*$"
 # a visible character: neither a control nor what str.strip() takes as space (spelled out: \\s differs by dialect)
-NON_BLANK_PATTERN = (f"^{_TEXT}*[^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]"
-                     f"{_TEXT}*$")
+_SPACE = "\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000"
+NON_BLANK_PATTERN = f"^{_TEXT}*[^{_SPACE}]{_TEXT}*$"
 
 
 def check_webhook_url(v: str | None) -> str | None:
