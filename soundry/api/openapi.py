@@ -95,7 +95,7 @@ def install_openapi(app: FastAPI, settings: Settings, catalog: Catalog) -> None:
                    "parameters": {"task_id": "$response.body#/data/task_id"}}
             for name, (path, method, text) in TASK_LINKS.items()}
         _elevenlabs_limits(doc, settings)
-        replicate.document(doc, settings.max_prompt_chars)
+        replicate.document(doc)
         cog.document(doc, settings, catalog)
         _document_common_answers(doc)
         app.openapi_schema, made_for[0] = doc, names

@@ -116,9 +116,8 @@ def versions() -> list[str]:
     return out
 
 
-def document(doc: dict, max_prompt_chars: int) -> None:
-    """What the live catalog and the settings decide in this API's document: ``version``'s values (others are
-    422 naming it)."""
+def document(doc: dict) -> None:
+    """What the live catalog decides in this API's document: ``version``'s values (others are 422 naming it)."""
     body = doc["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     body["properties"]["version"]["enum"] = versions()
 
