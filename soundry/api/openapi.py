@@ -1,8 +1,8 @@
 """The OpenAPI document, completed where FastAPI cannot see: the create route reads its body itself
 (to answer malformed JSON with 400), so its schema, with every model it refers to, is added here;
 limits that come from the settings (prompt length, duration), the model names of the live catalog, Replicate's
-versions and the inputs of Cog's model are written into it, so the document says what validation does; and links from a created task to its result,
-cancel and events let clients and stateful fuzzers follow a task."""
+versions and the inputs of Cog's model are written into it, so the document says what validation does; and links
+from a created task to its result, cancel and events let clients and stateful fuzzers follow a task."""
 
 from __future__ import annotations
 
