@@ -1,8 +1,8 @@
 """The OpenAPI document, completed where FastAPI cannot see: the create route reads its body itself
 (to answer malformed JSON with 400), so its schema, with every model it refers to, is added here;
-limits that come from the settings (prompt length, duration) and the model names of the live catalog are
-written into it, so the document says what validation does; and links from a created task to its result,
-cancel and events let clients and stateful fuzzers follow a task."""
+limits that come from the settings (prompt length, duration), the model names of the live catalog, Replicate's
+versions and the inputs of Cog's model are written into it, so the document says what validation does; and links
+from a created task to its result, cancel and events let clients and stateful fuzzers follow a task."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import copy
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from soundry.api.cog import routes as cog
 from soundry.api.flexstack.schemas import CreateTask
 from soundry.api.http.server import UNCOUNTED, UNCOUNTED_SUFFIXES
+from soundry.api.replicate import routes as replicate
 from soundry.config import Settings
 from soundry.models.catalog import Catalog
 from soundry.service.configs import NON_BLANK_PATTERN, TEXT_PATTERN
@@ -93,6 +95,8 @@ def install_openapi(app: FastAPI, settings: Settings, catalog: Catalog) -> None:
                    "parameters": {"task_id": "$response.body#/data/task_id"}}
             for name, (path, method, text) in TASK_LINKS.items()}
         _elevenlabs_limits(doc, settings)
+        replicate.document(doc)
+        cog.document(doc, settings, catalog)
         _document_common_answers(doc)
         app.openapi_schema, made_for[0] = doc, names
         return doc

@@ -17,12 +17,19 @@ class UndecodableAudio(ValueError):
     """The bytes are not audio we can read, or the audio is outside the limits; the message says which."""
 
 
+def _unreadable(exc: Exception) -> UndecodableAudio:
+    """libsndfile's reason alone ("Format not recognised."), without the ``Error opening <object at 0x…>`` that
+    soundfile puts before it (an object's address means nothing to the client)."""
+    reason = getattr(exc, "error_string", None) or str(exc).rsplit(": ", 1)[-1]
+    return UndecodableAudio(f"not a readable audio file (wav, flac, ogg or mp3): {reason}")
+
+
 def probe(data: bytes) -> sf._SoundFileInfo:
     """Header facts (format, rate, channels, frames) without decoding the samples."""
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # libsndfile names what it could not read
-        raise UndecodableAudio(f"not a readable audio file (wav, flac, ogg or mp3): {exc}") from None
+        raise _unreadable(exc) from None
     if info.format not in ACCEPTED:
         raise UndecodableAudio(f"audio format {info.format} is not accepted; send wav, flac, ogg or mp3")
     return info
@@ -42,7 +49,7 @@ def decode_to_flac(src: BinaryIO, dst: BinaryIO, max_seconds: float, max_channel
     try:
         f = sf.SoundFile(src)
     except Exception as exc:  # libsndfile names what it could not read
-        raise UndecodableAudio(f"not a readable audio file (wav, flac, ogg or mp3): {exc}") from None
+        raise _unreadable(exc) from None
     with f:
         if f.format not in ACCEPTED:
             raise UndecodableAudio(f"audio format {f.format} is not accepted; send wav, flac, ogg or mp3")

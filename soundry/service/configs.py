@@ -16,7 +16,12 @@ from soundry.audio import FORMATS, NORMALIZATIONS
 # An absolute http(s) URL with a host name or IPv4 address (or empty), as the OpenAPI document's pattern;
 # the validator also takes an IPv6 literal ([2001:db8::1]), which the pattern leaves out. Whether the host
 # resolves to addresses a webhook may reach is checked when the task is created (422), which no schema says.
-_URL = r"[Hh][Tt][Tt][Pp][Ss]?://(?:[^\s/?#@\[\]]*@)?{host}(?::[0-9]{{1,5}})?(?:[/?#]\S*)?"
+# No control character (C0, DEL, C1) nor white space anywhere: the classes are spelled out rather than \s / \S,
+# whose meaning differs between regex dialects (Python's \s takes U+001C-U+001F and U+0085, ECMA's U+FEFF), so
+# the document's pattern and this validator refuse the same URLs whichever engine reads the pattern.
+_NOT_IN_URL = "\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\uFEFF"
+_URL = ("[Hh][Tt][Tt][Pp][Ss]?://(?:[^" + _NOT_IN_URL + "/?#@\\[\\]]*@)?{host}(?::[0-9]{{1,5}})?(?:[/?#][^"
+        + _NOT_IN_URL + "]*)?")
 WEBHOOK_PATTERN = "^$|^" + _URL.format(host="[A-Za-z0-9.-]+") + "$"
 _WEBHOOK_SYNTAX = re.compile(_URL.format(host=r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"))
 
@@ -82,13 +87,17 @@ class Configs(BaseModel):
 # other than tab, line feed and carriage return; DEL; C1); a non-blank text has a visible character.
 _TEXT = "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]"
 TEXT_PATTERN = f"^{_TEXT}*$"
-NON_BLANK_PATTERN = f"^{_TEXT}*[^\\s\\u0000-\\u001F\\u007F-\\u009F]{_TEXT}*$"
+# a visible character: neither a control nor what str.strip() takes as space (spelled out: \\s differs by dialect)
+_SPACE = "\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000"
+NON_BLANK_PATTERN = f"^{_TEXT}*[^{_SPACE}]{_TEXT}*$"
 
 
 def check_webhook_url(v: str | None) -> str | None:
     """A webhook URL's syntax: an absolute http(s) URL with a host (None or "" for none)."""
     if v is None or v == "":
         return None
+    if any(_control(c) for c in v):
+        raise ValueError("a webhook URL must not contain control characters")
     from urllib.parse import urlparse
 
     parsed = urlparse(v)

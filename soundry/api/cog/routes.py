@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -26,11 +26,16 @@ from soundry.api.http.live import task_end
 from soundry.api.predictions import core
 from soundry.api.predictions.create import CreatePrediction, caller, translate
 from soundry.api.predictions.docs import PredictionFields
+from soundry.service.configs import NON_BLANK_PATTERN
 from soundry.service.errors import ServiceError, invalid
 from soundry.tasks.models import Task, User
 
 router = APIRouter(tags=["Cog compatibility"])
-COG_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# Not "." or "..": a URL's path cannot carry them (clients resolve them as dot segments), so neither can an id
+# (spelled without a look-ahead, which pydantic's regex engine lacks)
+COG_ID_PATTERN = (r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}"
+                  r"|\.\.[A-Za-z0-9_.-]{1,126})$")
+COG_ID = re.compile(COG_ID_PATTERN)
 
 
 class CogError(BaseModel):
@@ -42,7 +47,7 @@ class CogPrediction(PredictionFields):
 
 
 class CogRequest(CreatePrediction):
-    id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_.-]{1,128}$", description=(
+    id: str | None = Field(None, max_length=128, pattern=COG_ID_PATTERN, description=(
         "the prediction's id: a POST with an id is idempotent, as a PUT to /predictions/{id}"))
     created_at: str | None = Field(None, max_length=64, description=(
         "the caller's timestamp, as Cog's clients send it; the answer's created_at is when soundry created it"))
@@ -61,6 +66,21 @@ class CogRequest(CreatePrediction):
         if self.stream:
             raise invalid("stream", "Cog's answers carry no stream URL; soundry's live audio is GET "
                                     "/v1/ai/audio_generation/{id}/stream (or Replicate's urls.stream)")
+
+
+def _body_doc() -> dict:
+    """Cog's create body as soundry takes it: the fields :meth:`CogRequest.unsupported` refuses are documented as
+    what is taken (``output_file_prefix`` null, ``context`` empty, ``stream`` false), so the document says exactly
+    which requests are accepted."""
+    schema = CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    props = schema["properties"]
+    props["output_file_prefix"] = {"type": "null", "title": "Output File Prefix",
+                                   "description": props["output_file_prefix"]["description"]}
+    props["context"]["anyOf"][0]["maxProperties"] = 0
+    props["stream"] = {"anyOf": [{"const": False}, {"type": "null"}], "title": "Stream", "description": (
+        "refused when true (422): Cog's answers carry no stream URL; soundry's live audio is GET "
+        "/v1/ai/audio_generation/{id}/stream (or Replicate's urls.stream)")}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class Health(BaseModel):
@@ -97,6 +117,13 @@ def _cog_spec(svc):
     return svc.catalog.find(svc.settings.cog_model)
 
 
+def _public(spec) -> str:
+    """The public model whose inputs Cog's API takes for a soundry model."""
+    if spec.kind != "autoregressive":  # no public Cog model of its own: soundry's inputs for it
+        return f"soundry/{spec.name}"
+    return "sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"
+
+
 def _model_ref(svc) -> tuple[str, str]:
     """(the public model whose inputs Cog's API takes, the soundry model it runs); 503 naming the setting when
     it names no model (an operator's mistake, not the client's)."""
@@ -105,9 +132,34 @@ def _model_ref(svc) -> tuple[str, str]:
         raise ServiceError(503, "unavailable", f"the server's cog_model setting names no model here "
                                                f"({svc.settings.cog_model!r}); its operator should set it to one "
                                                f"of {', '.join(svc.catalog.names())}", {"Retry-After": "60"})
-    if spec.kind != "autoregressive":  # no public Cog model of its own: soundry's inputs for it
-        return f"soundry/{spec.name}", svc.settings.cog_model
-    return ("sepal/audiogen" if spec.family == "audiogen" else "meta/musicgen"), svc.settings.cog_model
+    return _public(spec), svc.settings.cog_model
+
+
+def document(doc: dict, settings, catalog) -> None:
+    """Cog's server runs one model (the ``cog_model`` setting), so its create bodies' ``input`` is documented as
+    exactly that model's inputs: unknown ones refused, ``prompt`` required (soundry generates from a description),
+    the task service's limits on the texts."""
+    spec = catalog.find(settings.cog_model)
+    known = core.models()
+    if spec is None or _public(spec) not in known:
+        return
+    schema = known[_public(spec)][1].model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    props = schema["properties"]
+    props["prompt"] = {"type": "string", "minLength": 1, "maxLength": settings.max_prompt_chars,
+                       "pattern": NON_BLANK_PATTERN, "description": props["prompt"].get("description", "")}
+    if "negative_prompt" in props:
+        core.limit_text(props["negative_prompt"], settings.max_prompt_chars)
+    for option in props["duration"].get("anyOf", [props["duration"]]):
+        if option.get("type") == "number":  # the server's limit, or the model's longest clip where shorter
+            option["maximum"] = min(option.get("maximum", settings.max_duration), settings.max_duration)
+    schema["required"] = sorted({*schema.get("required", []), "prompt"})
+    schema["additionalProperties"] = False
+    schema["description"] = f"the inputs of {_public(spec)} (this server's cog_model: {spec.name})"
+    for method, path in (("post", "/predictions"), ("put", "/predictions/{prediction_id}")):
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["input"] = schema
+        body["required"] = ["input"]
 
 
 def _view(request: Request, task: Task, cog_id: str | None = None) -> dict:
@@ -139,8 +191,7 @@ async def _start(request: Request, user: User, body: CogRequest, cog_id: str | N
                          "inputs are those of meta/musicgen (or sepal/audiogen when `cog_model` is an AudioGen). "
                          "Without `Prefer: respond-async` the answer waits for the end (200); with it, 202 at once.",
              responses={**_docs(200, 400, 413, 422, 503), 202: {"model": CogPrediction}},
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+             openapi_extra=_body_doc())
 @_cog
 async def create_prediction(request: Request):
     user = await caller(request)
@@ -155,14 +206,14 @@ async def create_prediction(request: Request):
 
 @router.put("/predictions/{prediction_id}", status_code=202, summary="Cog: start a prediction with your id (async)",
             description="Idempotent: the same id again answers the prediction already started.",
-            responses=_docs(202, 400, 413, 422, 503),
-            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": CogRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+            responses=_docs(202, 400, 413, 422, 503), openapi_extra=_body_doc())
 @_cog
-async def put_prediction(request: Request, prediction_id: str):
+async def put_prediction(request: Request, prediction_id: str = Path(json_schema_extra={
+        "pattern": COG_ID_PATTERN, "maxLength": 128, "description": "1 to 128 letters, digits, '_', '.' or '-', not "
+                                                                    "'.' or '..' (else 422 naming id)"})):
     user = await caller(request)
     if not COG_ID.fullmatch(prediction_id):
-        raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-'")
+        raise invalid("id", "use 1 to 128 letters, digits, '_', '.' or '-' (not '.' or '..')")
     body = await parse_json_body(request, CogRequest)
     body.unsupported()
     if body.id is not None and body.id != prediction_id:

@@ -60,7 +60,7 @@ def _upload_answers() -> dict:
                  "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
                             "properties": {"file": {"type": "string", "format": "binary",
                                                     "contentMediaType": "audio/*",
-                                                    "description": f"the clip: {_FORMATS}"}}},
+                                                    "description": f"the audio clip: {_FORMATS}"}}},
                  "encoding": {"file": {"contentType": _ENCODING}}}}}})
 async def create_upload(request: Request, user: User = Depends(current_user)):
     return ok(request, _view(await receive_upload(request, user)), status_code=201)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from soundry import __version__
 from soundry.audio.encode import FORMATS
 from soundry.models import catalog
-from soundry.service.configs import Configs, JsonInt
+from soundry.service.configs import TEXT_PATTERN, Configs, JsonInt
 from soundry.service.errors import ServiceError, invalid
 from soundry.signing import signed_stream_path
 from soundry.tasks.models import Task
@@ -117,6 +117,15 @@ def input_model(spec: catalog.ModelSpec) -> type[BaseModel]:
     if spec.kind != "diffusion":
         return SoundryInput
     return _diffusion_input(spec.name, spec.steps, spec.guidance, spec.context)
+
+
+def limit_text(prop: dict, max_chars: int) -> None:
+    """A text input's schema with the task service's limits: at most ``max_chars`` characters, no control
+    characters (``None`` allowed where it is)."""
+    for option in prop.get("anyOf", [prop]):
+        if option.get("type") == "string":
+            option["maxLength"] = max_chars
+            option["pattern"] = TEXT_PATTERN
 
 
 def version_id(model: str) -> str:

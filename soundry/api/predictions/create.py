@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from soundry.api.http.auth import bearer_user
 from soundry.api.http.links import link_base
 from soundry.api.predictions import core
-from soundry.service.configs import WEBHOOK_PATTERN
+from soundry.service.configs import WEBHOOK_PATTERN, check_webhook_url
 from soundry.service.errors import invalid
 from soundry.service.tasks import TaskSpec
 from soundry.tasks.models import User
@@ -57,6 +57,11 @@ async def translate(request: Request, model: str, body: CreatePrediction, cog_mo
     origins = own_origins(request)
     prompt, negative, cfg = core.to_task(model, inp, lambda value, field: core.input_audio_id(value, origins, field),
                                          cog_model)
+    for field in ("webhook", "webhook_completed"):  # the service's rule, naming the field the caller sent
+        try:
+            check_webhook_url(getattr(body, field))
+        except ValueError as exc:
+            raise invalid(field, str(exc)) from None
     if body.webhook and body.webhook_completed and body.webhook_completed != body.webhook:
         raise invalid("webhook_completed", "a prediction has one webhook URL here: send webhook (with "
                                            "webhook_events_filter) or webhook_completed alone, not two URLs")

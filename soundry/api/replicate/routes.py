@@ -108,6 +108,20 @@ class CreateVersionPrediction(CreatePrediction):
                                                           "or owner/name")
 
 
+def versions() -> list[str]:
+    """What ``version`` takes: each served model's version id, ``owner/name`` and ``owner/name:<version id>``."""
+    out: list[str] = []
+    for model in core.models():
+        out += [core.version_id(model), model, f"{model}:{core.version_id(model)}"]
+    return out
+
+
+def document(doc: dict) -> None:
+    """What the live catalog decides in this API's document: ``version``'s values (others are 422 naming it)."""
+    body = doc["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body["properties"]["version"]["enum"] = versions()
+
+
 def problem(status: int, detail: str, headers: dict | None = None, field: str | None = None) -> JSONResponse:
     body: dict = {"title": TITLES.get(status, "Error"), "detail": detail, "status": status}
     if field is not None:
@@ -238,9 +252,12 @@ async def cancel_prediction(request: Request, prediction_id: str):
 
 
 # -- models --------------------------------------------------------------------------------------------------
-def _version(model: str) -> dict:
+def _version(model: str, max_prompt_chars: int) -> dict:
     schema = core.models()[model][1].model_json_schema()
     schema.pop("additionalProperties", None)
+    for name in ("prompt", "negative_prompt"):  # the task service's limit on every text
+        if name in schema["properties"]:
+            core.limit_text(schema["properties"][name], max_prompt_chars)
     return {"id": core.version_id(model), "created_at": "2026-01-01T00:00:00Z", "cog_version": "0.9.0",
             "openapi_schema": {"openapi": "3.0.2", "info": {"title": model, "version": __version__},
                                "paths": {}, "components": {"schemas": {
@@ -265,7 +282,8 @@ async def get_model(request: Request, owner: str, name: str):
     return JSONResponse({"url": f"{link_base(request).rstrip('/')}/v1/models/{model}", "owner": owner, "name": name,
                          "description": f"{model} served by soundry ({family})", "visibility": "public",
                          "github_url": None, "paper_url": None, "license_url": None, "run_count": 0,
-                         "cover_image_url": None, "default_example": None, "latest_version": _version(model)})
+                         "cover_image_url": None, "default_example": None,
+                         "latest_version": _version(model, services(request).settings.max_prompt_chars)})
 
 
 @router.get("/models/{owner}/{name}/versions", summary="A model's versions (one)",
@@ -273,7 +291,8 @@ async def get_model(request: Request, owner: str, name: str):
 @problems
 async def list_versions(request: Request, owner: str, name: str):
     await caller(request)
-    return JSONResponse({"next": None, "previous": None, "results": [_version(_known(owner, name))]})
+    return JSONResponse({"next": None, "previous": None, "results": [_version(_known(owner, name),
+                                                                          services(request).settings.max_prompt_chars)]})
 
 
 @router.get("/models/{owner}/{name}/versions/{version}", summary="A model's version",
@@ -284,7 +303,7 @@ async def get_version(request: Request, owner: str, name: str, version: str):
     model = _known(owner, name)
     if version != core.version_id(model):
         raise ApiError(404, "not_found", f"no version {version} of {model}")
-    return JSONResponse(_version(model))
+    return JSONResponse(_version(model, services(request).settings.max_prompt_chars))
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -296,14 +315,18 @@ def file_view(request: Request, up: Upload) -> dict:
 
 
 @router.post("/files", status_code=201, summary="Upload a file to pass as an input (an upload)",
-             description="multipart/form-data with the file in `content` (WAV, FLAC, Ogg or MP3; decoded and kept "
-                         "as FLAC for `upload_retention_hours`, as POST /v1/uploads). Pass its `urls.get` as "
+             description="multipart/form-data with an audio file in `content`: WAV, FLAC, Ogg (Vorbis or Opus) or "
+                         "MP3, which libsndfile decodes (anything else is refused with 422 naming `content`); decoded "
+                         "and kept as FLAC for `upload_retention_hours`, as POST /v1/uploads. Pass its `urls.get` as "
                          "`input_audio`.",
              responses=_docs(FileView, 201, 400, 413, 422, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
                  "schema": {"type": "object", "required": ["content"], "properties": {
-                     "content": {"type": "string", "format": "binary"},
-                     "metadata": {"type": "string", "description": "JSON; accepted, not kept"}}}}}}})
+                     "content": {"type": "string", "format": "binary", "contentMediaType": "audio/*",
+                                 "description": "the audio: WAV, FLAC, Ogg (Vorbis or Opus) or MP3"},
+                     "metadata": {"type": "string", "description": "JSON; accepted, not kept"}}},
+                 "encoding": {"content": {"contentType": "audio/wav, audio/x-wav, audio/flac, audio/ogg, audio/mpeg, "
+                                                         "application/octet-stream"}}}}}})
 @problems
 async def create_file(request: Request):
     user = await caller(request)
