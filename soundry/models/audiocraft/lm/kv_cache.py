@@ -31,6 +31,16 @@ class KVCache:
         self._alloc_cross(max_cond_len)
         self.cond_lens = [0] * max_rows  # condition length stored in each row (0: free)
         self.cross_len = 1  # keys a step attends to: the longest condition of an occupied row
+        # On the CPU, the positional term of every position the cache holds, [max_len, dim], computed once:
+        # an eager step looks its rows' terms up instead of recomputing the sinusoid (~10 small ops a step,
+        # the same values: TransformerLM.position_terms is elementwise). Left out on a GPU (nothing to gain
+        # under CUDA graphs) and under torch.compile (which fuses the sinusoid anyway).
+        self.position_table = None
+        if self.device.type == "cpu":
+            emb = lm.emb[0].weight
+            with torch.no_grad():
+                self.position_table = lm.position_terms(torch.arange(max_len, device=self.device),
+                                                        lm.residual_dtype or emb.dtype)
 
     def _zeros(self, length: int, layers: int | None = None) -> list[torch.Tensor]:
         shape = (self.max_rows, self.heads, length, self.head_dim)

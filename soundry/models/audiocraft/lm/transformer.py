@@ -41,10 +41,11 @@ def sin_embedding_transformers(positions: torch.Tensor, dim: int, dtype: torch.d
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q [R, H, S, Dh] over k, v [R, H, T, Dh]; ``mask`` (broadcast to [R, H, S, T]) is
-    True where a key counts. Eagerly this is PyTorch's fused kernel. Under ``torch.compile`` it is the
-    matmul form: inductor copies the strided cache slices into contiguous buffers before calling the
-    fused kernel (~165 us a call at 16 rows, dim 512), while it fuses the matmul form's scaling, mask
-    and softmax (~110 us); the whole compiled step ran 1.26x against 1.14x (bench/RESULTS.md)."""
+    True where a key counts (or additive, 0 or -inf: ``_additive_mask``). Eagerly this is PyTorch's fused
+    kernel. Under ``torch.compile`` (boolean masks only) it is the matmul form: inductor copies the strided
+    cache slices into contiguous buffers before calling the fused kernel (~165 us a call at 16 rows, dim 512),
+    while it fuses the matmul form's scaling, mask and softmax (~110 us); the whole compiled step ran 1.26x
+    against 1.14x (bench/RESULTS.md)."""
     if torch.compiler.is_compiling():
         w = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         if mask is not None:
@@ -167,6 +168,13 @@ class TransformerLM(nn.Module):
             self.linears = nn.ModuleList()
         return self
 
+    def position_terms(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """What the residual stream gets added at ``positions`` [...]: [..., dim] in ``dtype``. Elementwise in
+        the position, so a table of ``position_terms(arange(n))`` holds exactly these values (``KVCache``)."""
+        if self.cfg.layout == "transformers":  # transformers' sinusoid (its rounding), no scale
+            return sin_embedding_transformers(positions, self.cfg.dim, dtype)
+        return self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, dtype)
+
     def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cross-attention keys/values of a condition [R, L, D], per layer: ([R,H,L,Dh], [R,H,L,Dh])."""
         return [layer.cross_attention.kv_only(cond) for layer in self.layers] if self.cfg.cross_attention else []
@@ -201,13 +209,22 @@ class TransformerLM(nn.Module):
         S = x.shape[1]
         steps = torch.arange(S, device=device)
         positions = start[:, None] + steps[None, :]  # [R, S]
-        if self.cfg.layout == "transformers":  # transformers' sinusoid (its rounding), no scale
-            x = x + sin_embedding_transformers(positions, self.cfg.dim, x.dtype)
-        else:
-            x = x + self.cfg.positional_scale * sin_embedding(positions, self.cfg.dim, self.cfg.max_period, x.dtype)
+        table = None
+        if device.type == "cpu" and not torch.compiler.is_compiling():
+            table = getattr(cache, "position_table", None)
+            if table is not None and table.dtype != x.dtype:  # another precision's cache: computed as before
+                table = None
+        if table is None:
+            x = x + self.position_terms(positions, x.dtype)
+        else:  # the same values, looked up (one index op instead of ~10 small ones a step)
+            x = x + table[positions]
         keys = torch.arange(key_len, device=device)
         causal = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1) if self_mask or S > 1 else None
         cmask = None if cross_mask is None else cross_mask[:, None, None, :]
+        if device.type == "cpu" and not torch.compiler.is_compiling():
+            # scaled_dot_product_attention turns a boolean mask into an additive one on every call (2 x layers
+            # calls a step); done once here, exactly as it does it, the kernels get the same inputs
+            causal, cmask = _additive_mask(causal, cd), _additive_mask(cmask, cd)
         r_idx = torch.arange(rows.start, rows.stop, device=device)[:, None, None]
         h_idx = torch.arange(self.layers[0].self_attn.num_heads, device=device)[None, :, None]
         p_idx = positions[:, None, :]
@@ -234,6 +251,15 @@ class TransformerLM(nn.Module):
                 x = x + layer.cross_attention.output(attn)
             x = x + layer.feed_forward(layer.norm2(x).to(cd))
         return x
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean attention mask as ``scaled_dot_product_attention`` converts it (aten's
+    ``convert_boolean_attn_mask``): 0 where a key counts, -inf where not, in the query's dtype."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.where(mask, torch.scalar_tensor(0.0, dtype=dtype, device=mask.device),
+                       torch.scalar_tensor(float("-inf"), dtype=dtype, device=mask.device))
 
 
 def _per_group(groups: list[tuple[int, int, int]], which: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
