@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import resource
 import statistics
 import time
 
@@ -96,22 +98,38 @@ PROMPTS = ["dog barking in the distance", "rain falling on a tin roof", "calm pi
            "motorcycle engine revving", "birds chirping in a forest", "a crowd cheering", "footsteps on gravel"]
 
 
-def diffusers_steps(pipe, kind, batch, steps, duration, guidance):
-    """Per-step seconds of one pipeline call (from its step callback) and the call's total seconds."""
+def diffusers_call(pipe, model, kind, prompts, seeds, steps, duration, guidance, decode="per-clip"):
+    """One pipeline call for ``prompts`` (one generator per prompt, seeded ``seeds``) at ``duration``: (per-step
+    seconds from its step callback, the call's total seconds, the final latents). ``decode``: ``batched`` — the
+    pipeline's own decode of the whole batch; ``per-clip`` — the pipeline returns latents (``output_type="latent"``)
+    and each clip is decoded alone by the same VAE call, cut (and, SA3, clamped) as the pipeline cuts, timed in the
+    total (the batched Oobleck decode of 47.55 s clips does not fit a shared 23 GB machine at batch 4)."""
     stamps = []
-    gens = [torch.Generator().manual_seed(i) for i in range(batch)]
-    kw = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt")
-    prompts = (PROMPTS * 2)[:batch]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    kw = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+              output_type="pt" if decode == "batched" else "latent")
     t0 = time.perf_counter()
     if kind == "sao":
-        pipe(prompts, audio_end_in_s=duration, callback=lambda *a: stamps.append(time.perf_counter()), **kw)
+        out = pipe(prompts, audio_end_in_s=duration, callback=lambda *a: stamps.append(time.perf_counter()), **kw)
     else:
         def cb(p, i, t, kwargs):
             stamps.append(time.perf_counter())
             return kwargs
-        pipe(prompts, duration=duration, callback_on_step_end=cb, **kw)
+        out = pipe(prompts, duration=duration, callback_on_step_end=cb, **kw)
+    latents = None
+    if decode != "batched":
+        latents = out.audios
+        for i in range(latents.shape[0]):
+            model.decode(latents[i:i + 1], duration)
     total = time.perf_counter() - t0
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], total
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], total, latents
+
+
+def diffusers_steps(pipe, model, kind, batch, steps, duration, guidance, decode="per-clip"):
+    """Per-step seconds of one pipeline call of ``batch`` prompts (from its step callback) and its total seconds."""
+    per, total, _ = diffusers_call(pipe, model, kind, (PROMPTS * 2)[:batch], list(range(batch)), steps, duration,
+                                   guidance, decode)
+    return per, total
 
 
 def soundry_steps(model, batch, steps, duration, guidance):
@@ -132,16 +150,104 @@ def soundry_steps(model, batch, steps, duration, guidance):
     return per[1:], time.perf_counter() - t0
 
 
+def arrivals(n: int, spread: float, durations: list[float], seed: int) -> list[tuple[float, float]]:
+    """``n`` (arrival second, duration) pairs, fixed by ``seed``: arrivals uniform over [0, spread] (sorted, the
+    first at 0), durations drawn from ``durations``."""
+    rng = random.Random(seed)
+    times = sorted(rng.uniform(0, spread) for _ in range(n))
+    return [(t - times[0], rng.choice(durations)) for t in times]
+
+
+def _wait_until(t: float) -> None:
+    while (d := t - time.perf_counter()) > 0:
+        time.sleep(min(d, 0.05))
+
+
+def mixed_soundry(model, plan, steps, guidance):
+    """The requests submitted to a running ``DiffusionEngine`` (its own loop thread and decode thread, as the
+    service runs it) at their arrival times; (finish second of each, relative to the start; final latents)."""
+    from soundry.engine.diffusion.engine import DiffusionEngine
+    from soundry.engine.request import GenerationRequest
+
+    engine = DiffusionEngine(model, max_batch=16).start()
+    done: dict[int, float] = {}
+    futures = []
+    try:
+        t0 = time.perf_counter()
+        for i, (at, dur) in enumerate(plan):
+            _wait_until(t0 + at)
+            req = GenerationRequest(PROMPTS[i % len(PROMPTS)], duration=dur, cfg_coef=guidance, seed=i, steps=steps)
+            fut = engine.submit(req)
+            fut.add_done_callback(lambda f, i=i: done.__setitem__(i, time.perf_counter() - t0))
+            futures.append(fut)
+        results = [f.result() for f in futures]
+        while len(done) < len(plan):  # the callbacks run just after the futures complete
+            time.sleep(0.001)
+        sizes = dict(engine.stats.batch_sizes)
+    finally:
+        engine.stop()
+    return [done[i] for i in range(len(plan))], [r.tokens for r in results], sizes
+
+
+def mixed_diffusers_sequential(pipe, model, kind, plan, steps, guidance):
+    """A simple server: one pipeline call per request, in arrival order, each starting when it has arrived and
+    the previous one has finished; decode as the pipeline does (batch 1)."""
+    finish, latents, t0 = [], [], time.perf_counter()
+    for i, (at, dur) in enumerate(plan):
+        _wait_until(t0 + at)
+        _, _, lat = diffusers_call(pipe, model, kind, [PROMPTS[i % len(PROMPTS)]], [i], steps, dur, guidance)
+        finish.append(time.perf_counter() - t0)
+        latents.append(lat[0])
+    return finish, latents
+
+
+def mixed_diffusers_batched(pipe, model, kind, plan, steps, guidance, decode):
+    """Diffusers' own batched call of all the requests: it starts when the last one has arrived, every row at the
+    longest duration (one duration per call); every request finishes when the call does."""
+    t0 = time.perf_counter()
+    _wait_until(t0 + plan[-1][0])
+    longest = max(d for _, d in plan)
+    diffusers_call(pipe, model, kind, [PROMPTS[i % len(PROMPTS)] for i in range(len(plan))], list(range(len(plan))),
+                   steps, longest, guidance, decode)
+    end = time.perf_counter() - t0
+    return [end] * len(plan)
+
+
+def describe(model, layers: int, heads: int, duration: float) -> str:
+    """The shapes this run measures, in words (parameter counts from the modules themselves)."""
+    def m(mod) -> str:
+        return f"{sum(p.numel() for p in mod.parameters()) / 1e6:.0f} M"
+
+    dit = model.transformer
+    if model.kind == "sao":
+        frames = f"{model.latent_length(duration)} latent frames (its full window, any duration)"
+        extra = f"T5 {m(model.text_encoder)} (128 tokens), Oobleck {m(model.vae)}"
+    else:
+        frames = (f"{model.latent_length(duration)} latent frames at {duration:g} s "
+                  f"(+{dit.config.num_memory_tokens} memory tokens), differential attention")
+        extra = f"T5Gemma encoder {m(model.text_encoder)} (256 tokens), SAME {m(model.vae)}"
+    return (f"{model.kind} DiT {layers} layers x {64 * heads} ({heads} heads of 64), {m(dit)} params, "
+            f"{model.latent_channels} latent channels, {frames}; {extra}; fp32, random weights")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=["sao", "sa3"], default="sa3")
     ap.add_argument("--layers", type=int, help="DiT depth (default: the release's: SAO 24, SA3 small 16)")
     ap.add_argument("--heads", type=int, help="DiT heads of 64 (default: SAO 24, SA3 small 16)")
-    ap.add_argument("--batch-sizes", default="1,4,8")
+    ap.add_argument("--batch-sizes", default="1,4,8", help="the per-step rows ('' for none)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds (SAO's DiT always runs its full window)")
     ap.add_argument("--guidance", type=float, help="default: SAO 7.0, SA3 1.0")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--diffusers-decode", choices=["per-clip", "batched"], default="per-clip",
+                    help="diffusers' batched calls: decode each clip alone (default; memory) or the pipeline's own")
+    ap.add_argument("--mixed", type=int, default=8, help="requests of the mixed-arrival scenario (0: none)")
+    ap.add_argument("--mixed-spread", type=float, default=3.0, help="seconds over which they arrive")
+    ap.add_argument("--mixed-durations", help="durations drawn from (default: SA3 3,5,10; SAO 5,10,20)")
+    ap.add_argument("--mixed-seed", type=int, default=29)
+    ap.add_argument("--mixed-repeats", type=int, default=1)
+    ap.add_argument("--no-mixed-batched", action="store_true", help="leave out diffusers' batched call of them")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
@@ -157,11 +263,14 @@ def main() -> None:
 
     model = StableAudioModel(f"{a.family}-random", a.family, parts)
     duration = min(a.duration, model.max_duration)
+    shape = describe(model, layers, heads, duration)
+    print(shape, flush=True)
     rows = []
-    for bs in [int(x) for x in a.batch_sizes.split(",")]:
+    for bs in [int(x) for x in a.batch_sizes.split(",") if x]:
         d_per, s_per, d_tot, s_tot = [], [], [], []
         for _ in range(a.repeats):  # interleaved, so that a busy machine slows both sides alike
-            per, total = diffusers_steps(pipe, a.family, bs, a.steps, duration, guidance)
+            per, total = diffusers_steps(pipe, model, a.family, bs, a.steps, duration, guidance,
+                                         a.diffusers_decode)
             d_per += per
             d_tot.append(total)
             per, total = soundry_steps(model, bs, a.steps, duration, guidance)
@@ -171,18 +280,62 @@ def main() -> None:
                      "soundry_s_per_step": statistics.median(s_per),
                      "diffusers_s_per_clip": statistics.median(d_tot) / bs,
                      "soundry_s_per_clip": statistics.median(s_tot) / bs})
-    print(f"{a.family} DiT {layers} layers x {64 * heads}, {duration:g} s, {a.steps} steps, guidance {guidance:g}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'batch':>5} {'diffusers s/step':>17} {'soundry s/step':>15} {'ratio':>6} {'diffusers s/clip':>17} "
-          f"{'soundry s/clip':>15}")
+        print(f"  batch {bs}: {rows[-1]}", flush=True)
+    mixed = None
+    if a.mixed:
+        durs = [float(x) for x in (a.mixed_durations or ("5,10,20" if sao else "3,5,10")).split(",")]
+        plan = arrivals(a.mixed, a.mixed_spread, [min(d, model.max_duration) for d in durs], a.mixed_seed)
+        runs: dict[str, list[tuple[float, float]]] = {"diffusers per request": [], "soundry engine": [],
+                                                      "diffusers batched": []}
+        drift, sizes = 0.0, {}
+        for _ in range(a.mixed_repeats):  # interleaved
+            fin, lat_d = mixed_diffusers_sequential(pipe, model, a.family, plan, a.steps, guidance)
+            runs["diffusers per request"].append(_latency(plan, fin))
+            fin, lat_s, sizes = mixed_soundry(model, plan, a.steps, guidance)
+            runs["soundry engine"].append(_latency(plan, fin))
+            drift = max(drift, max(float((x.cpu() - y.cpu()).abs().max()) for x, y in zip(lat_d, lat_s, strict=True)))
+            if not a.no_mixed_batched:
+                fin = mixed_diffusers_batched(pipe, model, a.family, plan, a.steps, guidance, a.diffusers_decode)
+                runs["diffusers batched"].append(_latency(plan, fin))
+        runs = {k: v for k, v in runs.items() if v}
+        mixed = {"plan": [{"arrival_s": round(t, 3), "duration_s": d} for t, d in plan],
+                 "latent_lengths": [model.latent_length(d) for _, d in plan],
+                 "soundry_step_batch_sizes": sizes, "max_abs_latent_diff_soundry_vs_diffusers": drift,
+                 "rows": {k: {"makespan_s": statistics.median(m for m, _ in v),
+                              "mean_latency_s": statistics.median(lat for _, lat in v)} for k, v in runs.items()}}
+    print()
+    print(shape)
+    print(f"{a.steps} steps, guidance {guidance:g}, {torch.get_num_threads()} threads, medians of {a.repeats} "
+          f"interleaved runs; diffusers decode {a.diffusers_decode}")
+    if rows:
+        print(f"{'batch':>5} {'diffusers s/step':>17} {'soundry s/step':>15} {'ratio':>6} {'diffusers s/clip':>17} "
+              f"{'soundry s/clip':>15} {'ratio':>6}")
     for r in rows:
         print(f"{r['batch']:>5} {r['diffusers_s_per_step']:>17.3f} {r['soundry_s_per_step']:>15.3f} "
               f"{r['diffusers_s_per_step'] / r['soundry_s_per_step']:>6.2f} {r['diffusers_s_per_clip']:>17.2f} "
-              f"{r['soundry_s_per_clip']:>15.2f}")
+              f"{r['soundry_s_per_clip']:>15.2f} {r['diffusers_s_per_clip'] / r['soundry_s_per_clip']:>6.2f}")
+    if mixed:
+        print(f"mixed arrivals: {len(plan)} requests, (arrival s, duration s): "
+              + ", ".join(f"({t:.2f}, {d:g})" for t, d in plan))
+        print(f"soundry's steps by rows stepped together: {mixed['soundry_step_batch_sizes']}; "
+              f"max |latents soundry - diffusers alone| {mixed['max_abs_latent_diff_soundry_vs_diffusers']:.2e}")
+        base = mixed["rows"]["diffusers per request"]
+        print(f"{'':>22} {'makespan s':>11} {'mean latency s':>15} {'speed-up (makespan, latency)':>30}")
+        for k, r in mixed["rows"].items():
+            print(f"{k:>22} {r['makespan_s']:>11.1f} {r['mean_latency_s']:>15.1f} "
+                  f"{base['makespan_s'] / r['makespan_s']:>14.2f} "
+                  f"{base['mean_latency_s'] / r['mean_latency_s']:>15.2f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak RSS {peak:.1f} GiB")
     print(json.dumps({"bench": "stable_audio", "family": a.family, "layers": layers, "width": 64 * heads,
-                      "repeats": a.repeats,
-                      "duration": duration, "steps": a.steps, "guidance": guidance,
-                      "threads": torch.get_num_threads(), "rows": rows}))
+                      "shape": shape, "repeats": a.repeats, "duration": duration, "steps": a.steps,
+                      "guidance": guidance, "threads": torch.get_num_threads(), "diffusers_decode": a.diffusers_decode,
+                      "rows": rows, "mixed": mixed, "peak_rss_gib": round(peak, 2)}))
+
+
+def _latency(plan, finish) -> tuple[float, float]:
+    """(makespan: the last finish since the first arrival; mean of finish − arrival)."""
+    return max(finish), statistics.fmean(f - t for (t, _), f in zip(plan, finish, strict=True))
 
 
 if __name__ == "__main__":
