@@ -119,7 +119,7 @@ def diffusers_call(pipe, model, kind, prompts, seeds, steps, duration, guidance,
     latents = None
     if decode != "batched":
         latents = out.audios
-        for i in range(latents.shape[0]):
+        for i in range(latents.shape[0] if decode == "per-clip" else 0):
             model.decode(latents[i:i + 1], duration)
     total = time.perf_counter() - t0
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], total, latents
@@ -132,7 +132,7 @@ def diffusers_steps(pipe, model, kind, batch, steps, duration, guidance, decode=
     return per, total
 
 
-def soundry_steps(model, batch, steps, duration, guidance):
+def soundry_steps(model, batch, steps, duration, guidance, decode=True):
     from soundry.engine.diffusion.batch import DiffusionBatch, make_job
 
     t0 = time.perf_counter()
@@ -145,7 +145,7 @@ def soundry_steps(model, batch, steps, duration, guidance):
         s = time.perf_counter()
         b.step()
         per.append(time.perf_counter() - s)
-    for j in jobs:
+    for j in jobs if decode else []:
         model.decode(j.x, duration)
     return per[1:], time.perf_counter() - t0
 
@@ -213,6 +213,92 @@ def mixed_diffusers_batched(pipe, model, kind, plan, steps, guidance, decode):
     return [end] * len(plan)
 
 
+class _MaskedSelfAttn:
+    """SA3's self-attention processor with a key mask (``mask`` [B, S] bool, True = a real token): what a padded
+    batch needs so that no row attends to another row's padding. Everything else in SA3's DiT is per token (1×1
+    convs, linears, RMS norms, the feed-forward, cross-attention from each query) or per row (the AdaLN
+    modulation), and right-padding keeps every real token's rotary position, so a masked padded row computes the
+    same sums as the row alone, up to float rounding. Bench-only: soundry groups rows by length."""
+
+    mask: torch.Tensor | None = None
+
+    def __call__(self, attn, hidden_states, rope):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_stable_audio3 import _apply_rotary_partial
+
+        def heads(x):
+            return x.unflatten(-1, (attn.heads, attn.dim_heads))
+
+        m = None if self.mask is None else self.mask[:, None, None, :]
+        if attn.use_differential:
+            q1, q2, k1, k2, v = map(heads, attn.to_qkv(hidden_states).chunk(5, dim=-1))
+            q1, q2, k1, k2 = attn.q_norm(q1), attn.q_norm(q2), attn.k_norm(k1), attn.k_norm(k2)
+            q1, q2, k1, k2 = (_apply_rotary_partial(t, rope) for t in (q1, q2, k1, k2))
+            out = dispatch_attention_fn(q1, k1, v, attn_mask=m) - dispatch_attention_fn(q2, k2, v, attn_mask=m)
+        else:
+            q, k, v = map(heads, attn.to_qkv(hidden_states).chunk(3, dim=-1))
+            q, k = _apply_rotary_partial(attn.q_norm(q), rope), _apply_rotary_partial(attn.k_norm(k), rope)
+            out = dispatch_attention_fn(q, k, v, attn_mask=m)
+        return attn.to_out(out.flatten(2, 3))
+
+
+def grouped_vs_masked(model, durations: list[float], repeats: int) -> dict:
+    """One DiT evaluation of rows of ``durations`` (SA3, one row each): grouped by latent length (soundry: one
+    call per length) against one call on the rows right-padded to the longest with the self-attention key mask;
+    seconds (medians, interleaved) and the largest difference of a real frame's output between the two."""
+    dit, mem = model.transformer, model.transformer.config.num_memory_tokens
+    conds = [model.encode_prompt(PROMPTS[i % len(PROMPTS)], d, 1.0) for i, d in enumerate(durations)]
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, model.latent_channels, model.latent_length(d), generator=gen) for d in durations]
+    ts = [torch.tensor([0.9 - 0.1 * i]) for i in range(len(durations))]
+
+    def grouped():
+        out: list = [None] * len(xs)
+        by_len: dict[int, list[int]] = {}
+        for i, x in enumerate(xs):
+            by_len.setdefault(x.shape[-1], []).append(i)
+        for rows in by_len.values():
+            y = model.denoise(torch.cat([xs[i] for i in rows]), torch.cat([ts[i] for i in rows]),
+                              torch.cat([conds[i].context for i in rows]),
+                              torch.cat([conds[i].global_states for i in rows]),
+                              torch.cat([conds[i].mask for i in rows]))
+            for k, i in enumerate(rows):
+                out[i] = y[k:k + 1]
+        return out
+
+    longest = max(x.shape[-1] for x in xs)
+    proc = _MaskedSelfAttn()
+    proc.mask = torch.stack([torch.arange(mem + longest) < mem + x.shape[-1] for x in xs])
+    padded = torch.cat([torch.nn.functional.pad(x, (0, longest - x.shape[-1])) for x in xs])
+
+    def masked():
+        saved = [b.self_attn.processor for b in dit.transformer_blocks]
+        for b in dit.transformer_blocks:
+            b.self_attn.processor = proc
+        try:
+            y = model.denoise(padded, torch.cat(ts), torch.cat([c.context for c in conds]),
+                              torch.cat([c.global_states for c in conds]), torch.cat([c.mask for c in conds]))
+        finally:
+            for b, p in zip(dit.transformer_blocks, saved, strict=True):
+                b.self_attn.processor = p
+        return [y[i:i + 1, :, :x.shape[-1]] for i, x in enumerate(xs)]
+
+    g_t, m_t, diff = [], [], 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        g = grouped()
+        g_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m = masked()
+        m_t.append(time.perf_counter() - t)
+        diff = max(diff, max(float((a - b).abs().max()) for a, b in zip(g, m, strict=True)))
+    frames = [x.shape[-1] for x in xs]
+    return {"durations": durations, "latent_frames": frames, "groups": len(set(frames)),
+            "grouped_s": statistics.median(g_t), "masked_padded_s": statistics.median(m_t),
+            "frames_computed_grouped": sum(frames) + mem * len(frames), "frames_computed_masked": (longest + mem)
+            * len(frames), "max_abs_diff": diff}
+
+
 def describe(model, layers: int, heads: int, duration: float) -> str:
     """The shapes this run measures, in words (parameter counts from the modules themselves)."""
     def m(mod) -> str:
@@ -242,12 +328,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--diffusers-decode", choices=["per-clip", "batched"], default="per-clip",
                     help="diffusers' batched calls: decode each clip alone (default; memory) or the pipeline's own")
+    ap.add_argument("--decode-once", action="store_true",
+                    help="per-step rows: neither side decodes; one clip's decode (the same VAE call on both sides) "
+                    "is timed once per repeat and its median added to both sides' s/clip (a loaded CPU)")
     ap.add_argument("--mixed", type=int, default=8, help="requests of the mixed-arrival scenario (0: none)")
     ap.add_argument("--mixed-spread", type=float, default=3.0, help="seconds over which they arrive")
     ap.add_argument("--mixed-durations", help="durations drawn from (default: SA3 3,5,10; SAO 5,10,20)")
     ap.add_argument("--mixed-seed", type=int, default=29)
     ap.add_argument("--mixed-repeats", type=int, default=1)
     ap.add_argument("--no-mixed-batched", action="store_true", help="leave out diffusers' batched call of them")
+    ap.add_argument("--lengths", help="SA3: durations of rows for one DiT step grouped by length vs padded and "
+                    "masked, e.g. 2,4,6,10,10,3,5,8 ('' for none)")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
@@ -265,21 +356,27 @@ def main() -> None:
     duration = min(a.duration, model.max_duration)
     shape = describe(model, layers, heads, duration)
     print(shape, flush=True)
-    rows = []
+    rows, decodes = [], []
     for bs in [int(x) for x in a.batch_sizes.split(",") if x]:
         d_per, s_per, d_tot, s_tot = [], [], [], []
         for _ in range(a.repeats):  # interleaved, so that a busy machine slows both sides alike
             per, total = diffusers_steps(pipe, model, a.family, bs, a.steps, duration, guidance,
-                                         a.diffusers_decode)
+                                         "none" if a.decode_once else a.diffusers_decode)
             d_per += per
             d_tot.append(total)
-            per, total = soundry_steps(model, bs, a.steps, duration, guidance)
+            per, total = soundry_steps(model, bs, a.steps, duration, guidance, decode=not a.decode_once)
             s_per += per
             s_tot.append(total)
+            if a.decode_once and len(decodes) < a.repeats:
+                lat = torch.randn(1, model.latent_channels, model.latent_length(duration))
+                t = time.perf_counter()
+                model.decode(lat, duration)
+                decodes.append(time.perf_counter() - t)
+        dec = statistics.median(decodes) if decodes else 0.0
         rows.append({"batch": bs, "diffusers_s_per_step": statistics.median(d_per),
                      "soundry_s_per_step": statistics.median(s_per),
-                     "diffusers_s_per_clip": statistics.median(d_tot) / bs,
-                     "soundry_s_per_clip": statistics.median(s_tot) / bs})
+                     "diffusers_s_per_clip": statistics.median(d_tot) / bs + dec,
+                     "soundry_s_per_clip": statistics.median(s_tot) / bs + dec, "decode_s_added": dec})
         print(f"  batch {bs}: {rows[-1]}", flush=True)
     mixed = None
     if a.mixed:
@@ -303,10 +400,15 @@ def main() -> None:
                  "soundry_step_batch_sizes": sizes, "max_abs_latent_diff_soundry_vs_diffusers": drift,
                  "rows": {k: {"makespan_s": statistics.median(m for m, _ in v),
                               "mean_latency_s": statistics.median(lat for _, lat in v)} for k, v in runs.items()}}
+    lengths = None
+    if a.lengths and not sao:
+        lengths = grouped_vs_masked(model, [float(x) for x in a.lengths.split(",")], a.repeats)
     print()
     print(shape)
     print(f"{a.steps} steps, guidance {guidance:g}, {torch.get_num_threads()} threads, medians of {a.repeats} "
-          f"interleaved runs; diffusers decode {a.diffusers_decode}")
+          f"interleaved runs; "
+          + (f"s/clip: no decode in the calls, one clip's decode ({statistics.median(decodes):.1f} s) added"
+             if a.decode_once and decodes else f"diffusers decode {a.diffusers_decode}"))
     if rows:
         print(f"{'batch':>5} {'diffusers s/step':>17} {'soundry s/step':>15} {'ratio':>6} {'diffusers s/clip':>17} "
               f"{'soundry s/clip':>15} {'ratio':>6}")
@@ -325,12 +427,18 @@ def main() -> None:
             print(f"{k:>22} {r['makespan_s']:>11.1f} {r['mean_latency_s']:>15.1f} "
                   f"{base['makespan_s'] / r['makespan_s']:>14.2f} "
                   f"{base['mean_latency_s'] / r['mean_latency_s']:>15.2f}")
+    if lengths:
+        print(f"one DiT step of {len(lengths['durations'])} rows, latent frames {lengths['latent_frames']} "
+              f"({lengths['groups']} lengths): grouped by length {lengths['grouped_s']:.2f} s "
+              f"({lengths['frames_computed_grouped']} tokens), one padded batch with the self-attention key mask "
+              f"{lengths['masked_padded_s']:.2f} s ({lengths['frames_computed_masked']} tokens); "
+              f"max |difference| {lengths['max_abs_diff']:.1e}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.1f} GiB")
     print(json.dumps({"bench": "stable_audio", "family": a.family, "layers": layers, "width": 64 * heads,
                       "shape": shape, "repeats": a.repeats, "duration": duration, "steps": a.steps,
                       "guidance": guidance, "threads": torch.get_num_threads(), "diffusers_decode": a.diffusers_decode,
-                      "rows": rows, "mixed": mixed, "peak_rss_gib": round(peak, 2)}))
+                      "rows": rows, "mixed": mixed, "lengths": lengths, "peak_rss_gib": round(peak, 2)}))
 
 
 def _latency(plan, finish) -> tuple[float, float]:
