@@ -25,6 +25,7 @@ import json
 import random
 import resource
 import statistics
+import threading
 import time
 
 import torch
@@ -156,6 +157,16 @@ def arrivals(n: int, spread: float, durations: list[float], seed: int) -> list[t
     rng = random.Random(seed)
     times = sorted(rng.uniform(0, spread) for _ in range(n))
     return [(t - times[0], rng.choice(durations)) for t in times]
+
+
+def _in_thread(fn, *args):
+    """``fn(*args)`` on a fresh worker thread, as a server runs it (and as the engine's loop thread runs soundry):
+    on a loaded CPU, torch's intra-op threads behave differently off the main thread, so both sides get the same."""
+    out: list = []
+    th = threading.Thread(target=lambda: out.append(fn(*args)))
+    th.start()
+    th.join()
+    return out[0]
 
 
 def _wait_until(t: float) -> None:
@@ -386,13 +397,14 @@ def main() -> None:
                                                       "diffusers batched": []}
         drift, sizes = 0.0, {}
         for _ in range(a.mixed_repeats):  # interleaved
-            fin, lat_d = mixed_diffusers_sequential(pipe, model, a.family, plan, a.steps, guidance)
+            fin, lat_d = _in_thread(mixed_diffusers_sequential, pipe, model, a.family, plan, a.steps, guidance)
             runs["diffusers per request"].append(_latency(plan, fin))
             fin, lat_s, sizes = mixed_soundry(model, plan, a.steps, guidance)
             runs["soundry engine"].append(_latency(plan, fin))
             drift = max(drift, max(float((x.cpu() - y.cpu()).abs().max()) for x, y in zip(lat_d, lat_s, strict=True)))
             if not a.no_mixed_batched:
-                fin = mixed_diffusers_batched(pipe, model, a.family, plan, a.steps, guidance, a.diffusers_decode)
+                fin = _in_thread(mixed_diffusers_batched, pipe, model, a.family, plan, a.steps, guidance,
+                                 a.diffusers_decode)
                 runs["diffusers batched"].append(_latency(plan, fin))
         runs = {k: v for k, v in runs.items() if v}
         mixed = {"plan": [{"arrival_s": round(t, 3), "duration_s": d} for t, d in plan],
