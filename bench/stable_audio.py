@@ -3,6 +3,7 @@ same random-weight networks of a release's shape, in one process; prints a table
 
     .venv/bin/python bench/stable_audio.py --family sa3 --batch-sizes 1,4,8 --steps 4
     .venv/bin/python bench/stable_audio.py --family sao --layers 4 --batch-sizes 1,4 --steps 3   # a CPU-sized run
+    .venv/bin/python bench/stable_audio.py --layers 4 --batch-sizes '' --steps 3 --mixed 8 --mixed-durations 2,4,6
 
 Shapes: ``sao`` is Stable Audio Open 1.0's (DiT 24 layers × 1536, 1024 latent frames of 64 channels = 47.55 s,
 T5-base, Oobleck 44.1 kHz); ``sa3`` is Stable Audio 3 small as assumed here (DiT 16 layers × 1024, 16 heads,
@@ -14,6 +15,19 @@ its all-zero unconditional rows; SA3 1.0, no guidance), fp32 on the CPU.
 Rows: ``diffusers`` — the pipeline called with B prompts and a list of B generators, its per-step time taken from
 its step callback; ``soundry`` — ``DiffusionBatch.step`` over B jobs. Per-step figures are medians over the steps
 after the first, over ``--repeats`` interleaved runs. ``s/clip``: a whole call (encode, steps, decode) / batch.
+``--decode-once``: the per-step rows' calls leave out the decode, and one clip's decode (the same VAE call on both
+sides) is timed and added to both s/clip (for a loaded CPU).
+
+Mixed arrivals (``--mixed 8``): requests of durations drawn from ``--mixed-durations``, arriving at fixed seeded
+times over ``--mixed-spread`` seconds, (a) submitted to a running ``DiffusionEngine`` (its loop thread and decode
+thread, as the service runs it), (b) each run by diffusers alone in arrival order (one worker thread, each call
+starting once its request has arrived and the previous call has finished: a simple server), (c) diffusers' own
+batched call of all of them, started when the last has arrived, every row at the longest duration (one duration per
+call). Makespan (the last finish since the first arrival) and mean latency (finish − arrival); the largest
+difference between a request's final latents from (a) and (b) (same seed) is printed as a check.
+``--lengths D1,D2,...`` (SA3): one DiT step over rows of those durations, grouped by latent length (soundry) against
+one batch padded to the longest with a key mask in the self-attention (see docs/stable-audio.md), timed interleaved.
+
 Memory: SAO decodes 47.55 s per clip whatever the duration; diffusers' batched Oobleck decode at batch 4 went past
 11 GB and was OOM-killed on a shared 23 GB machine, so size ``--batch-sizes`` to the machine.
 """
