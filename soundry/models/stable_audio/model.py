@@ -51,6 +51,7 @@ class StableAudioModel:
         self.precision = "fp32"
         self.weights = "plain"
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._empty: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # SA3's encoding of "" (default negative)
 
     # -- what the model is ------------------------------------------------------------------------
     @property
@@ -225,7 +226,13 @@ class StableAudioModel:
         token = global_states.unsqueeze(1)
 
         def branch(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            emb, mask = self._text([text])
+            if text == "":  # every guided request without a negative prompt: encoded once (batch 1, the same call)
+                key = (self.device, next(self.text_encoder.parameters()).dtype)
+                if key not in self._empty:
+                    self._empty[key] = self._text([""])
+                emb, mask = self._empty[key]
+            else:
+                emb, mask = self._text([text])
             return (torch.cat([emb, token.to(emb.dtype)], dim=1),
                     torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1))
 
@@ -276,6 +283,7 @@ class StableAudioModel:
             if m is not None:
                 m.to(device)
         self._rotary.clear()
+        self._empty.clear()
         return self
 
 
