@@ -116,3 +116,43 @@ def test_what_the_model_cannot_take_is_refused_at_submit():
     with pytest.raises(ValueError, match="text only"):
         engine.submit(GenerationRequest("dog", duration=0.05, seed=0, prompt_audio=torch.zeros(2, 10)))
     assert engine.queued == 0 and engine.active == 0
+
+
+def test_a_request_is_encoded_on_the_submitting_thread_never_stalling_the_running_batch():
+    """The text encoder runs in ``submit`` (the task runner's thread), not on the denoising loop: while the loop is
+    held inside a running request's step, another request is encoded and queued; a request canceled while it waits
+    leaves nothing behind, and each result is its result alone."""
+    kind = "sa3"
+    m = model(kind)
+    engine = DiffusionEngine(m, max_batch=8)
+    threads, original = [], m.encode_prompt
+    gate, reached = threading.Event(), threading.Event()
+
+    def encode(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    def hold(step, steps):
+        if step == 1:
+            reached.set()
+            assert gate.wait(60)
+
+    m.encode_prompt = encode
+    try:
+        first = engine.submit(request(kind, 4), hold)
+        assert reached.wait(60)  # the loop is inside the first request's step
+        waiting, victim = request(kind, 1), request(kind, 2)
+        f_waiting, f_victim = engine.submit(waiting), engine.submit(victim)  # encoded now, while the loop is held
+        assert len(threads) == 3 and engine.queued == 2
+        assert engine.cancel(victim.id) and victim.id not in engine._prepared
+        gate.set()
+        results = [first.result(timeout=300), f_waiting.result(timeout=300)]
+        with pytest.raises(GenerationCanceled):
+            f_victim.result(timeout=10)
+    finally:
+        engine.stop()
+        del m.encode_prompt
+    assert all(name != DiffusionEngine.thread_name for name in threads), threads
+    assert engine._prepared == {}
+    for got, req in zip(results, [request(kind, 4), request(kind, 1)], strict=True):
+        assert (got.audio - alone(kind, req)).abs().max() <= TOL

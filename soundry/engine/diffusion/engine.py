@@ -4,7 +4,9 @@ The same public surface as the autoregressive ``soundry.engine.scheduler.Engine`
 ``submit(request, progress, sink) -> Future[GenerationResult]``, ``cancel``, ``queued``, ``active``, ``stats``,
 ``compile_state``), so the task runner can hold either. Each request is a ``DiffusionJob`` at its own step of its own
 schedule with its own noise source (its seed), so its audio is its result alone whatever shares the batch, up to
-the float rounding of a batched DiT call. Progress is reported per step (``progress(step, steps)``); a cancel takes
+the float rounding of a batched DiT call. A request's text is encoded and its initial noise drawn in ``submit``, on
+the submitting thread, so an arrival never stalls the running batch. Progress is reported per step
+(``progress(step, steps)``); a cancel takes
 effect between steps; finished latents are decoded by the autoencoder on a separate thread (and, on a GPU, its own
 stream), never between denoising steps. ``GenerationResult.tokens`` holds the final latents [C, L] (float).
 """
@@ -42,6 +44,7 @@ class DiffusionEngine(EngineBase):
         self.memory_fraction = memory_fraction
         self.batch_limit = max_batch  # what fits, once the loop has started (engine.memory.fit_diffusion_batch)
         self._sinks: dict[str, AudioSink] = {}
+        self._prepared: dict[str, DiffusionJob] = {}  # waiting requests' jobs, built on the submitting thread
         self._batch = DiffusionBatch(model)
 
     # -- what engine.base asks of a family ---------------------------------------------------------------
@@ -57,6 +60,7 @@ class DiffusionEngine(EngineBase):
 
     def _forget(self, request_id: str) -> None:
         self._sinks.pop(request_id, None)
+        self._prepared.pop(request_id, None)
 
     # -- public API --------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, progress: Progress | None = None,
@@ -73,7 +77,18 @@ class DiffusionEngine(EngineBase):
             raise ValueError(f"{self.model.name} generates from text only (no audio prompt or melody)")
         request.steps = steps
         record_seed(request)
-        return self._enqueue(request, progress, sink)
+        # the text encoding and the initial noise, here on the submitting thread (the task runner's), so that a
+        # request arriving never stalls the running batch's steps; the loop only admits the ready job
+        job = make_job(self.model, request.id, request.prompt, request.duration, float(request.cfg_coef), steps,
+                       int(request.seed), request.negative_prompt, _safe(progress))
+        with self._lock:
+            self._prepared[request.id] = job
+        try:
+            return self._enqueue(request, progress, sink)
+        except BaseException:
+            with self._lock:
+                self._prepared.pop(request.id, None)
+            raise
 
     @property
     def compile_state(self) -> str:
@@ -116,14 +131,10 @@ class DiffusionEngine(EngineBase):
                 self._step()
 
     def _admit(self, req: GenerationRequest, progress: Progress | None) -> None:
-        try:
-            job = make_job(self.model, req.id, req.prompt, req.duration, float(req.cfg_coef), int(req.steps),
-                           int(req.seed), req.negative_prompt, _safe(progress))
-        except Exception as exc:  # e.g. the text encoder failed: fail just this request
-            log.exception("conditioning failed")
-            self._finish(req.id, exc)
-            return
-        self._batch.admit(job)
+        with self._lock:
+            job = self._prepared.pop(req.id, None)
+        if job is not None:  # None: canceled meanwhile (forgotten)
+            self._batch.admit(job)
 
     def _after_step(self, finished: list[DiffusionJob]) -> None:
         for job in finished:
