@@ -3,6 +3,8 @@ at the longest clip and its sampler state, once the decode of the longest clip; 
 other engines in the process (either family); a sentence naming the sizes when one request does not fit. Stand-in
 numbers for the GPU (torch.cuda.mem_get_info), as tests/test_gpu_path_ii.py does for the LM's KV cache."""
 
+import threading
+
 import pytest
 import torch
 
@@ -109,11 +111,24 @@ def test_the_engine_serves_what_its_budget_holds_and_claims_it_while_it_runs(mon
     monkeypatch.setattr(memory, "host_available", lambda: m.decode_bytes() + per_request + 1)
     engine = DiffusionEngine(m, max_batch=4, memory_fraction=1.0).start()
     try:
-        futures = [engine.submit(GenerationRequest(p, 0.05, seed=s, steps=3, cfg_coef=1.0))
+        # guided requests at the longest clip: one at a time, as budgeted
+        futures = [engine.submit(GenerationRequest(p, m.max_duration, seed=s, steps=3, cfg_coef=3.0))
                    for p, s in (("rain", 1), ("wind", 2), ("a bell", 3))]
         assert all(f.result(timeout=120).audio.shape[-1] > 0 for f in futures)
         assert engine.batch_limit == 1 and engine.stats.max_batch_size == 1
         assert claimed("cpu") == m.decode_bytes() + per_request
+        # short unguided ones, each a fraction of the worst case, share the same bytes (up to max_batch)
+        short = 0.05
+        need = m.dit_row_bytes(m.latent_length(short)) + m.state_bytes(m.latent_length(short))
+        assert 3 * need <= per_request
+        gate = threading.Event()
+        futures = [engine.submit(GenerationRequest("rain", short, seed=1, steps=3, cfg_coef=1.0),
+                                 lambda step, steps: gate.wait(60))]
+        futures += [engine.submit(GenerationRequest(p, short, seed=s, steps=3, cfg_coef=1.0))
+                    for p, s in (("wind", 2), ("a bell", 3))]
+        gate.set()
+        assert all(f.result(timeout=120).audio.shape[-1] > 0 for f in futures)
+        assert engine.stats.max_batch_size >= 2
     finally:
         engine.stop()
     assert claimed("cpu") == 0

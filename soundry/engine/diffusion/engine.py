@@ -42,7 +42,9 @@ class DiffusionEngine(EngineBase):
     def __init__(self, model, max_batch: int = 16, idle_wait: float = 0.5, memory_fraction: float = 0.9):
         super().__init__(model, max_batch, idle_wait)
         self.memory_fraction = memory_fraction
-        self.batch_limit = max_batch  # what fits, once the loop has started (engine.memory.fit_diffusion_batch)
+        # requests at the longest clip that fit, and the bytes claimed for the rows, once the loop has started
+        # (engine.memory.fit_diffusion_batch); requests are admitted by their own size within those bytes (_room)
+        self.batch_limit, self._row_budget = max_batch, None
         self._sinks: dict[str, AudioSink] = {}
         self._prepared: dict[str, DiffusionJob] = {}  # waiting requests' jobs, built on the submitting thread
         self._batch = DiffusionBatch(model)
@@ -52,8 +54,29 @@ class DiffusionEngine(EngineBase):
     def _id_of(job: DiffusionJob) -> str:
         return job.id
 
+    def _request_bytes(self, duration: float, guidance: float) -> int:
+        """A request's working memory at its own length: its DiT rows (two when guided) and sampler state."""
+        length = self.model.latent_length(duration)
+        return (2 if guidance > 1.0 else 1) * self.model.dit_row_bytes(length) + self.model.state_bytes(length)
+
     def _room(self) -> int:
-        return max(0, self.batch_limit - len(self._batch.jobs))
+        """How many of the waiting requests join now, in order: up to ``max_batch`` stepped together, within the
+        memory claimed at start for ``batch_limit`` requests at the longest clip (``_row_budget``) counted at each
+        request's own length and guidance — shorter requests than the worst case share it (the DiT's attention
+        grows with the square of the length); the first request always runs."""
+        jobs = self._batch.jobs
+        if self._row_budget is None:
+            return max(0, self.batch_limit - len(jobs))
+        used = sum(self._request_bytes(j.duration, j.guidance) for j in jobs)
+        room = 0
+        for request, _fut, _progress in self._waiting:
+            if len(jobs) + room >= self.max_batch:
+                break
+            need = self._request_bytes(request.duration, float(request.cfg_coef))
+            if used + need > self._row_budget and (jobs or room):
+                break
+            used, room = used + need, room + 1
+        return room
 
     def _attach_sink(self, request: GenerationRequest, sink: AudioSink) -> None:
         self._sinks[request.id] = sink
@@ -117,8 +140,10 @@ class DiffusionEngine(EngineBase):
         """``batch_limit`` from the memory budget, and the budget claimed while the engine runs (so a model loaded
         later in the process counts it)."""
         m = self.model
-        self.batch_limit, budget = fit_diffusion_batch(m.dit_row_bytes(), m.state_bytes(), m.decode_bytes(),
+        decode = m.decode_bytes()
+        self.batch_limit, budget = fit_diffusion_batch(m.dit_row_bytes(), m.state_bytes(), decode,
                                                        self.max_batch, device, self.memory_fraction, m.name, owner=self)
+        self._row_budget = budget - decode
         claim(self, device, budget)
 
     def _loop(self) -> None:
