@@ -237,7 +237,8 @@ def test_stateful_sequences_follow_the_links(api_schema):
             _in_envelope(response, case.formatted_path)
 
     run_state_machine_as_test(Stateful, settings=settings(
-        max_examples=max(10, EXAMPLES // 2), stateful_step_count=10, deadline=None, database=None,
+        max_examples=max(10, EXAMPLES), stateful_step_count=10, deadline=None, database=None,
         suppress_health_check=list(HealthCheck), derandomize=not RANDOM))
-    # (10 steps: with Replicate's, Cog's and the uploads' operations in the machine, 6 no longer reached events)
+    # (10 steps: with Replicate's, Cog's and the uploads' operations in the machine, 6 no longer reached events; 60
+    # walks: 30 missed the result link once in a full run, where answers that depend on timing drew another walk)
     assert created and followed >= {"result", "/cancel", "/events"}, (len(created), followed)

@@ -26,14 +26,19 @@ refused, ``model.safetensors`` read with safetensors.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from soundry.models.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
@@ -50,6 +55,28 @@ _UNUSED = re.compile(r"^model\.model\.transformer\.rotary_pos_emb\.inv_freq$")
 T5_REPOS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
             "t5-3b": "google-t5/t5-3b", "t5-11b": "google-t5/t5-11b"}
 
+
+
+
+def _check_dit_options(options: dict, known: set, fixed: dict, refuse) -> None:
+    """Refuse a DiT option the mapping does not know, or a known one at a value it does not map."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        refuse(f"the DiT options {unknown} are not mapped")
+    for key, want in fixed.items():
+        if key in options and options[key] != want:
+            refuse(f"the DiT option {key}={options[key]!r} is not mapped")
+
+def _build(cls, config: dict, state: dict, folder: str, dtype: torch.dtype, root: Path) -> None:
+    """One diffusers component from its config and converted weights (strictly: every tensor placed), saved as
+    safetensors in ``root/folder``."""
+    module = cls(**config).to(dtype)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the checkpoint's {folder} does not fit {cls.__name__} "
+                              f"({str(exc).splitlines()[0]})") from exc
+    module.save_pretrained(str(root / folder), safe_serialization=True)
 
 def is_stability_dir(path: Path | str) -> bool:
     """A folder in Stability's layout (``model_config.json``; its weights are checked on conversion)."""
@@ -98,12 +125,7 @@ def check_config(cfg: dict, where: Path | str = CONFIG) -> None:
     if diffusion.get("type") != "dit":
         refuse("the diffusion network is not mapped")
     options = diffusion.get("config") or {}
-    unknown = sorted(set(options) - _DIT_OPTIONS)
-    if unknown:
-        refuse(f"the DiT options {unknown} are not mapped")
-    for key, want in _DIT_FIXED.items():
-        if key in options and options[key] != want:
-            refuse(f"the DiT option {key}={options[key]!r} is not mapped")
+    _check_dit_options(options, _DIT_OPTIONS, _DIT_FIXED, refuse)
     if options.get("attn_kwargs") or options.get("ff_kwargs"):
         refuse("the DiT's attention / feed-forward options are not mapped")
     pre = model.get("pretransform") or {}
@@ -393,14 +415,7 @@ def _write_pipeline(work: Path, cfg: dict, dit_sd: dict, vae_sd: dict, proj_sd: 
         StableAudioProjectionModel,
     )
 
-    def build(cls, config: dict, state: dict, folder: str):
-        module = cls(**config).to(dtype)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint's {folder} does not fit {cls.__name__} "
-                                  f"({str(exc).splitlines()[0]})") from exc
-        module.save_pretrained(str(work / folder), safe_serialization=True)
+    build = functools.partial(_build, dtype=dtype, root=work)
 
     build(StableAudioDiTModel, dit_config(cfg, dit_sd), dit_sd, "transformer")
     build(AutoencoderOobleck, vae_config(cfg), vae_sd, "vae")
@@ -566,12 +581,7 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
             "seconds_total"]:  # local_add_cond_ids (inpainting inputs): not text-to-audio's, the weights are kept
         refuse("the conditioning order is not mapped")
     options = diffusion.get("config") or {}
-    unknown = sorted(set(options) - _SA3_DIT_OPTIONS)
-    if unknown:
-        refuse(f"the DiT options {unknown} are not mapped")
-    for key, want in _SA3_DIT_FIXED.items():
-        if key in options and options[key] != want:
-            refuse(f"the DiT option {key}={options[key]!r} is not mapped")
+    _check_dit_options(options, _SA3_DIT_OPTIONS, _SA3_DIT_FIXED, refuse)
     for key, allowed in (("attn_kwargs", _SA3_ATTN), ("ff_kwargs", _SA3_FF)):
         extra = sorted(set(options.get(key) or {}) - allowed)
         if extra:
@@ -869,14 +879,7 @@ def convert_sa3_dir(src: Path, dst: Path, cfg: dict, sd: dict, text_encoder: Pat
         raise CheckpointError(f"neither the checkpoint nor {text_encoder} holds T5Gemma weights (safetensors)")
     dtype = next(iter(dit_sd.values())).dtype
 
-    def build(cls, config: dict, state: dict, folder: str):
-        module = cls(**config).to(dtype)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint's {folder} does not fit {cls.__name__} "
-                                  f"({str(exc).splitlines()[0]})") from exc
-        module.save_pretrained(str(dst / folder), safe_serialization=True)
+    build = functools.partial(_build, dtype=dtype, root=dst)
 
     build(StableAudio3DiTModel, sa3_dit_config(cfg, dit_sd), dit_sd, "transformer")
     build(AutoencoderSAME, same_config(cfg, vae_sd), vae_sd, "vae")
