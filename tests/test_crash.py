@@ -28,13 +28,14 @@ def _cli(data_dir: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def _serve(data_dir: Path, port: int, env: dict, log: Path) -> subprocess.Popen:
+def _serve(data_dir: Path, port: int, env: dict, log: Path, ready: str = "/healthz") -> subprocess.Popen:
+    """``soundry serve`` in its own process, once ``ready`` answers 200 (``/readyz``: the default model loaded too)."""
     proc = subprocess.Popen([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data_dir), "serve",
                              "--port", str(port)], env=env, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
     deadline = time.time() + 180  # a start on a busy machine
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=2).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass

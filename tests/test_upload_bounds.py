@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import soundfile as sf
 from tests.conftest import make_settings
 from tests.helpers_models import TINY
 from tests.live_server import free_port, start_live_server
+from tests.test_crash import _serve
 from tests.test_uploads import clip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,19 +74,9 @@ def test_three_flac_bombs_at_once_raise_peak_memory_by_a_few_mb(tmp_path):
     data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
     _cli(data, "users", "create", "kim", "--password", "kim's password", env=env)
     key = _cli(data, "users", "token", "kim", env=env)
-    server = subprocess.Popen([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
-                               "--port", str(port)], env=env, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    server = _serve(data, port, env, log, ready="/readyz")  # until the default model is loaded
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180  # a start on a busy machine: until the default model is loaded
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
         bomb = flac_bomb()
         assert len(bomb) < 200_000
         before = _peak_rss_kib(server.pid)
@@ -125,19 +115,9 @@ def test_four_noise_uploads_at_the_limits_hold_no_clip_in_memory(tmp_path):
     key = _cli(data, "users", "token", "kim", env=env)
     noise = noise_at_the_limits()
     assert len(noise) < 20 * 2**20  # within max_upload_bytes
-    server = subprocess.Popen([sys.executable, "-m", "soundry.cli.main", "--data-dir", str(data), "serve",
-                               "--port", str(port)], env=env, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    server = _serve(data, port, env, log, ready="/readyz")  # until the default model is loaded
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
         before = _peak_rss_kib(server.pid)
         answers = post_all(url, key, [noise] * 4, "noise.ogg")
         after = _peak_rss_kib(server.pid)
