@@ -7,8 +7,11 @@ layout; the tiny reference model's text encoder and codec, so it loads offline),
 service does, and times generating the same clips three ways, interleaved run by run (so the
 machine's drift hits all alike), median of ``--repeats``:
 
-- ``soundry generate``: ``soundry.engine.generate.generate`` on the model loaded with the CPU
-  weight layout the service uses (oneDNN-packed linears; ``soundry.models.audiocraft.lm.packed``);
+- ``soundry generate``: ``soundry.engine.generate.generate`` on the model loaded as the service loads it by
+  default (in fp32: soundry's few-row linear kernel, ``soundry.models.audiocraft.lm.rows_kernel``, where it
+  builds; oneDNN's packed linears otherwise — the row's name says which);
+- the same on oneDNN's packed linears (``cpu_linear = "onednn"``; ``soundry.models.audiocraft.lm.packed``), the
+  default before the row kernel;
 - the same with the decode step compiled (``generate(compile=True)``, ``soundry.engine.compiled_steps``;
   ``--no-compile`` leaves it out); its first call compiles, which the warm-up round absorbs and the
   table reports apart (cold: a fresh inductor cache);
@@ -75,20 +78,23 @@ def main(argv=None) -> dict:
         release = write_random_release(Path(tmp) / "lm", "musicgen-small", tiny_companion("musicgen-small"), dim=a.dim,
                                        num_heads=a.heads, num_layers=a.layers)
         packed = load_model(str(release), device="cpu", precision=a.precision)
+        onednn = load_model(str(release), device="cpu", precision=a.precision, packed="onednn")
         plain = load_model(str(release), device="cpu", precision=a.precision, packed=False)
         reference = plain if a.precision == "fp32" else load_model(str(release), device="cpu", precision="fp32",
                                                                    packed=False)
 
     compile_cache = tempfile.mkdtemp(prefix="soundry-inductor-")
     variants = {
-        "soundry generate (packed weights)": lambda p: generate(packed, p, a.duration, seed=0).audio,
-        "soundry generate (packed, compiled)": lambda p: generate(packed, p, a.duration, seed=0, compile=True,
-                                                                  compile_cache=compile_cache).audio,
+        f"soundry generate (default: {packed.weights})": lambda p: generate(packed, p, a.duration, seed=0).audio,
+        "soundry generate (oneDNN packed)": lambda p: generate(onednn, p, a.duration, seed=0).audio,
+        f"soundry generate ({packed.weights}, compiled)": lambda p: generate(packed, p, a.duration, seed=0,
+                                                                            compile=True,
+                                                                            compile_cache=compile_cache).audio,
         "soundry generate (plain nn.Linear)": lambda p: generate(plain, p, a.duration, seed=0).audio,
         "eager reference-style baseline": lambda p: baseline_generate(reference, p, a.duration),
     }
     if not a.compile:
-        del variants["soundry generate (packed, compiled)"]
+        del variants[f"soundry generate ({packed.weights}, compiled)"]
     if a.precision != "fp32":
         variants = {name.replace("(", f"({a.precision}, ", 1) if name.startswith("soundry") else name: fn
                     for name, fn in variants.items()}

@@ -103,6 +103,10 @@ class Settings:
     # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.audiocraft.lm.packed), ~2x
     # faster decode; false = plain nn.Linear.
     packed_weights: bool = True
+    # CPU fp32 with packed_weights: auto = soundry's few-row linear kernel (soundry.models.audiocraft.lm.rows_kernel;
+    # built once per machine with the C++ compiler, ~2x the oneDNN linears at batch 1), oneDNN's where it cannot be
+    # built; onednn = always oneDNN's
+    cpu_linear: str = "auto"
     kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)
     # a diffusion engine's rows and decode take at most this share of free memory at its start (GPU: the device's;
     # CPU: the host's MemAvailable): fewer requests at a time than max_batch if needed (soundry.engine.memory)
@@ -149,7 +153,8 @@ class Settings:
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
             raise ValueError(f"setting precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name, allowed in (("rng", ("generator", "counter")), ("attention", ("masked", "lengths", "per_request"))):
+        for name, allowed in (("rng", ("generator", "counter")), ("attention", ("masked", "lengths", "per_request")),
+                              ("cpu_linear", ("auto", "onednn"))):
             value = str(getattr(self, name)).strip().lower()
             if value not in allowed:
                 raise ValueError(f"setting {name}: {value!r} is not one of {', '.join(allowed)}")

@@ -16,6 +16,13 @@ TINY = {"audiogen": DATA / "audiogen-tiny", "musicgen": DATA / "musicgen-tiny",
 
 
 @cache
+def default_cpu_weights() -> str:
+    """The weight layout an fp32 CPU load gets by default: soundry's row kernel where it builds, else oneDNN's."""
+    from soundry.models.audiocraft.lm import rows_kernel
+
+    return "rows" if rows_kernel.available() else "packed"
+
+
 def tiny_model(kind: str):
     from soundry.models import load_model
 

@@ -18,7 +18,7 @@ import torch
 from soundry.engine.generate import generate
 from soundry.models.catalog import ModelSpec, register
 from soundry.models.errors import CheckpointError, ModelNotAvailable
-from tests.helpers_models import DATA, TINY, assert_close_rel
+from tests.helpers_models import DATA, TINY, assert_close_rel, default_cpu_weights
 
 HF = DATA / "hf"
 MONO, STEREO, LORA = HF / "musicgen-hf-tiny", HF / "musicgen-stereo-hf-tiny", HF / "musicgen-hf-tiny-lora"
@@ -64,7 +64,7 @@ def test_what_the_loader_reads_from_the_checkpoint():
     m = hf_model("musicgen-stereo-hf-tiny")
     assert m.cfg.layout == "transformers" and m.cfg.card == 64 and m.cfg.special_token == 64
     assert m.cfg.delays == (0, 0, 1, 1, 2, 2, 3, 3) and m.channels == 2 and m.sample_rate == 32000
-    assert m.format == "transformers" and m.weights == "packed"
+    assert m.format == "transformers" and m.weights == default_cpu_weights()
     assert hf_model("musicgen-hf-tiny-lora").adapter == LORA
 
 

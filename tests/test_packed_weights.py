@@ -1,6 +1,7 @@
-"""The CPU weight layout (oneDNN-prepacked linears, soundry.models.audiocraft.lm.packed): on by default for fp32
-and bf16 on the CPU, the same results as plain nn.Linear up to float32 rounding, and a setting that
-turns it off (the plain path must keep reproducing the reference too)."""
+"""The CPU weight layouts: soundry's row kernel (fp32, where it builds: soundry.models.audiocraft.lm.rows_kernel) or
+oneDNN-prepacked linears (soundry.models.audiocraft.lm.packed; bf16, or cpu_linear = onednn) by default, the same
+results as plain nn.Linear up to float32 rounding, and settings that pick oneDNN or turn both off (the plain path
+must keep reproducing the reference too)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from soundry.models import load_model
 from soundry.models.audiocraft.lm.packed import PackedLinear, can_pack, is_packed, pack_linears_
 from soundry.tasks.engines import EngineManager
 from tests.conftest import make_settings
-from tests.helpers_models import TINY, golden, tiny_model
+from tests.helpers_models import TINY, default_cpu_weights, golden, tiny_model
 from tests.helpers_teacher import teacher_logits
 
 
@@ -36,15 +37,18 @@ def test_packing_applies_where_it_runs_only():
     assert pack_linears_(net) == 2 and is_packed(net) and not any(type(m) is nn.Linear for m in net.modules())
 
 
-def test_the_default_cpu_load_is_packed_and_matches_plain():
-    packed = tiny_model("musicgen")
+def test_each_cpu_layout_matches_plain():
+    default = tiny_model("musicgen")
+    onednn = load_model(str(TINY["musicgen"]), device="cpu", packed="onednn")
     plain = load_model(str(TINY["musicgen"]), device="cpu", packed=False)
-    assert is_packed(packed.lm) and not is_packed(plain.lm)
-    assert (packed.weights, plain.weights) == ("packed", "plain")  # what the model list and /metrics report
+    assert is_packed(onednn.lm) and not is_packed(plain.lm)
+    # what the model list and /metrics report
+    assert (default.weights, onednn.weights, plain.weights) == (default_cpu_weights(), "packed", "plain")
     g = golden("musicgen")
-    a, mask = teacher_logits(packed, g["teacher_codes"], g["prompts"])
-    b, _ = teacher_logits(plain, g["teacher_codes"], g["prompts"])
-    torch.testing.assert_close(a[mask], b[mask], rtol=1e-4, atol=1e-4)
+    b, mask = teacher_logits(plain, g["teacher_codes"], g["prompts"])
+    for model in (default, onednn):
+        a, _ = teacher_logits(model, g["teacher_codes"], g["prompts"])
+        torch.testing.assert_close(a[mask], b[mask], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["audiogen", "musicgen"])
@@ -62,8 +66,10 @@ def test_the_setting_reaches_the_loader(tmp_path, monkeypatch):
     monkeypatch.delenv("SOUNDRY_PACKED_WEIGHTS")
     on = EngineManager.from_settings(make_settings(tmp_path))
     compiled = EngineManager.from_settings(make_settings(tmp_path, compile=True))
-    assert on._loader.keywords["packed"] is True
+    onednn = EngineManager.from_settings(make_settings(tmp_path, cpu_linear="onednn"))
+    assert on._loader.keywords["packed"] == "auto"
     assert off._loader.keywords["packed"] is False
-    assert compiled._loader.keywords["packed"] is True  # the compiled step calls the packed linears
+    assert compiled._loader.keywords["packed"] == "auto"  # the compiled step calls the same kernels
+    assert onednn._loader.keywords["packed"] == "onednn"
     model = off._loader(str(TINY["audiogen"]))
     assert not is_packed(model.lm)

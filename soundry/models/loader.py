@@ -32,7 +32,7 @@ _LOAD_LOCK = threading.Lock()
 
 def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                quantize: str | None = None, precision: str | None = None,
-               max_text_tokens: int | None = None, packed: bool = True, fused_heads: bool = False) -> AudioModel:
+               max_text_tokens: int | None = None, packed: bool | str = True, fused_heads: bool = False) -> AudioModel:
     """Load a model by registry name (``audiogen``, ``musicgen-small``, ...) or release directory.
 
     ``precision`` (``auto | fp32 | bf16 | fp16 | int8``, see ``soundry.models.audiocraft.lm.precision``) sets how
@@ -42,8 +42,9 @@ def load_model(name_or_path: str, device: str | None = None, dtype: torch.dtype 
     Loads are serialised within a process: transformers' ``from_pretrained`` switches process-wide
     state (the default device for meta-initialisation), so two loads at once can corrupt each other.
     ``max_text_tokens`` bounds the tokens the text encoder sees per prompt (longer ones are truncated).
-    ``packed`` (CPU, fp32/bf16) puts the LM's linear weights in oneDNN's layout
-    (``soundry.models.audiocraft.lm.packed``).
+    ``packed`` (CPU) picks the LM's linear kernel: True/``"auto"`` soundry's few-row kernel in fp32 where it
+    builds, else oneDNN's packed layout; ``"onednn"``; False plain ``nn.Linear``
+    (``soundry.models.audiocraft.lm.precision.apply_precision``).
     ``fused_heads`` computes the K output heads as one matmul (``TransformerLM.fuse_heads_``; release
     checkpoints only).
     """
@@ -59,7 +60,7 @@ def _legacy_precision(dtype: torch.dtype | None, quantize: str | None) -> str | 
 
 
 def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None,
-                quantize: str | None, precision: str | None, max_text_tokens: int, packed: bool,
+                quantize: str | None, precision: str | None, max_text_tokens: int, packed: bool | str,
                 fused_heads: bool = False) -> AudioModel:
     dev = pick_device(device)
     precision = resolve_precision(precision or _legacy_precision(dtype, quantize), dev)
@@ -79,7 +80,7 @@ def _load_model(name_or_path: str, device: str | None, dtype: torch.dtype | None
 
 
 def _load_transformers(name_or_path: str, model_dir: Path, spec, dev: torch.device, precision: str,
-                       max_text_tokens: int, packed: bool) -> AudioModel:
+                       max_text_tokens: int, packed: bool | str) -> AudioModel:
     """A transformers-format checkpoint (``formats.transformers``), with its LoRA adapter if registered."""
     adapter_dir = None
     if spec is not None and spec.adapter:

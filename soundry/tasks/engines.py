@@ -60,7 +60,7 @@ class EngineManager:
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
                  packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
                  rng: str = "generator", attention: str = "masked", mbd_path: str = "", melody_separations: int = 1,
-                 diffusion_memory: float = 0.9):
+                 diffusion_memory: float = 0.9, cpu_linear: str = "auto"):
         self.max_batch, self.retry_after = max_batch, retry_after
         # melody stem separations at once in this process, over all its engines (each takes every core; queued beyond)
         self.separations = threading.BoundedSemaphore(max(1, melody_separations))
@@ -79,7 +79,7 @@ class EngineManager:
             from soundry.models import load_model
 
             loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens,
-                             packed=packed_weights, fused_heads=fused_heads)
+                             packed=cpu_linear if packed_weights else False, fused_heads=fused_heads)
         self._loader = loader
 
     @classmethod
@@ -89,7 +89,7 @@ class EngineManager:
                    packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
                    fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention,
                    mbd_path=settings.mbd_path, melody_separations=settings.melody_separations,
-                   diffusion_memory=settings.diffusion_memory)
+                   diffusion_memory=settings.diffusion_memory, cpu_linear=settings.cpu_linear)
 
     def key(self, name: str) -> str:
         try:

@@ -36,7 +36,8 @@ def _model_metadata(spec, loaded: dict) -> dict:
             description="`metadata.precision` is the precision the model runs in once this server has loaded it "
                         "(fp32, bf16, fp16 or int8); `metadata.compiled` says whether its decode step is compiled "
                         "(`off`, `compiling`, `on`, `failed`); `metadata.weights` how its linear weights are "
-                        "held (`packed`: oneDNN's CPU layout, `int8`, `plain`). All three are null for models not "
+                        "held (`rows`: soundry's CPU kernel, `packed`: oneDNN's CPU layout, `int8`, `plain`). All "
+                        "three are null for models not "
                         "loaded in this process. `metadata.melody` says whether the model follows a tune "
                         "(`configs.melody`); `metadata.decoders` the values `configs.decoder` takes for it.")
 def models(request: Request):

@@ -48,8 +48,8 @@ class _StateCollector:
         per = GaugeMetricFamily("soundry_generation_seconds_per_audio_second", "Wall seconds per audio second",
                                 labels=["model"])
         info = GaugeMetricFamily("soundry_engine_info", "A loaded model: its precision, decode-step "
-                                 "compilation state (off, compiling, on, failed) and weight layout (packed, "
-                                 "int8, plain); value 1", labels=["model", "precision", "compiled", "weights"])
+                                 "compilation state (off, compiling, on, failed) and weight layout (rows, "
+                                 "packed, int8, plain); value 1", labels=["model", "precision", "compiled", "weights"])
         size = HistogramMetricFamily("soundry_engine_batch_size", "Requests in the batch at each decode step",
                                      labels=["model"])
         for name, engine in engines.items():

@@ -19,7 +19,7 @@ _CONDITIONER_PREFIX = "condition_provider.conditioners.description."
 
 
 def load_release_model(release_dir: Path, name: str, family: str | None, dev: torch.device, precision: str,
-                       max_text_tokens: int, packed: bool, fused_heads: bool = False) -> AudioModel:
+                       max_text_tokens: int, packed: bool | str, fused_heads: bool = False) -> AudioModel:
     """The model of a release folder, on ``dev`` in ``precision`` (``family``: the catalog's, else from the
     sample rate)."""
     lm_path = release_dir / "state_dict.bin"

@@ -383,7 +383,7 @@ def melody_conditioner(model_dir: Path, cfg: dict, proj: dict[str, torch.Tensor]
 
 
 def load_transformers_model(model_dir: Path, name: str, family: str, device: torch.device, precision: str,
-                            max_text_tokens: int, packed: bool, adapter_dir: Path | None = None):
+                            max_text_tokens: int, packed: bool | str, adapter_dir: Path | None = None):
     """An ``AudioModel`` from a transformers-format folder (optionally with a LoRA adapter merged)."""
     from transformers import AutoTokenizer, EncodecConfig, EncodecModel, T5Config, T5EncoderModel
 

@@ -79,8 +79,12 @@ def is_packed(module: nn.Module) -> bool:
 
 
 def weight_layout(lm: nn.Module) -> str:
-    """How a loaded LM holds its linear weights: ``packed`` (oneDNN), ``int8`` (dynamic quantised) or
-    ``plain`` (``nn.Linear``)."""
+    """How a loaded LM holds its linear weights: ``rows`` (soundry's CPU kernel, ``rows_kernel``), ``packed``
+    (oneDNN), ``int8`` (dynamic quantised) or ``plain`` (``nn.Linear``)."""
+    from soundry.models.audiocraft.lm.rows_kernel import uses_rows_kernel
+
+    if uses_rows_kernel(lm):
+        return "rows"
     if is_packed(lm):
         return "packed"
     return "int8" if is_quantized(lm) else "plain"

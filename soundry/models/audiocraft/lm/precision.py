@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from soundry.config import PRECISIONS
+from soundry.models.audiocraft.lm import rows_kernel
 from soundry.models.audiocraft.lm.packed import can_pack, pack_linears_
 from soundry.models.audiocraft.lm.quantize import is_quantized, quantize_lm
 
@@ -63,10 +64,12 @@ def keep_fp32_(lm: nn.Module) -> nn.Module:
     return lm
 
 
-def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool = True,
+def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, packed: bool | str = True,
                     fused_heads: bool = False) -> nn.Module:
-    """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8). On the CPU
-    in fp32/bf16, ``packed`` puts the linear weights in oneDNN's layout (``soundry.models.audiocraft.lm.packed``);
+    """Move a float LM to ``device`` in the resolved ``precision`` (quantising for int8). On the CPU ``packed``
+    picks the linear layers' kernel: True or ``"auto"`` — in fp32 soundry's few-row kernel where it builds
+    (``soundry.models.audiocraft.lm.rows_kernel``), otherwise (and in bf16) oneDNN's packed layout
+    (``soundry.models.audiocraft.lm.packed``); ``"onednn"`` — always oneDNN's; False — plain ``nn.Linear``.
     ``fused_heads`` makes the output heads one matmul (``TransformerLM.fuse_heads_``)."""
     device = torch.device(device)
     if fused_heads:
@@ -77,7 +80,12 @@ def apply_precision(lm: nn.Module, precision: str, device: torch.device | str, p
     lm = lm.to(device, dtype)
     if dtype != torch.float32:
         keep_fp32_(lm)
-    if packed and can_pack(dtype, device) and can_pack(torch.float32, device):
+    if not packed or device.type != "cpu":
+        return lm
+    mode = "auto" if packed is True else packed
+    if dtype == torch.float32 and rows_kernel.available(mode):
+        rows_kernel.use_rows_kernel_(lm)  # the layers it does not fit (outputs not a multiple of 16) go on to oneDNN
+    if can_pack(dtype, device) and can_pack(torch.float32, device):
         pack_linears_(lm)
     return lm
 
