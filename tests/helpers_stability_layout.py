@@ -106,7 +106,13 @@ def conditioners(out: dict, prefix: str, proj) -> None:
 
 
 def model_config(folder: Path) -> dict:
-    """stable-audio-tools' ``model_config.json`` for the tiny pipeline (as Stable Audio Open 1.0's is written)."""
+    """stable-audio-tools' ``model_config.json`` for the tiny pipeline, with Stable Audio Open 1.0's own file's keys
+    and nesting (stabilityai/stable-audio-open-1.0's model_config.json: no key that file lacks, each where it puts
+    it; tests/test_stable_audio_weights.py holds a trimmed copy to compare with) and the tiny's sizes.
+
+    ``project_cond_tokens`` is what the tiny's shapes say: the release keeps the prompt's tokens as wide as
+    ``cond_dim`` (false: ``to_cond_embed`` maps 768 → 768, the cross-attention's keys are 768 wide), the tiny projects
+    them to the DiT's width (true); ``project_global_cond`` is left to its default (true), as the release does."""
     t = json.loads((folder / "transformer" / "config.json").read_text())
     v = json.loads((folder / "vae" / "config.json").read_text())
     p = json.loads((folder / "projection_model" / "config.json").read_text())
@@ -115,19 +121,20 @@ def model_config(folder: Path) -> dict:
     for r in v["downsampling_ratios"]:
         hop *= r
     oob = {"channels": v["encoder_hidden_size"], "c_mults": v["channel_multiples"],
-           "strides": v["downsampling_ratios"], "use_snake": True}
+           "strides": v["downsampling_ratios"]}
     number = {"min_val": p["min_value"], "max_val": p["max_value"]}
+    latent = v["decoder_input_channels"]
     return {
         "model_type": "diffusion_cond", "sample_size": t["sample_size"] * hop, "sample_rate": v["sampling_rate"],
         "audio_channels": v["audio_channels"],
         "model": {
             "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
-                "encoder": {"type": "oobleck", "requires_grad": False, "config": {
-                    "in_channels": v["audio_channels"], "latent_dim": 2 * v["decoder_input_channels"], **oob}},
+                "encoder": {"type": "oobleck", "config": {
+                    "in_channels": v["audio_channels"], **oob, "latent_dim": 2 * latent, "use_snake": True}},
                 "decoder": {"type": "oobleck", "config": {
-                    "out_channels": v["audio_channels"], "latent_dim": v["decoder_input_channels"],
-                    "final_tanh": False, **oob}},
-                "bottleneck": {"type": "vae"}, "latent_dim": v["decoder_input_channels"], "downsampling_ratio": hop,
+                    "out_channels": v["audio_channels"], **oob, "latent_dim": latent, "use_snake": True,
+                    "final_tanh": False}},
+                "bottleneck": {"type": "vae"}, "latent_dim": latent, "downsampling_ratio": hop,
                 "io_channels": v["audio_channels"]}},
             "conditioning": {"configs": [
                 {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base",
@@ -139,9 +146,11 @@ def model_config(folder: Path) -> dict:
                               "io_channels": t["in_channels"], "embed_dim": t["num_attention_heads"]
                               * t["attention_head_dim"], "depth": t["num_layers"],
                               "num_heads": t["num_attention_heads"], "cond_token_dim": t["cross_attention_input_dim"],
-                              "global_cond_dim": t["global_states_input_dim"], "project_cond_tokens": True,
+                              "global_cond_dim": t["global_states_input_dim"],
+                              "project_cond_tokens": t["cross_attention_dim"] != t["cross_attention_input_dim"],
                               "transformer_type": "continuous_transformer"}},
             "io_channels": t["in_channels"]},
+        "training": {"use_ema": True},  # the release's training block: not read by a converter or loader
     }
 
 
@@ -253,8 +262,15 @@ def same(out: dict, prefix: str, vae) -> None:
     out[f"{prefix}.bottleneck.running_std"] = bn.running_std.detach().clone()
 
 
-def sa3_model_config(folder: Path) -> dict:
-    """Stability-AI/stable-audio-3's ``model_config.json`` for the tiny pipeline (the fields its factory reads)."""
+def sa3_model_config(folder: Path, text_repo: str | None = None, text_subfolder: str | None = None) -> dict:
+    """Stability-AI/stable-audio-3's ``model_config.json`` for the tiny pipeline (the fields its factory reads).
+
+    The released files themselves could not be read here (gated); what is known of them is written as they have
+    it: ``model_type`` ``diffusion_cond_inpaint`` with the inpainting inputs in ``local_add_cond_ids``, an
+    RMS-normed DiT (``norm_type`` ``rms_norm``, ``force_fp32``: diffusers' StableAudio3RMSNorm says the reference
+    uses these), T5Gemma's ``max_length`` 256 and a learned padding; the T5Gemma is named by ``model_name`` (the hub's
+    google/t5gemma-b-b-ul2), or, given ``text_subfolder``, as the releases name it: ``repo_id`` (their own repository)
+    + ``subfolder``."""
     t = json.loads((folder / "transformer" / "config.json").read_text())
     v = json.loads((folder / "vae" / "config.json").read_text())
     d = json.loads((folder / "duration_embedder" / "config.json").read_text())
@@ -269,7 +285,7 @@ def sa3_model_config(folder: Path) -> dict:
                 "variable_stride": True, "dim_heads": v["dim_heads"], "ff_mult": v["ff_mult"]}
     patched = v["audio_channels"] * v["patch_size"]
     return {
-        "model_type": "diffusion_cond", "sample_size": 64 * hop, "sample_rate": v["sampling_rate"],
+        "model_type": "diffusion_cond_inpaint", "sample_size": 64 * hop, "sample_rate": v["sampling_rate"],
         "audio_channels": v["audio_channels"],
         "model": {
             "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
@@ -282,19 +298,22 @@ def sa3_model_config(folder: Path) -> dict:
                                                                "patch_size": v["patch_size"]}},
                 "latent_dim": v["latent_dim"], "downsampling_ratio": hop, "io_channels": v["audio_channels"]}},
             "conditioning": {"cond_dim": d["output_dim"], "configs": [
-                {"id": "prompt", "type": "t5gemma", "config": {"model_name": "google/t5gemma-b-b-ul2",
-                                                               "max_length": tok["model_max_length"],
-                                                               "padding_mode": "learned"}},
+                {"id": "prompt", "type": "t5gemma", "config": {
+                    **({"repo_id": text_repo, "subfolder": text_subfolder} if text_subfolder else
+                       {"model_name": "google/t5gemma-b-b-ul2"}),
+                    "max_length": tok["model_max_length"], "padding_mode": "learned"}},
                 {"id": "seconds_total", "type": "number", "config": {
                     "min_val": d["min_val"], "max_val": d["max_val"], "fourier_features_type": "expo"}}]},
             "diffusion": {
                 "type": "dit", "diffusion_objective": "rf_denoiser" if s["stochastic_sampling"] else "rectified_flow",
                 "cross_attention_cond_ids": ["prompt"], "global_cond_ids": ["seconds_total"],
+                "local_add_cond_ids": ["inpaint_mask", "inpaint_masked_input"],
                 "config": {"io_channels": t["io_channels"], "embed_dim": t["embed_dim"], "depth": t["depth"],
                            "num_heads": t["num_heads"], "cond_token_dim": t["cond_token_dim"],
                            "global_cond_dim": t["global_cond_dim"], "global_cond_type": "adaLN",
                            "timestep_features_type": "expo", "timestep_features_dim": t["timestep_features_dim"],
                            "num_memory_tokens": t["num_memory_tokens"], "local_add_cond_dim": t["local_add_cond_dim"],
+                           "norm_type": "rms_norm", "norm_kwargs": {"force_fp32": True},
                            "attn_kwargs": {"differential": True, "qk_norm": "rms"},
                            "ff_kwargs": {"mult": t["ff_mult"]}}},
             "io_channels": t["io_channels"]},
@@ -302,11 +321,14 @@ def sa3_model_config(folder: Path) -> dict:
 
 
 def write_sa3_stability_layout(diffusers_folder: Path, dst: Path, text_beside: bool = True,
-                               text_in_checkpoint: bool = False) -> Path:
+                               text_in_checkpoint: bool = False, text_repo: str | None = None,
+                               text_subfolder: str | None = None) -> Path:
     """``dst`` = the tiny Stable Audio 3 pipeline in Stability's layout. ``text_beside``: the T5Gemma's
     ``text_encoder/`` and ``tokenizer/`` folders beside it (the hub's google/t5gemma-b-b-ul2 otherwise);
     ``text_in_checkpoint``: its weights also inside ``model.safetensors`` (``conditioner.conditioners.prompt.model.*``,
-    as a checkpoint with a trained T5Gemma holds them)."""
+    as a checkpoint with a trained T5Gemma holds them); ``text_subfolder``: the T5Gemma (config, weights, tokenizer
+    in one folder) in that folder of ``dst``, which the config names with ``repo_id`` ``text_repo``, as Stability's
+    releases publish it."""
     from diffusers import AutoencoderSAME, StableAudio3DiTModel, StableAudio3DurationEmbedder
     from safetensors.torch import save_file
 
@@ -326,8 +348,13 @@ def write_sa3_stability_layout(diffusers_folder: Path, dst: Path, text_beside: b
             sd[f"conditioner.conditioners.prompt.model.{k}"] = val
     dst.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(dst / "model.safetensors"))
-    (dst / "model_config.json").write_text(json.dumps(sa3_model_config(diffusers_folder), indent=2))
+    (dst / "model_config.json").write_text(json.dumps(sa3_model_config(diffusers_folder, text_repo, text_subfolder),
+                                                      indent=2))
     (dst / "README.md").write_text("---\nlicense: other\nlicense_name: stable-audio-community\n---\n# tiny\n")
+    if text_subfolder:
+        (dst / text_subfolder).mkdir()
+        for f in [*(diffusers_folder / "text_encoder").iterdir(), *(diffusers_folder / "tokenizer").iterdir()]:
+            shutil.copyfile(f, dst / text_subfolder / f.name)
     if text_beside:
         shutil.copytree(diffusers_folder / "text_encoder", dst / "text_encoder")
         shutil.copytree(diffusers_folder / "tokenizer", dst / "tokenizer")

@@ -431,6 +431,171 @@ def test_an_unmapped_stability_repo_is_refused_before_its_weights_download(hub):
     assert not hub.downloads
 
 
+# -- 3b. Stable Audio Open 1.0's own model_config.json -------------------------------------------------------------
+# stabilityai/stable-audio-open-1.0's model_config.json, trimmed: every key it has (its ``training`` block cut down
+# to one), nested as it nests them, with the tiny's numbers (the release's in the comments). Read from public copies
+# of the file (yukara-ikemiya/friendly-stable-audio-tools, stable_audio_tools/configs/model_configs/txt2audio/
+# stable_audio_open_1_0.json; the same values in others), checked against Stability-AI/stable-audio-tools' loader.
+SAO_1_0_TRIMMED = {
+    "model_type": "diffusion_cond",
+    "sample_size": 640,  # 2097152
+    "sample_rate": 8000,  # 44100
+    "audio_channels": 2,
+    "model": {
+        "pretransform": {
+            "type": "autoencoder",
+            "iterate_batch": True,
+            "config": {
+                "encoder": {"type": "oobleck", "config": {
+                    "in_channels": 2, "channels": 8, "c_mults": [1, 2, 4], "strides": [2, 4, 2],  # 128, [1,2,4,8,16],
+                    "latent_dim": 8, "use_snake": True}},  # [2,4,4,8,8], 128
+                "decoder": {"type": "oobleck", "config": {
+                    "out_channels": 2, "channels": 8, "c_mults": [1, 2, 4], "strides": [2, 4, 2],
+                    "latent_dim": 4, "use_snake": True, "final_tanh": False}},  # 64
+                "bottleneck": {"type": "vae"},
+                "latent_dim": 4,  # 64
+                "downsampling_ratio": 16,  # 2048
+                "io_channels": 2}},
+        "conditioning": {
+            "configs": [
+                {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 32}},  # 128
+                {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 1}},  # 0, 512
+                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 1}}],
+            "cond_dim": 24},  # 768
+        "diffusion": {
+            "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+            "global_cond_ids": ["seconds_start", "seconds_total"],
+            "type": "dit",
+            "config": {"io_channels": 4, "embed_dim": 48, "depth": 2, "num_heads": 4,  # 64, 1536, 24, 24
+                       "cond_token_dim": 24, "global_cond_dim": 48,  # 768, 1536
+                       "project_cond_tokens": False, "transformer_type": "continuous_transformer"}},
+        "io_channels": 4},  # 64
+    "training": {"use_ema": True},
+}
+
+
+def _keys(node, at="") -> set[str]:
+    """Every key path of a JSON tree (conditioners by id)."""
+    if isinstance(node, dict):
+        return {p for k, v in node.items() for p in {f"{at}.{k}"} | _keys(v, f"{at}.{k}")}
+    if isinstance(node, list) and node and all(isinstance(c, dict) and "id" in c for c in node):
+        return {p for c in node for p in _keys(c, f"{at}[{c['id']}]")}
+    return set()
+
+
+@cache
+def sao_shaped(root: str) -> tuple[Path, Path]:
+    """The tiny SAO pipeline with a DiT shaped as the release's is (the prompt's tokens not projected: cross-attention
+    keys as wide as cond_dim, fewer key/value heads than heads), and that pipeline in Stability's layout."""
+    from diffusers import StableAudioDiTModel
+
+    folder = shutil.copytree(SAO, Path(root) / "sao-shaped", ignore=shutil.ignore_patterns("*golden*"))
+    shutil.rmtree(folder / "transformer")
+    torch.manual_seed(0)
+    net = StableAudioDiTModel(sample_size=40, in_channels=4, num_layers=2, attention_head_dim=12, num_attention_heads=4,
+                              num_key_value_attention_heads=2, out_channels=4, cross_attention_dim=24,
+                              cross_attention_input_dim=24, global_states_input_dim=48, time_proj_dim=16)
+    with torch.no_grad():
+        for p in net.parameters():  # nothing left at its zero / one initialisation
+            p.add_(0.05 * torch.randn_like(p))
+    net.save_pretrained(str(folder / "transformer"), safe_serialization=True)
+    return folder, write_stability_layout(folder, Path(root) / "sao-shaped-stability")
+
+
+def test_the_helper_writes_stable_audio_open_1_0s_keys_and_nesting(stability_dir):
+    cfg = json.loads((stability_dir / "model_config.json").read_text())
+    assert _keys(cfg) == _keys(SAO_1_0_TRIMMED)
+    assert cfg["model"]["diffusion"]["config"]["project_cond_tokens"] is True  # the tiny's DiT projects its tokens
+
+
+def test_stable_audio_open_1_0s_own_config_converts_as_stable_audio_tools_builds_it(tmp_path):
+    """The release's model_config.json (trimmed, tiny numbers) over a checkpoint shaped as the release's: the
+    converted DiT is the source's (every tensor, its config), and makes the same audio."""
+    from safetensors.torch import load_file
+
+    from soundry.models import load_model
+    from soundry.models.stable_audio.convert import convert_stability_dir
+
+    source, stability = sao_shaped(str(tmp_path))
+    written = json.loads((stability / "model_config.json").read_text())
+    assert written["model"]["diffusion"]["config"]["project_cond_tokens"] is False
+    (stability / "model_config.json").write_text(json.dumps(SAO_1_0_TRIMMED))
+    out = convert_stability_dir(stability, tmp_path / "converted")
+    for part in ("transformer", "vae", "projection_model"):
+        name = "diffusion_pytorch_model.safetensors"
+        want, got = load_file(source / part / name), load_file(out / part / name)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), part
+        drop = {"_diffusers_version", "_name_or_path"}
+        want = {k: v for k, v in json.loads((source / part / "config.json").read_text()).items() if k not in drop}
+        got = {k: v for k, v in json.loads((out / part / "config.json").read_text()).items() if k not in drop}
+        assert got == want, part
+    assert json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 32
+    a, b = (generate(load_model(str(f), device="cpu"), ["rain on a tin roof"], duration=0.05, seed=3, cfg_coef=3.0,
+                     steps=4).audio[0] for f in (source, out))
+    assert a.abs().max() > 0 and torch.equal(a, b)
+
+
+def test_absent_keys_mean_stable_audio_tools_defaults(tmp_path):
+    """What the release leaves out is read as stable-audio-tools' loader reads it: the T5's max_length 128; the
+    conditioning ids none (refused), the Oobleck's use_snake false and final_tanh true (refused),
+    project_cond_tokens true (refused over the release's unprojected tokens)."""
+    from soundry.models.stable_audio.convert import check_config, convert_stability_dir
+
+    _, stability = sao_shaped(str(tmp_path))
+
+    def variant(name, edit):
+        d = shutil.copytree(stability, tmp_path / name)
+        cfg = json.loads(json.dumps(SAO_1_0_TRIMMED))
+        edit(cfg)
+        (d / "model_config.json").write_text(json.dumps(cfg))
+        return d
+
+    no_length = variant("no-length", lambda c: c["model"]["conditioning"]["configs"][0]["config"].pop("max_length"))
+    out = convert_stability_dir(no_length, tmp_path / "out-length")
+    assert json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 128
+    projected = variant("projected", lambda c: c["model"]["diffusion"]["config"].pop("project_cond_tokens"))
+    with pytest.raises(CheckpointError, match="model.diffusion.config.project_cond_tokens is True but the "
+                                              "checkpoint's projection is 24 wide, not 48"):
+        convert_stability_dir(projected, tmp_path / "out")
+    deeper = variant("deeper", lambda c: c["model"]["diffusion"]["config"].pop("depth"))
+    with pytest.raises(CheckpointError, match=r"model.diffusion.config.depth is 12 \(the default\) but the "
+                                              "checkpoint's DiT has 2"):
+        convert_stability_dir(deeper, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    def refused(edit, match):
+        cfg = json.loads(json.dumps(SAO_1_0_TRIMMED))
+        edit(cfg)
+        with pytest.raises(CheckpointError, match=match):
+            check_config(cfg)
+
+    diffusion = lambda c: c["model"]["diffusion"]  # noqa: E731
+    pre = lambda c: c["model"]["pretransform"]  # noqa: E731
+    conds = lambda c: c["model"]["conditioning"]["configs"]  # noqa: E731
+    refused(lambda c: diffusion(c).pop("global_cond_ids"), r"model.diffusion.global_cond_ids is \[\], not the "
+                                                           r"\['seconds_start', 'seconds_total'\]")
+    refused(lambda c: diffusion(c).pop("cross_attention_cond_ids"), "model.diffusion.cross_attention_cond_ids is")
+    refused(lambda c: diffusion(c)["config"].update(diffusion_objective="v"),
+            r"the DiT options \['diffusion_objective'\] are not mapped")  # the loader reads it a level up
+    refused(lambda c: diffusion(c).update(diffusion_objective="rectified_flow"),
+            "the diffusion objective 'rectified_flow' is not mapped")
+    refused(lambda c: diffusion(c).update(input_concat_ids=["prompt"]), "model.diffusion.input_concat_ids is")
+    refused(lambda c: diffusion(c)["config"].update(num_memory_tokens=4), "the DiT option num_memory_tokens=4")
+    refused(lambda c: pre(c)["config"]["decoder"]["config"].pop("use_snake"),
+            "model.pretransform.config.decoder.config.use_snake is False: only snake")
+    refused(lambda c: pre(c)["config"]["decoder"]["config"].pop("final_tanh"),
+            "model.pretransform.config.decoder.config.final_tanh=True is not mapped")
+    refused(lambda c: pre(c)["config"]["encoder"]["config"].update(use_nearest_upsample=True),
+            r"the encoder options \['use_nearest_upsample'\] are not mapped")
+    refused(lambda c: pre(c).update(scale=2.0), "model.pretransform.scale 2.0 is not mapped")
+    refused(lambda c: pre(c)["config"].update(downsampling_ratio=32), "downsampling_ratio 32 is not the product")
+    refused(lambda c: conds(c)[1].update(type="int"), "the conditioners are not mapped")
+    refused(lambda c: conds(c)[2]["config"].update(max_val=2), "different min_val / max_val")
+    refused(lambda c: conds(c)[0]["config"].update(enable_grad=True), "enable_grad")
+    refused(lambda c: c["model"]["conditioning"].update(cond_dim=16), "not model.conditioning.cond_dim 16")
+    refused(lambda c: c.pop("sample_size"), "its sample_size is None")
+
+
 # -- 4. soundry models add ------------------------------------------------------------------------------------
 def test_models_add_records_a_diffusers_and_a_stability_folder_with_their_facts(stability_dir, tmp_path, capsys,
                                                                               monkeypatch):
@@ -582,7 +747,8 @@ def test_sa3_an_unknown_tensor_or_option_is_refused_with_a_sentence(sa3_stabilit
         (variant("stray", extra={"model.model.transformer.layers.0.something": torch.zeros(1)}),
          "DiT tensors soundry does not map"),
         (variant("option", lambda c: c["model"]["diffusion"]["config"].update(mm_dim=4)),
-         r"describes model_type 'diffusion_cond', diffusion 'dit', autoencoder 'same', text conditioner 't5gemma': "
+         r"describes model_type 'diffusion_cond_inpaint', diffusion 'dit', autoencoder 'same', text conditioner "
+         r"'t5gemma': "
          r"the DiT options \['mm_dim'\] are not mapped; soundry converts Stable Audio 3's layout only as diffusers' "
          r"StableAudio3Pipeline holds it"),
         (variant("prepend", lambda c: c["model"]["diffusion"]["config"].update(global_cond_type="prepend")),
@@ -593,6 +759,12 @@ def test_sa3_an_unknown_tensor_or_option_is_refused_with_a_sentence(sa3_stabilit
          "without a learned padding embedding is not mapped"),
         (variant("objective", lambda c: c["model"]["diffusion"].update(diffusion_objective="v")),
          "the diffusion objective 'v' is not mapped"),
+        (variant("layer-norm", lambda c: c["model"]["diffusion"]["config"].pop("norm_type")),
+         r"the DiT's norm_type 'layer_norm' \(model.diffusion.config.norm_type; absent: layer_norm\) is not mapped"),
+        (variant("qk-norm", lambda c: c["model"]["diffusion"]["config"]["attn_kwargs"].pop("qk_norm")),
+         "differential with qk_norm 'rms'"),
+        (variant("modular", lambda c: c["model"]["diffusion"].update(modular_local_cond_configs=[{"id": "x"}])),
+         "model.diffusion.modular_local_cond_configs is not mapped"),
     ]
     for src, match in cases:
         with pytest.raises(CheckpointError, match=match):
@@ -666,3 +838,51 @@ def test_sa3_a_whole_t5gemma_from_the_hub_is_kept_as_its_encoder(tmp_path):
     assert all(torch.equal(v, whole[k]) for k, v in kept.items())
     assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["architectures"] == [
         "T5GemmaEncoderModel"]
+
+
+def test_sa3_the_model_types_and_empty_options_its_loader_reads_alike_are_accepted(sa3_stability_dir):
+    """Stability-AI/stable-audio-3 builds the same network for diffusion_cond and diffusion_cond_inpaint, and for a
+    diffusion block without a type; empty id lists are no conditioning."""
+    from soundry.models.stable_audio.convert import check_config
+
+    cfg = json.loads((sa3_stability_dir / "model_config.json").read_text())
+    assert cfg["model_type"] == "diffusion_cond_inpaint" and cfg["model"]["diffusion"]["config"]["norm_type"] == (
+        "rms_norm")
+    check_config(cfg)
+    cfg["model_type"] = "diffusion_cond"
+    cfg["model"]["diffusion"].pop("type")
+    cfg["model"]["diffusion"].update(input_concat_ids=[], prepend_cond_ids=[], modular_local_cond_configs=[])
+    cfg["model"]["diffusion"]["config"].update(timestep_features_logsnr=False, norm_kwargs={"force_fp32": True,
+                                                                                           "eps": 1e-6})
+    check_config(cfg)
+    cfg["model_type"] = "diffusion_uncond"
+    with pytest.raises(CheckpointError, match="the model type is not mapped"):
+        check_config(cfg)
+
+
+def test_sa3_a_release_naming_its_own_t5gemma_folder_is_pulled_and_converted_with_it(hub, tmp_path, monkeypatch):
+    """Stability's SA3 releases name their T5Gemma as ``repo_id`` (the release's own repository) + ``subfolder``
+    (``t5gemma-b-b-ul2/`` beside the checkpoint): that folder comes with the checkpoint (config, safetensors,
+    tokenizer files; nothing else) and is the one converted, from the hub and from a local copy alike."""
+    from safetensors.torch import load_file
+
+    from soundry.models import load_model
+    from soundry.models.sources.paths import converted, resolve_model_dir
+
+    src = write_sa3_stability_layout(SA3, tmp_path / "sa3-own-t5gemma", text_beside=False,
+                                     text_repo="someone/sa3-own", text_subfolder="t5gemma-b-b-ul2")
+    (src / "t5gemma-b-b-ul2" / "pytorch_model.bin").write_bytes(b"a pickle, never fetched")
+    hub.repos["someone/sa3-own"] = src
+    monkeypatch.setenv("SOUNDRY_MODEL_PATHS", f"mysfx=hf:someone/sa3-own@{hub.sha('someone/sa3-own')}")
+    folder = resolve_model_dir("mysfx")
+    assert [repo for repo, _ in hub.downloads] == ["someone/sa3-own"]
+    assert set(hub.downloads[0][1]) == {"model_config.json", "model.safetensors", "README.md",
+                                        "t5gemma-b-b-ul2/config.json", "t5gemma-b-b-ul2/model.safetensors",
+                                        "t5gemma-b-b-ul2/tokenizer.json", "t5gemma-b-b-ul2/tokenizer_config.json"}
+    te, tiny_te = load_file(folder / "text_encoder" / "model.safetensors"), load_file(SA3 / "text_encoder" /
+                                                                                        "model.safetensors")
+    assert set(te) == set(tiny_te) and all(torch.equal(te[k], tiny_te[k]) for k in tiny_te)
+    assert_sa3_golden(load_model("mysfx", device="cpu"), cases=[0])
+    monkeypatch.setenv("SOUNDRY_CONVERTED_DIR", str(tmp_path / "converted-local"))
+    local = converted(src, download=False)  # a local copy of the release: its own folder, nothing fetched
+    assert len(hub.downloads) == 1 and (local / "text_encoder" / "model.safetensors").is_file()

@@ -234,11 +234,30 @@ def fetch(source: str, download: bool = True, kind: str = "model") -> Path:
         raise _hub_error(ref, exc) from exc
     patterns = patterns_for(files, ref, kind)
     if STABILITY_FILES[0] in patterns:  # refuse an architecture soundry cannot convert before its weights come
-        _check_stability_config(ref)
+        patterns += text_subfolder_files(_check_stability_config(ref), files, ref)
     return staged_download(ref, patterns)
 
 
-def _check_stability_config(ref: HubRef) -> None:
+def text_subfolder_files(cfg: dict, files: list[str], ref: HubRef) -> list[str]:
+    """The files of the text encoder a Stable Audio 3 ``model_config.json`` places in a folder of this same
+    repository (its conditioner's ``repo_id`` + ``subfolder``: Stability publishes the T5Gemma as
+    ``t5gemma-b-b-ul2/`` beside the checkpoint): its config, plain safetensors weights and tokenizer files."""
+    from soundry.models.errors import CheckpointError
+    from soundry.models.stable_audio.convert import is_sa3_config, sa3_text_repo, sa3_text_subfolder
+
+    if not is_sa3_config(cfg):
+        return []
+    try:
+        sub = sa3_text_subfolder(cfg)
+    except CheckpointError as exc:
+        raise ModelNotAvailable(str(exc)) from exc
+    if not sub or sa3_text_repo(cfg) != ref.repo:
+        return []
+    inside = [f[len(sub) + 1:] for f in files if f.startswith(sub + "/") and "/" not in f[len(sub) + 1:]]
+    return [f"{sub}/{n}" for n in inside if n in _COMPONENT_FILES or _WEIGHT_NAME.match(n)]
+
+
+def _check_stability_config(ref: HubRef) -> dict:
     import json
     import tempfile
 
@@ -259,6 +278,7 @@ def _check_stability_config(ref: HubRef) -> None:
         check_config(cfg, f"{ref}'s model_config.json")
     except CheckpointError as exc:
         raise ModelNotAvailable(str(exc)) from exc
+    return cfg
 
 
 def hub_cache() -> Path:

@@ -109,8 +109,9 @@ def converted(path: Path, download: bool = True) -> Path:
     """The diffusers folder a Stability-layout folder converts into, converted now when it is not yet. Its T5
     encoder and tokenizer: the folder's own ``text_encoder/`` and ``tokenizer/`` when it has them, else the hub
     repository ``model_config.json``'s ``t5_model_name`` names (Stable Audio 3: the T5Gemma conditioner's
-    ``model_path`` / ``repo_id`` / ``model_name``, default google/t5gemma-b-b-ul2), fetched like a model,
-    safetensors only."""
+    ``model_path`` / ``repo_id`` / ``model_name``, default google/t5gemma-b-b-ul2, and in it the conditioner's
+    ``subfolder``, which is read from beside the checkpoint when the folder has it, as Stability's releases do),
+    fetched like a model, safetensors only."""
     from soundry.models.stable_audio import convert
 
     dst = convert.converted_dir_for(path)
@@ -121,13 +122,17 @@ def converted(path: Path, download: bool = True) -> Path:
     if not ((path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()):
         from soundry.models.sources.hub import fetch
 
-        if convert.is_sa3_config(cfg):  # Stable Audio 3: the T5Gemma (tokenizer, config, frozen weights)
-            repo = convert.sa3_text_repo(cfg)
+        sub = convert.sa3_text_subfolder(cfg) if convert.is_sa3_config(cfg) else None
+        if sub and (path / sub / "config.json").is_file():  # the release's own T5Gemma, beside its checkpoint
+            text_encoder = tokenizer = path / sub
         else:
-            name = next(c.get("config", {}).get("t5_model_name", "t5-base")
-                        for c in cfg["model"]["conditioning"]["configs"] if c.get("id") == "prompt")
-            repo = convert.T5_REPOS.get(name, name)
-        text_encoder = tokenizer = fetch(f"hf:{repo}", download=download)
+            if convert.is_sa3_config(cfg):  # Stable Audio 3: the T5Gemma (tokenizer, config, frozen weights)
+                repo = convert.sa3_text_repo(cfg)
+            else:
+                name = next(c.get("config", {}).get("t5_model_name", "t5-base")
+                            for c in cfg["model"]["conditioning"]["configs"] if c.get("id") == "prompt")
+                repo = convert.T5_REPOS.get(name, name)
+            text_encoder = tokenizer = fetch(f"hf:{repo}", download=download) / (sub or "")
     return convert.convert_stability_dir(path, dst, text_encoder, tokenizer)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -44,18 +45,55 @@ CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
 DONE = ".soundry-converted.json"  # written last: a folder without it is not a finished conversion
 
-# the model_config.json options soundry maps (anything else in these places is refused)
-_DIT_OPTIONS = {"io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim",
-                "project_cond_tokens", "project_global_cond", "transformer_type", "patch_size", "global_cond_type",
-                "timestep_cond_type", "diffusion_objective", "attn_kwargs", "ff_kwargs"}
+# model_config.json, as stable-audio-tools' loader reads it (models/factory.py create_model_from_config,
+# diffusion.py create_diffusion_cond_from_config, dit.py DiffusionTransformer, transformer.py ContinuousTransformer /
+# TransformerBlock, autoencoders.py create_autoencoder_from_config / OobleckEncoder / OobleckDecoder, pretransforms.py
+# AutoencoderPretransform, conditioners.py create_multi_conditioner_from_conditioning_config / T5Conditioner /
+# NumberConditioner). Stable Audio Open 1.0's file has this shape (values of that release):
+#   model_type "diffusion_cond", sample_size 2097152, sample_rate 44100, audio_channels 2,
+#   model.pretransform {type "autoencoder", iterate_batch, config {encoder {type "oobleck", config {in_channels 2,
+#     channels 128, c_mults [1,2,4,8,16], strides [2,4,4,8,8], latent_dim 128, use_snake true}}, decoder {type
+#     "oobleck", config {out_channels 2, the same channels/c_mults/strides, latent_dim 64, use_snake true,
+#     final_tanh false}}, bottleneck {type "vae"}, latent_dim 64, downsampling_ratio 2048, io_channels 2}},
+#   model.conditioning {configs [{id "prompt", type "t5", config {t5_model_name "t5-base", max_length 128}},
+#     {id "seconds_start" / "seconds_total", type "number", config {min_val 0, max_val 512}}], cond_dim 768},
+#   model.diffusion {cross_attention_cond_ids ["prompt","seconds_start","seconds_total"], global_cond_ids
+#     ["seconds_start","seconds_total"], type "dit", config {io_channels 64, embed_dim 1536, depth 24, num_heads 24,
+#     cond_token_dim 768, global_cond_dim 1536, project_cond_tokens false, transformer_type
+#     "continuous_transformer"}} (diffusion_objective absent: "v"), model.io_channels 64, and a ``training`` block
+#   (not read here).
+# An absent key means stable-audio-tools' default, which is not always Stable Audio Open's (the conditioning ids
+# default to none, num_heads to 8, the Oobleck's use_snake to false and final_tanh to true, ...): the defaults below
+# are the loader's, so a file converts as stable-audio-tools would build it, or is refused naming the key.
+
+# DiffusionTransformer's sizes (checked against the tensors) and projections, with the loader's defaults
+_DIT_DEFAULTS = {"io_channels": 32, "embed_dim": 768, "depth": 12, "num_heads": 8, "cond_token_dim": 0,
+                 "global_cond_dim": 0, "project_cond_tokens": True, "project_global_cond": True}
+# options mapped only at the value diffusers' StableAudioDiTModel holds (the loader's default where it has one)
 _DIT_FIXED = {"transformer_type": "continuous_transformer", "patch_size": 1, "global_cond_type": "prepend",
-              "timestep_cond_type": "global", "diffusion_objective": "v"}
+              "timestep_cond_type": "global", "input_concat_dim": 0, "prepend_cond_dim": 0, "rotary_pos_emb": True,
+              "causal": False, "conformer": False, "use_sinusoidal_emb": False, "use_abs_pos_emb": False,
+              "num_memory_tokens": 0, "final_cross_attn_ix": -1, "sliding_window": None, "remove_norms": False,
+              "add_rope": False, "layer_scale": False, "attn_kwargs": {}, "ff_kwargs": {}, "norm_kwargs": {}}
+# options that change nothing in a trained network (initialisation; sizes only read with an option refused above)
+_DIT_INERT = {"zero_init_branch_outputs", "timestep_embed_dim", "abs_pos_emb_max_length"}
+_DIT_OPTIONS = set(_DIT_DEFAULTS) | set(_DIT_FIXED) | _DIT_INERT
+# model.diffusion's own keys (diffusion_objective is read here, not in its config)
+_DIFFUSION = {"type", "config", "diffusion_objective", "cross_attention_cond_ids", "global_cond_ids",
+              "input_concat_ids", "prepend_cond_ids", "distribution_shift_options"}
+_CROSS_IDS, _GLOBAL_IDS = ["prompt", "seconds_start", "seconds_total"], ["seconds_start", "seconds_total"]
+# OobleckEncoder / OobleckDecoder arguments and their defaults
+_OOBLECK = {"encoder": {"in_channels": 2, "channels": 128, "latent_dim": 32, "c_mults": [1, 2, 4, 8],
+                        "strides": [2, 4, 8, 8], "use_snake": False, "antialias_activation": False},
+            "decoder": {"out_channels": 2, "channels": 128, "latent_dim": 32, "c_mults": [1, 2, 4, 8],
+                        "strides": [2, 4, 8, 8], "use_snake": False, "antialias_activation": False,
+                        "use_nearest_upsample": False, "final_tanh": True}}
+_T5_OPTIONS = {"t5_model_name": "t5-base", "max_length": 128, "enable_grad": False, "project_out": False}
+_NUMBER_OPTIONS = {"min_val": 0, "max_val": 1}
 # keys of the checkpoint diffusers does not hold (recomputed there): dropped
 _UNUSED = re.compile(r"^model\.model\.transformer\.rotary_pos_emb\.inv_freq$")
 T5_REPOS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
             "t5-3b": "google-t5/t5-3b", "t5-11b": "google-t5/t5-11b"}
-
-
 
 
 def _check_dit_options(options: dict, known: set, fixed: dict, refuse) -> None:
@@ -66,6 +104,24 @@ def _check_dit_options(options: dict, known: set, fixed: dict, refuse) -> None:
     for key, want in fixed.items():
         if key in options and options[key] != want:
             refuse(f"the DiT option {key}={options[key]!r} is not mapped")
+
+
+def dit_options(cfg: dict) -> dict:
+    """``model.diffusion.config`` with stable-audio-tools' defaults for the sizes and projections it leaves out."""
+    return {**_DIT_DEFAULTS, **(cfg["model"]["diffusion"].get("config") or {})}
+
+
+def oobleck_options(cfg: dict, part: str) -> dict:
+    """``model.pretransform.config.<part>.config`` (encoder / decoder) with OobleckEncoder's / OobleckDecoder's
+    defaults for what it leaves out."""
+    return {**_OOBLECK[part], **(cfg["model"]["pretransform"]["config"][part].get("config") or {})}
+
+
+def conditioner_options(cfg: dict, cid: str) -> dict:
+    """One SAO conditioner's ``config`` with T5Conditioner's / NumberConditioner's defaults."""
+    defaults = _T5_OPTIONS if cid == "prompt" else _NUMBER_OPTIONS
+    return {**defaults, **_conditioners(cfg)[cid]}
+
 
 def _build(cls, config: dict, state: dict, folder: str, dtype: torch.dtype, root: Path) -> None:
     """One diffusers component from its config and converted weights (strictly: every tensor placed), saved as
@@ -104,8 +160,9 @@ def _describe(cfg: dict) -> str:
 
 
 def check_config(cfg: dict, where: Path | str = CONFIG) -> None:
-    """Raise CheckpointError (one sentence) unless ``cfg`` is Stable Audio Open 1.0's or Stable Audio 3's
-    architecture (a T5Gemma prompt conditioner: check_sa3_config)."""
+    """Raise CheckpointError (one sentence, naming the key) unless ``cfg`` is Stable Audio Open 1.0's or Stable
+    Audio 3's architecture (a T5Gemma prompt conditioner: check_sa3_config), read as stable-audio-tools reads it
+    (its defaults for what is absent)."""
     if is_sa3_config(cfg):
         check_sa3_config(cfg, where)
         return
@@ -120,34 +177,99 @@ def check_config(cfg: dict, where: Path | str = CONFIG) -> None:
         refuse("it is not a JSON object")
     if cfg.get("model_type") != "diffusion_cond":
         refuse("the model type is not mapped")
+    for key in ("sample_rate", "sample_size"):
+        if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+            refuse(f"its {key} is {cfg.get(key)!r}, not a positive whole number")
     model = cfg.get("model") or {}
     diffusion = model.get("diffusion") or {}
     if diffusion.get("type") != "dit":
         refuse("the diffusion network is not mapped")
-    options = diffusion.get("config") or {}
+    unknown = sorted(set(diffusion) - _DIFFUSION)
+    if unknown:
+        refuse(f"the diffusion options {unknown} are not mapped")
+    if diffusion.get("diffusion_objective", "v") != "v":
+        refuse(f"the diffusion objective {diffusion['diffusion_objective']!r} is not mapped (model.diffusion."
+               "diffusion_objective: Stable Audio Open's is 'v', the default)")
+    for key, want in (("cross_attention_cond_ids", _CROSS_IDS), ("global_cond_ids", _GLOBAL_IDS),
+                      ("input_concat_ids", []), ("prepend_cond_ids", [])):
+        if list(diffusion.get(key) or []) != want:  # stable-audio-tools' default: none
+            refuse(f"model.diffusion.{key} is {diffusion.get(key, [])!r}, not the {want!r} diffusers' "
+                   "StableAudioPipeline conditions on")
+    if diffusion.get("distribution_shift_options") is not None:
+        refuse("model.diffusion.distribution_shift_options is not mapped")
+    if not isinstance(diffusion.get("config"), dict):
+        refuse("model.diffusion has no config")
+    options = diffusion["config"]
     _check_dit_options(options, _DIT_OPTIONS, _DIT_FIXED, refuse)
-    if options.get("attn_kwargs") or options.get("ff_kwargs"):
-        refuse("the DiT's attention / feed-forward options are not mapped")
     pre = model.get("pretransform") or {}
     pcfg = pre.get("config") or {}
     if (pre.get("type") != "autoencoder" or (pcfg.get("encoder") or {}).get("type") != "oobleck"
             or (pcfg.get("decoder") or {}).get("type") != "oobleck"
             or (pcfg.get("bottleneck") or {}).get("type") != "vae"):
         refuse("the autoencoder is not mapped")
+    if pre.get("scale", 1.0) != 1.0:  # AutoencoderPretransform divides the latents by it; diffusers' VAE does not
+        refuse(f"model.pretransform.scale {pre['scale']!r} is not mapped")
+    if pcfg.get("pretransform") is not None:
+        refuse("a pretransform inside the autoencoder (model.pretransform.config.pretransform) is not mapped")
+    if pcfg["decoder"].get("soft_clip"):
+        refuse("the decoder's soft_clip is not mapped")
+    for key in ("latent_dim", "downsampling_ratio", "io_channels"):  # the loader requires these three
+        if not isinstance(pcfg.get(key), int):
+            refuse(f"model.pretransform.config.{key} is {pcfg.get(key)!r}, not a whole number")
     for part in ("encoder", "decoder"):
-        pc = pcfg[part].get("config") or {}
-        if not pc.get("use_snake") or pc.get("antialias_activation") or pc.get("use_nearest_upsample"):
-            refuse(f"the {part}'s activation or upsampling option is not mapped")
-        if part == "decoder" and pc.get("final_tanh", True):
-            refuse("a final tanh in the decoder is not mapped")
-    conds = {c.get("id"): c for c in (model.get("conditioning") or {}).get("configs") or [] if isinstance(c, dict)}
+        unknown = sorted(set(pcfg[part].get("config") or {}) - set(_OOBLECK[part]))
+        if unknown:
+            refuse(f"the {part} options {unknown} are not mapped")
+        pc = oobleck_options(cfg, part)
+        if pc["use_snake"] is not True:  # OobleckEncoder / OobleckDecoder default: ELU
+            refuse(f"model.pretransform.config.{part}.config.use_snake is {pc['use_snake']!r}: only snake "
+                   "activations are mapped")
+        for key in ("antialias_activation", "use_nearest_upsample", "final_tanh"):
+            if pc.get(key):  # final_tanh defaults to true in OobleckDecoder
+                refuse(f"model.pretransform.config.{part}.config.{key}={pc[key]!r} is not mapped")
+    enc, dec = oobleck_options(cfg, "encoder"), oobleck_options(cfg, "decoder")
+    for key in ("channels", "c_mults", "strides"):
+        if enc[key] != dec[key]:
+            refuse(f"the encoder and decoder differ in {key} (AutoencoderOobleck has one)")
+    if not (enc["in_channels"] == dec["out_channels"] == pcfg.get("in_channels", pcfg["io_channels"])
+            == pcfg.get("out_channels", pcfg["io_channels"]) == pcfg["io_channels"]):
+        refuse("the encoder's in_channels, the decoder's out_channels and model.pretransform.config.io_channels "
+               "differ")
+    if math.prod(enc["strides"]) != pcfg["downsampling_ratio"]:
+        refuse(f"model.pretransform.config.downsampling_ratio {pcfg['downsampling_ratio']} is not the product of "
+               f"the strides {enc['strides']}")
+    if not (dec["latent_dim"] == pcfg["latent_dim"] and enc["latent_dim"] == 2 * dec["latent_dim"]):
+        refuse("the VAE's latent_dim (model.pretransform.config.latent_dim, the decoder's, half the encoder's) "
+               "does not agree")
+    if options.get("io_channels", _DIT_DEFAULTS["io_channels"]) != pcfg["latent_dim"] or model.get(
+            "io_channels", pcfg["latent_dim"]) != pcfg["latent_dim"]:
+        refuse("the DiT's io_channels (model.diffusion.config.io_channels, model.io_channels) is not the VAE's "
+               "latent_dim")
+    conditioning = model.get("conditioning") or {}
+    conds = {c.get("id"): c for c in conditioning.get("configs") or [] if isinstance(c, dict)}
     if set(conds) != {"prompt", "seconds_start", "seconds_total"} or conds["prompt"].get("type") != "t5" or any(
-            conds[k].get("type") not in ("number", "int") for k in ("seconds_start", "seconds_total")):
-        refuse("the conditioners are not mapped")
-    if diffusion.get("cross_attention_cond_ids", ["prompt", "seconds_start", "seconds_total"]) != [
-            "prompt", "seconds_start", "seconds_total"] or diffusion.get(
-            "global_cond_ids", ["seconds_start", "seconds_total"]) != ["seconds_start", "seconds_total"]:
-        refuse("the conditioning order is not mapped")
+            conds[k].get("type") != "number" for k in ("seconds_start", "seconds_total")):
+        refuse("the conditioners are not mapped (a t5 prompt and seconds_start / seconds_total numbers are)")
+    if not isinstance(conditioning.get("cond_dim"), int):
+        refuse(f"model.conditioning.cond_dim is {conditioning.get('cond_dim')!r}, not a whole number")
+    for cid, known in (("prompt", _T5_OPTIONS), ("seconds_start", _NUMBER_OPTIONS),
+                       ("seconds_total", _NUMBER_OPTIONS)):
+        unknown = sorted(set(conds[cid].get("config") or {}) - set(known))
+        if unknown:
+            refuse(f"the {cid} conditioner options {unknown} are not mapped")
+    if conditioner_options(cfg, "prompt")["enable_grad"]:
+        refuse("a T5 trained with the model (the prompt conditioner's enable_grad) is not mapped")
+    start, total = conditioner_options(cfg, "seconds_start"), conditioner_options(cfg, "seconds_total")
+    if (start["min_val"], start["max_val"]) != (total["min_val"], total["max_val"]):
+        refuse("seconds_start and seconds_total have different min_val / max_val (StableAudioProjectionModel "
+               "holds one range)")
+    dit = dit_options(cfg)
+    if dit["cond_token_dim"] != conditioning["cond_dim"] or dit["global_cond_dim"] != 2 * conditioning["cond_dim"]:
+        refuse(f"the DiT's cond_token_dim {dit['cond_token_dim']} / global_cond_dim {dit['global_cond_dim']} are "
+               f"not model.conditioning.cond_dim {conditioning['cond_dim']} / twice it (the prompt's tokens and the "
+               "two seconds embeddings)")
+    if not isinstance(dit["num_heads"], int) or dit["num_heads"] <= 0 or dit["embed_dim"] % dit["num_heads"]:
+        refuse(f"the DiT's embed_dim {dit['embed_dim']} is not a multiple of num_heads {dit['num_heads']}")
 
 
 # -- the mapping ------------------------------------------------------------------------------------------------
@@ -282,41 +404,60 @@ def split_checkpoint(sd: dict, cfg: dict) -> tuple[dict, dict, dict]:
     if stray:
         raise CheckpointError(f"tensors outside the DiT, autoencoder and conditioners: {stray[:5]}")
     sd = {k: v for k, v in sd.items() if not _UNUSED.match(k)}
-    depth = len(cfg["model"]["pretransform"]["config"]["encoder"]["config"]["strides"])
+    depth = len(oobleck_options(cfg, "encoder")["strides"])
     return (dit_state(_split(sd, "model.model.")), oobleck_state(_split(sd, "pretransform.model."), depth),
             projection_state(_split(sd, "conditioner.conditioners.")))
 
 
 # -- the diffusers configs ----------------------------------------------------------------------------------------
 def dit_config(cfg: dict, dit: dict) -> dict:
-    """``StableAudioDiTModel``'s arguments: sizes from the tensors, heads and the window from the config."""
-    options = cfg["model"]["diffusion"]["config"]
+    """``StableAudioDiTModel``'s arguments: sizes from the tensors (checked against ``model.diffusion.config``,
+    stable-audio-tools' defaults for what it leaves out), the heads and the length from the config."""
+    options = dit_options(cfg)
     pre = cfg["model"]["pretransform"]["config"]
     heads = int(options["num_heads"])
-    embed = dit["proj_in.weight"].shape[0]
-    head_dim = embed // heads
+    try:
+        embed, io = dit["proj_in.weight"].shape[0], dit["preprocess_conv.weight"].shape[0]
+        cond_in, cond_out = dit["cross_attention_proj.0.weight"].shape[1], dit["cross_attention_proj.0.weight"].shape[0]
+        glob_in, glob_out = dit["global_proj.0.weight"].shape[1], dit["global_proj.0.weight"].shape[0]
+        kv_rows, time_half = dit["transformer_blocks.0.attn2.to_k.weight"].shape[0], dit["time_proj.weight"].shape[0]
+        out_channels = dit["postprocess_conv.weight"].shape[0]
+    except KeyError as exc:
+        raise CheckpointError(f"the checkpoint's DiT has no {exc.args[0]} (after mapping): not Stable Audio Open's "
+                              "DiT") from exc
     layers = len({k.split(".")[1] for k in dit if k.startswith("transformer_blocks.")})
+    found = {"embed_dim": embed, "depth": layers, "io_channels": io, "cond_token_dim": cond_in,
+             "global_cond_dim": glob_in}
+    for key, size in found.items():
+        if int(options[key]) != size:
+            raise CheckpointError(f"model_config.json's model.diffusion.config.{key} is {options[key]}"
+                                  f"{'' if key in cfg['model']['diffusion']['config'] else ' (the default)'} but "
+                                  f"the checkpoint's DiT has {size}")
+    for key, width, own in (("project_cond_tokens", cond_out, cond_in), ("project_global_cond", glob_out, glob_in)):
+        want = embed if options[key] else own  # DiffusionTransformer: projected to embed_dim, else kept as wide
+        if width != want:
+            raise CheckpointError(f"model_config.json's model.diffusion.config.{key} is {options[key]} but the "
+                                  f"checkpoint's projection is {width} wide, not {want}")
+    head_dim = embed // heads
     return {"sample_size": int(cfg["sample_size"]) // int(pre["downsampling_ratio"]),
-            "in_channels": dit["preprocess_conv.weight"].shape[0], "num_layers": layers,
+            "in_channels": io, "num_layers": layers,
             "attention_head_dim": head_dim, "num_attention_heads": heads,
-            "num_key_value_attention_heads": dit["transformer_blocks.0.attn2.to_k.weight"].shape[0] // head_dim,
-            "out_channels": dit["postprocess_conv.weight"].shape[0],
-            "cross_attention_dim": dit["cross_attention_proj.0.weight"].shape[0],
-            "time_proj_dim": 2 * dit["time_proj.weight"].shape[0],
-            "global_states_input_dim": dit["global_proj.0.weight"].shape[1],
-            "cross_attention_input_dim": dit["cross_attention_proj.0.weight"].shape[1]}
+            "num_key_value_attention_heads": kv_rows // head_dim,
+            "out_channels": out_channels,
+            "cross_attention_dim": cond_out,
+            "time_proj_dim": 2 * time_half,
+            "global_states_input_dim": glob_in,
+            "cross_attention_input_dim": cond_in}
 
 
 def vae_config(cfg: dict) -> dict:
+    """``AutoencoderOobleck``'s arguments from the Oobleck options (OobleckEncoder's / OobleckDecoder's defaults for
+    what is absent; check_config has refused an encoder and decoder that differ)."""
     pre = cfg["model"]["pretransform"]["config"]
-    enc, dec = pre["encoder"]["config"], pre["decoder"]["config"]
-    if (enc.get("strides") != dec.get("strides") or enc.get("c_mults") != dec.get("c_mults")
-            or enc.get("channels") != dec.get("channels")):
-        raise CheckpointError("the encoder and decoder of model_config.json differ in strides, c_mults or channels; "
-                              "AutoencoderOobleck has one of each")
+    enc, dec = oobleck_options(cfg, "encoder"), oobleck_options(cfg, "decoder")
     return {"encoder_hidden_size": enc["channels"], "downsampling_ratios": list(enc["strides"]),
             "channel_multiples": list(enc["c_mults"]), "decoder_channels": dec["channels"],
-            "decoder_input_channels": dec["latent_dim"], "audio_channels": pre.get("io_channels", 2),
+            "decoder_input_channels": dec["latent_dim"], "audio_channels": pre["io_channels"],
             "sampling_rate": int(cfg["sample_rate"])}
 
 
@@ -376,17 +517,19 @@ def convert_stability_dir(src: Path | str, dst: Path | str, text_encoder: Path |
         return dst
     dit_sd, vae_sd, proj_sd = split_checkpoint(sd, cfg)
     del sd
-    conds = _conditioners(cfg)
     te_cfg = json.loads((text_encoder / "config.json").read_text())
     cond_dim = int(cfg["model"]["conditioning"]["cond_dim"])
     t5_dim = int(te_cfg.get("d_model", 0))
     if "text_projection.weight" not in proj_sd and t5_dim != cond_dim:
         raise CheckpointError(f"the text encoder in {text_encoder} is {t5_dim} wide but the checkpoint's prompt "
                               f"conditioner has no projection to its {cond_dim}: not the T5 it was trained with")
+    if conditioner_options(cfg, "prompt")["project_out"] and t5_dim == cond_dim:
+        raise CheckpointError(f"model_config.json's prompt conditioner has project_out with a T5 as wide as cond_dim "
+                              f"({cond_dim}): a projection StableAudioProjectionModel does not hold at equal widths")
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        _write_pipeline(work, cfg, dit_sd, vae_sd, proj_sd, conds, t5_dim, cond_dim, text_encoder, tokenizer,
+        _write_pipeline(work, cfg, dit_sd, vae_sd, proj_sd, t5_dim, cond_dim, text_encoder, tokenizer,
                         dtype=next(iter(dit_sd.values())).dtype if dit_sd else torch.float32)
         _finish(src, work, dst)
     except BaseException:
@@ -406,7 +549,7 @@ def _finish(src: Path, work: Path, dst: Path) -> None:
     os.replace(work, dst)
 
 
-def _write_pipeline(work: Path, cfg: dict, dit_sd: dict, vae_sd: dict, proj_sd: dict, conds: dict, t5_dim: int,
+def _write_pipeline(work: Path, cfg: dict, dit_sd: dict, vae_sd: dict, proj_sd: dict, t5_dim: int,
                     cond_dim: int, text_encoder: Path, tokenizer: Path, dtype) -> None:
     from diffusers import (
         AutoencoderOobleck,
@@ -419,9 +562,9 @@ def _write_pipeline(work: Path, cfg: dict, dit_sd: dict, vae_sd: dict, proj_sd: 
 
     build(StableAudioDiTModel, dit_config(cfg, dit_sd), dit_sd, "transformer")
     build(AutoencoderOobleck, vae_config(cfg), vae_sd, "vae")
-    start = conds["seconds_start"]
+    start = conditioner_options(cfg, "seconds_start")  # seconds_total's range is the same (check_config)
     build(StableAudioProjectionModel, {"text_encoder_dim": t5_dim, "conditioning_dim": cond_dim,
-                                       "min_value": start.get("min_val", 0), "max_value": start.get("max_val", 1)},
+                                       "min_value": start["min_val"], "max_value": start["max_val"]},
           proj_sd, "projection_model")
     # the release's sampler settings (stable-audio-tools' defaults for this model, as diffusers' script sets them)
     CosineDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500, solver_order=2, prediction_type="v_prediction",
@@ -429,11 +572,10 @@ def _write_pipeline(work: Path, cfg: dict, dit_sd: dict, vae_sd: dict, proj_sd: 
         str(work / "scheduler"))
     _copy_text_encoder(text_encoder, work / "text_encoder")
     _copy_files(tokenizer, work / "tokenizer", lambda n: n in _TOKENIZER_FILES)
-    max_length = conds["prompt"].get("max_length")
+    max_length = conditioner_options(cfg, "prompt")["max_length"]  # T5Conditioner's default: 128
     tok_cfg_path = work / "tokenizer" / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
-    if max_length:
-        tok_cfg["model_max_length"] = int(max_length)
+    tok_cfg["model_max_length"] = int(max_length)
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     te_class = "T5EncoderModel"
     tok_class = tok_cfg.get("tokenizer_class") or "T5Tokenizer"
@@ -518,8 +660,9 @@ def converted_dir_for(src: Path | str) -> Path:
 # ``conditioner.conditioners.{prompt,seconds_total}.*`` (the T5Gemma conditioner's learned padding embedding, and
 # the T5Gemma encoder itself only when it was trained, ``prompt.model.*``; the seconds ``NumberConditioner`` with
 # exponential Fourier features). The frozen T5Gemma and its tokenizer come from the hub repository the config names
-# (``model_path`` / ``repo_id`` / ``model_name``, default ``google/t5gemma-b-b-ul2``). The facts of the mapping are
-# diffusers' ``scripts/convert_stable_audio_3_to_diffusers.py``'s (the self-attention ``to_qkv`` reorder
+# (``model_path`` / ``repo_id`` / ``model_name``, default ``google/t5gemma-b-b-ul2``), in its ``subfolder`` when it
+# names one (the releases point at the ``t5gemma-b-b-ul2/`` folder of their own repository). The facts of the
+# mapping are diffusers' ``scripts/convert_stable_audio_3_to_diffusers.py``'s (the self-attention ``to_qkv`` reorder
 # [q|k|v|q2|k2] → [q1|q2|k1|k2|v], the SAME norm / feed-forward renames, the bottleneck's ``scaling_factor`` →
 # ``scale``, the padding embedding moved onto the DiT, the duration embedder's ``freqs`` computed); the rules below
 # are soundry's, and unlike that script they place or refuse every tensor and option.
@@ -528,15 +671,25 @@ _SA3_DIT_FIXED = {"patch_size": 1, "transformer_type": "continuous_transformer",
                   "timestep_cond_type": "global", "timestep_features_type": "expo", "project_cond_tokens": True,
                   "project_global_cond": True, "rotary_pos_emb": True, "input_concat_dim": 0, "prepend_cond_dim": 0,
                   "cross_attn_rotary_pos_emb": False, "use_sinusoidal_emb": False, "use_abs_pos_emb": False,
-                  "conformer": False, "causal": False, "final_cross_attn_ix": -1}
+                  "conformer": False, "causal": False, "final_cross_attn_ix": -1, "timestep_features_logsnr": False,
+                  "sliding_window": None, "layer_scale": False, "add_rope": False}
+# norm_type is required: TransformerBlock's default is layer_norm, the DiT diffusers holds is RMS-normed (its
+# StableAudio3RMSNorm: "the reference uses norm_type='rms_norm' with force_fp32=True")
 _SA3_DIT_OPTIONS = set(_SA3_DIT_FIXED) | {"io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim",
                                           "global_cond_dim", "timestep_features_dim", "num_memory_tokens",
-                                          "local_add_cond_dim", "attn_kwargs", "ff_kwargs", "zero_init_branch_outputs"}
+                                          "local_add_cond_dim", "attn_kwargs", "ff_kwargs", "zero_init_branch_outputs",
+                                          "norm_type", "norm_kwargs", "timestep_embed_dim", "abs_pos_emb_max_length"}
 _SA3_ATTN = {"differential", "qk_norm", "qk_norm_eps"}
 _SA3_FF = {"mult", "no_bias"}
+_SA3_NORM = {"force_fp32", "eps"}
+# model.diffusion's keys (Stability-AI/stable-audio-3 factory.py create_diffusion_cond_from_config); the id lists and
+# modular_local_cond_configs that must stay empty are checked below
 _SA3_DIFFUSION = {"type", "config", "diffusion_objective", "cross_attention_cond_ids", "global_cond_ids",
                   "local_add_cond_ids", "distribution_shift_options", "sampling_distribution_shift_options",
-                  "mask_padding_attention", "use_effective_length_for_schedule"}
+                  "mask_padding_attention", "use_effective_length_for_schedule", "input_concat_ids",
+                  "prepend_cond_ids", "modular_local_cond_configs"}
+# its loader builds the same network for both (inpainting adds local_add_cond_ids inputs, whose weights are kept)
+_SA3_MODEL_TYPES = ("diffusion_cond", "diffusion_cond_inpaint")
 _SA3_OBJECTIVES = {"rectified_flow", "rf_denoiser"}
 _SAME_OPTIONS = {"in_channels", "out_channels", "channels", "latent_dim", "c_mults", "strides", "transformer_depths",
                  "sliding_window", "checkpointing", "differential", "variable_stride", "sinusoidal_blocks",
@@ -566,11 +719,11 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
             "attention over a SAME autoencoder, a t5gemma prompt with a learned padding embedding and a "
             "seconds_total number)")
 
-    if cfg.get("model_type") != "diffusion_cond":
+    if cfg.get("model_type") not in _SA3_MODEL_TYPES:
         refuse("the model type is not mapped")
     model = cfg.get("model") or {}
     diffusion = model.get("diffusion") or {}
-    if diffusion.get("type") != "dit":
+    if diffusion.get("type", "dit") != "dit":  # Stability-AI/stable-audio-3 builds a DiT whatever it says
         refuse("the diffusion network is not mapped")
     unknown = sorted(set(diffusion) - _SA3_DIFFUSION)
     if unknown:
@@ -580,17 +733,28 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
     if diffusion.get("cross_attention_cond_ids") != ["prompt"] or diffusion.get("global_cond_ids") != [
             "seconds_total"]:  # local_add_cond_ids (inpainting inputs): not text-to-audio's, the weights are kept
         refuse("the conditioning order is not mapped")
+    for key in ("input_concat_ids", "prepend_cond_ids", "modular_local_cond_configs"):
+        if diffusion.get(key):
+            refuse(f"model.diffusion.{key} is not mapped")
     options = diffusion.get("config") or {}
     _check_dit_options(options, _SA3_DIT_OPTIONS, _SA3_DIT_FIXED, refuse)
-    for key, allowed in (("attn_kwargs", _SA3_ATTN), ("ff_kwargs", _SA3_FF)):
+    for key, allowed in (("attn_kwargs", _SA3_ATTN), ("ff_kwargs", _SA3_FF), ("norm_kwargs", _SA3_NORM)):
         extra = sorted(set(options.get(key) or {}) - allowed)
         if extra:
             refuse(f"the DiT's {key} {extra} are not mapped")
     if (options.get("ff_kwargs") or {}).get("no_bias"):
         refuse("a DiT feed-forward without bias is not mapped")
+    if options.get("norm_type", "layer_norm") != "rms_norm":
+        refuse(f"the DiT's norm_type {options.get('norm_type', 'layer_norm')!r} (model.diffusion.config.norm_type; "
+               "absent: layer_norm) is not mapped, only rms_norm")
+    attn = options.get("attn_kwargs") or {}
+    if attn.get("qk_norm", "none") != "rms" or attn.get("differential", False) is not True:
+        refuse("the DiT's attn_kwargs must be differential with qk_norm 'rms' (Attention's defaults: neither)")
     pre = model.get("pretransform") or {}
     pcfg = pre.get("config") or {}
-    if pre.get("type") != "autoencoder" or not all(isinstance(pcfg.get(p), dict) for p in ("encoder", "decoder")):
+    # Stability-AI/stable-audio-3 reads no type here (nor the encoder's, decoder's, bottleneck's): SAME, always
+    if pre.get("type", "autoencoder") != "autoencoder" or not all(isinstance(pcfg.get(p), dict)
+                                                                  for p in ("encoder", "decoder")):
         refuse("the autoencoder is not mapped")
     unknown = sorted(set(pcfg) - _SA3_AE)
     if unknown:
@@ -624,6 +788,10 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
     unknown = sorted(set(prompt) - _SA3_PROMPT)
     if unknown:
         refuse(f"the prompt conditioner options {unknown} are not mapped")
+    try:
+        sa3_text_subfolder(cfg)
+    except CheckpointError:
+        refuse(f"the prompt conditioner's subfolder {prompt.get('subfolder')!r} is not a folder inside a repository")
     if prompt.get("project_out") or prompt.get("padding_mode", "zero") != "learned":
         refuse("a prompt conditioner with an output projection or without a learned padding embedding is not mapped")
     seconds = conds["seconds_total"].get("config") or {}
@@ -633,9 +801,23 @@ def check_sa3_config(cfg: dict, where: Path | str = CONFIG) -> None:
 
 
 def sa3_text_repo(cfg: dict) -> str:
-    """The hub repository (or folder) the T5Gemma conditioner loads its tokenizer, config and frozen weights from."""
+    """The hub repository (or folder) the T5Gemma conditioner loads its tokenizer, config and frozen weights from
+    (T5GemmaConditioner: ``model_path or repo_id or model_name``), inside it ``sa3_text_subfolder``'s folder."""
     prompt = _conditioners(cfg)["prompt"]
     return prompt.get("model_path") or prompt.get("repo_id") or prompt.get("model_name") or SA3_T5GEMMA
+
+
+def sa3_text_subfolder(cfg: dict) -> str | None:
+    """The folder inside ``sa3_text_repo`` that holds the T5Gemma (the conditioner's ``subfolder``: Stability's
+    releases name their own repository and the ``t5gemma-b-b-ul2`` folder published beside the checkpoint), or
+    None (the repository's root)."""
+    sub = _conditioners(cfg)["prompt"].get("subfolder")
+    if sub is None or sub == "":
+        return None
+    if not isinstance(sub, str) or sub.startswith("/") or ".." in Path(sub).parts or "\\" in sub:
+        raise CheckpointError(f"model_config.json's prompt conditioner subfolder {sub!r} is not a folder inside "
+                              "a repository")
+    return sub.strip("/")
 
 
 def _reorder_qkv(value):
