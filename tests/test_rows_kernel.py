@@ -48,6 +48,13 @@ def test_a_rows_result_does_not_depend_on_what_shares_the_call():
             assert torch.equal(kernel(x[i:i + 1]), together[i:i + 1])
         for start, stop in ((3, 5), (1, 12), (20, 36), (0, 9)):
             assert torch.equal(kernel(x[start:stop]), together[start:stop])
+        threads = torch.get_num_threads()
+        try:  # nor on how many threads split the outputs
+            for n in (1, 3):
+                torch.set_num_threads(n)
+                assert torch.equal(kernel(x), together)
+        finally:
+            torch.set_num_threads(threads)
 
 
 @needs_kernel
