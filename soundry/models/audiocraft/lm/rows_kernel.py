@@ -42,6 +42,7 @@ FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str
+_fake_registered: list[bool] = []  # torch.library allows one fake implementation per op and process
 
 
 def cache_dir() -> Path:
@@ -104,10 +105,16 @@ def _load() -> tuple[bool, str]:
 
 
 def _register_fake() -> None:
-    """The op's output shape for torch.compile (the compiled decode step calls it as an external kernel)."""
+    """The op's output shape for torch.compile (the compiled decode step calls it as an external kernel);
+    once per process."""
+    if _fake_registered:
+        return
+
     @torch.library.register_fake("soundry::rows_linear")
     def _(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0] * BLOCK))
+
+    _fake_registered.append(True)
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
