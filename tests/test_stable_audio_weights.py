@@ -278,6 +278,24 @@ def test_a_broken_download_leaves_nothing_and_the_next_one_downloads_again(hub, 
     assert fetch("hf:someone/sfx", download=False) == path and len(hub.downloads) == 2  # cached now
 
 
+def test_an_audiocraft_release_is_staged_too(hub, tmp_path):
+    """A built-in audiocraft name downloads its release the same way: a broken download leaves nothing behind."""
+    from soundry.models.sources.paths import resolve_model_dir
+
+    cache_root = tmp_path / "hf-cache"
+    hub.repos["facebook/musicgen-small"] = DATA / "musicgen-tiny"
+    hub.fail_after = 1
+    with pytest.raises(ModelNotAvailable, match="weights for musicgen-small not found locally: cannot reach the "
+                                                "Hugging Face hub for hf:facebook/musicgen-small"):
+        resolve_model_dir("musicgen-small")
+    assert _files(cache_root) == set()
+    path = resolve_model_dir("musicgen-small")
+    assert path == cache_root / "models--facebook--musicgen-small" / "snapshots" / hub.sha("facebook/musicgen-small")
+    assert _files(path) == {"state_dict.bin", "compression_state_dict.bin"}
+    assert set(hub.downloads[-1][1]) == {"state_dict.bin", "compression_state_dict.bin"}
+    assert not any(p.name.startswith(".soundry-staging") for p in cache_root.iterdir())
+
+
 def test_a_pipeline_missing_a_component_in_the_cache_is_downloaded_again(hub, tmp_path):
     from soundry.models import load_model
     from soundry.models.sources.hub import fetch

@@ -153,7 +153,11 @@ def check_release_dir(path: Path) -> Path:
 
 
 def _from_hub(spec: ModelSpec, download: bool) -> Path:
+    """An audiocraft release from the hub's cache, downloaded (staged: nothing half-downloaded stays in the cache
+    when it fails, ``hub.staged_download``) when it is not there yet."""
     from huggingface_hub import snapshot_download
+
+    from soundry.models.sources.hub import HubRef, staged_download
 
     files = ["state_dict.bin", "compression_state_dict.bin"]
     try:
@@ -162,8 +166,7 @@ def _from_hub(spec: ModelSpec, download: bool) -> Path:
         if not download:
             raise ModelNotAvailable(f"weights for {spec.name} ({spec.hub_repo}) are not in the local cache") from None
     try:
-        return Path(snapshot_download(spec.hub_repo, allow_patterns=files))
-    except Exception as exc:
-        raise ModelNotAvailable(
-            f"weights for {spec.name} not found locally and the hub is unreachable ({type(exc).__name__}); "
-            f"set SOUNDRY_MODEL_PATHS={spec.name.split('-')[0]}=/path/to/release/dir") from exc
+        return staged_download(HubRef(spec.hub_repo), files)
+    except ModelNotAvailable as exc:
+        raise ModelNotAvailable(f"weights for {spec.name} not found locally: {exc}; or set "
+                                f"SOUNDRY_MODEL_PATHS={spec.name.split('-')[0]}=/path/to/release/dir") from exc
