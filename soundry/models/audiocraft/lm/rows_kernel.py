@@ -90,6 +90,13 @@ def _load() -> tuple[bool, str]:
         return False, "no C++ compiler (install g++)"
     from torch.utils import cpp_extension
 
+    if shutil.which("ninja") is None:  # torch's builder runs `ninja` from PATH; the pip package's may not be on it
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            return False, "no ninja (pip install ninja)"
     name = _build_name()
     build = cache_dir() / name
     try:
