@@ -5,6 +5,10 @@ packed layout whenever it is switched off or cannot be built."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +100,17 @@ def test_the_build_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
     name = rows_kernel._build_name()
     monkeypatch.setattr(rows_kernel, "_cpu_signature", lambda: "model name: another CPU\nflags: sse2\n")
     assert rows_kernel._build_name() != name  # a -march=native build never runs on another CPU
+
+
+@needs_kernel
+def test_a_builder_killed_mid_build_does_not_hang_the_next_one(tmp_path):
+    """torch's builder leaves its lock file behind when killed; the next process builds anyway (in its own
+    process: a second build of the op cannot be loaded beside the first one in this one)."""
+    env = {**os.environ, "SOUNDRY_KERNEL_CACHE": str(tmp_path)}
+    name = rows_kernel._build_name()
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "lock").touch()  # as a killed builder leaves it
+    (tmp_path / name / f"{name}.so").write_bytes(b"half-written")  # and a broken library
+    code = "from soundry.models.audiocraft.lm import rows_kernel as r; print(r.available(), r._state['error'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[0] == "True", done.stdout + done.stderr

@@ -22,6 +22,7 @@ LM keeps oneDNN's packed weights. ``cpu_linear = "onednn"`` (``SOUNDRY_CPU_LINEA
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -101,14 +102,29 @@ def _load() -> tuple[bool, str]:
     build = cache_dir() / name
     try:
         build.mkdir(parents=True, exist_ok=True)
-        if not (build / f"{name}.so").exists():
-            log.info("building soundry's CPU linear kernel in %s (once per machine, ~30 s)", build)
-        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                           build_directory=str(build), is_python_module=False, verbose=False)
+        # One builder per machine at a time, under a lock that dies with its process: torch's own lock file
+        # (``lock`` in the build folder) outlives a builder killed mid-build, and every later process would wait
+        # on it forever — so it is removed here, where no one else can be building.
+        with open(build.parent / f"{name}.lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            (build / "lock").unlink(missing_ok=True)
+            try:
+                _build(cpp_extension, name, build)
+            except Exception:  # a half-written build left by a killed builder: start it afresh, once
+                shutil.rmtree(build, ignore_errors=True)
+                build.mkdir(parents=True, exist_ok=True)
+                _build(cpp_extension, name, build)
     except Exception as exc:  # no ninja, a compiler error, a read-only cache: keep oneDNN
         return False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     _register_fake()
     return True, ""
+
+
+def _build(cpp_extension, name: str, build: Path) -> None:
+    if not (build / f"{name}.so").exists():
+        log.info("building soundry's CPU linear kernel in %s (once per machine, ~10-30 s)", build)
+    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                       build_directory=str(build), is_python_module=False, verbose=False)
 
 
 def _register_fake() -> None:
