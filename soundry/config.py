@@ -100,12 +100,12 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"  # proxies trusted for X-Forwarded-For/-Proto (comma-separated, CIDRs)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (auto: bf16 on a GPU, fp32 on the CPU)
     compile: bool = False  # compile the CPU fp32/bf16 decode step (torch.compile); 1.05-1.5x here, minutes to build
-    # CPU fp32/bf16: the LM's linear weights in oneDNN's prepacked layout (soundry.models.audiocraft.lm.packed), ~2x
-    # faster decode; false = plain nn.Linear.
+    # CPU fp32/bf16: the LM's linear layers on a kernel made for decode steps (cpu_linear; bf16: oneDNN's prepacked
+    # layout, soundry.models.audiocraft.lm.packed, ~2x plain), false = plain nn.Linear.
     packed_weights: bool = True
     # CPU fp32 with packed_weights: auto = soundry's few-row linear kernel (soundry.models.audiocraft.lm.rows_kernel;
-    # built once per machine with the C++ compiler, ~2x the oneDNN linears at batch 1), oneDNN's where it cannot be
-    # built; onednn = always oneDNN's
+    # built once per machine with the C++ compiler; its linears 1.5-1.7x oneDNN's at batch 1, a tie from 8 requests),
+    # oneDNN's where it cannot be built; onednn = always oneDNN's
     cpu_linear: str = "auto"
     kv_cache_memory: float = 0.9  # GPU: the KV cache takes at most this share of free memory (fewer slots if needed)
     # a diffusion engine's rows and decode take at most this share of free memory at its start (GPU: the device's;

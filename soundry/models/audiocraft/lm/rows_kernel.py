@@ -5,7 +5,8 @@ matrix once, so at batch 1 it is bound by how fast the weights stream from memor
 per call. oneDNN's inner product (``soundry.models.audiocraft.lm.packed``) streams ~18-22 GB/s at 2
 rows on this project's 2-core CPUs and costs ~17 us a call even on tiny weights; a plain loop that
 reads each weight block once and keeps the rows' sums in vector registers (``rows_kernel.cpp``)
-streams 2-2.4x faster at 2 rows, ties at 16 (``python bench/rows_kernel.py`` prints both, and
+streams a step's weights 1.5-1.7x faster at 1-2 rows (~31 GB/s, about what this memory gives a plain
+sum), 1.2-1.3x at 4-8 and ties from 16 (``python bench/rows_kernel.py`` prints both, and
 ``bench/end_to_end.py`` the whole clip). No library kernel found does this: MKL's GEMM is slower at
 2 rows (5-10 GB/s) and its packed GEMM too, inductor's GEMM template did not beat oneDNN (bench/RESULTS.md,
 issue 14), so the kernel is ours — ~60 lines of C++.
@@ -14,7 +15,7 @@ Every output is summed in one fixed order whatever the number of rows in the cal
 says how), so a row's result never depends on what shares its batch.
 
 Built with torch's extension builder for the host CPU (``-march=native``) the first time a process
-needs it — ~20-40 s once per machine, then loaded from the cache in ``SOUNDRY_KERNEL_CACHE``
+needs it — ~10-30 s once per machine, then loaded from the cache in ``SOUNDRY_KERNEL_CACHE``
 (default ``~/.cache/soundry/kernels``), keyed by the source, torch's version and the CPU. Without a
 C++ compiler, or if the build fails, ``available()`` is False with the reason logged once, and the
 LM keeps oneDNN's packed weights. ``cpu_linear = "onednn"`` (``SOUNDRY_CPU_LINEAR``) skips it.
