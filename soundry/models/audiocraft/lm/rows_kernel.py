@@ -122,9 +122,14 @@ def _load() -> tuple[bool, str]:
 
 
 def _build(cpp_extension, name: str, build: Path) -> None:
+    # built from a copy inside the build folder: ninja's rules name the source's path, so another checkout or
+    # install of the same source finds the build up to date instead of compiling it again
+    source = build / SOURCE.name
+    if not source.is_file() or source.read_text() != SOURCE.read_text():
+        shutil.copyfile(SOURCE, source)
     if not (build / f"{name}.so").exists():
         log.info("building soundry's CPU linear kernel in %s (once per machine, ~10-30 s)", build)
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                        build_directory=str(build), is_python_module=False, verbose=False)
 
 
