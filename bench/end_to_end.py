@@ -72,6 +72,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled row")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="soundry's rows (baseline: fp32)")
+    ap.add_argument("--compile-cache", default=None,
+                    help="inductor's cache folder (default: a new one, so the first call compiles cold; give the same "
+                         "folder twice to time a restart)")
     a = parse_args(ap, argv)
 
     with tempfile.TemporaryDirectory(prefix="soundry-e2e-") as tmp:
@@ -83,7 +86,7 @@ def main(argv=None) -> dict:
         reference = plain if a.precision == "fp32" else load_model(str(release), device="cpu", precision="fp32",
                                                                    packed=False)
 
-    compile_cache = tempfile.mkdtemp(prefix="soundry-inductor-")
+    compile_cache = a.compile_cache or tempfile.mkdtemp(prefix="soundry-inductor-")
     variants = {
         f"soundry generate (default: {packed.weights})": lambda p: generate(packed, p, a.duration, seed=0).audio,
         "soundry generate (oneDNN packed)": lambda p: generate(onednn, p, a.duration, seed=0).audio,

@@ -121,3 +121,17 @@ def test_compiled_step_on_a_melody_model_gives_the_eager_tokens():
     assert steps > 0
     for e, c in zip(eager, compiled, strict=True):
         assert torch.equal(e, c)
+
+
+def test_only_onednn_linears_need_frozen_graphs():
+    """Frozen graphs bypass inductor's on-disk graph cache (every process compiles again); the row kernel takes its
+    weight as an input, so its graphs are not frozen and a restart loads them."""
+    from soundry.engine.compiled_steps import freezes
+    from soundry.models import load_model
+    from soundry.models.audiocraft.lm import rows_kernel
+    from tests.helpers_models import TINY
+
+    onednn = load_model(str(TINY["audiogen"]), device="cpu", packed="onednn")
+    assert freezes(onednn.lm)
+    if rows_kernel.available():
+        assert not freezes(load_model(str(TINY["audiogen"]), device="cpu").lm)

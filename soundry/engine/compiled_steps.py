@@ -3,10 +3,12 @@
 One graph runs a single request (dynamo specialises a size of 1), the other any number of requests
 from 2 up: the row count, the self-attention key length and the cache's own sizes are symbolic, so
 neither a request's position, nor the batch size, nor a longer condition recompiles, and nothing is
-padded. The LM keeps its oneDNN-packed linears (``soundry.models.audiocraft.lm.packed``): with freezing on,
-inductor calls that kernel as an external op and fuses what lies between (norms, attention,
-residuals, guidance, sampling) into a few C++ loops, which removes most of the eager step's
-per-operator overhead. Plain ``nn.Linear`` weights compile too (inductor then packs them itself).
+padded. The LM keeps its linear kernels: inductor calls soundry's row kernel (fp32 default,
+``soundry.models.audiocraft.lm.rows_kernel``) as an external op with its weight as an input, and with freezing on
+oneDNN's packed one (``soundry.models.audiocraft.lm.packed``; bf16, ``cpu_linear = onednn``) with its weight as a
+constant (``freezes``); it fuses what lies between (norms, attention, residuals, guidance, sampling) into a few C++
+loops, which removes most of the eager step's per-operator overhead. Plain ``nn.Linear`` weights compile too
+(inductor then packs them itself).
 
 The sampler is compiled with a top-k bound (``TOPK_BOUND``, audiocraft's default top_k; a full sort
 of the vocabulary costs ~1.5 ms a step at batch 8): a step in which some request has top_k = 0 or
@@ -63,13 +65,24 @@ def _step(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
 _compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
 
 
+def freezes(lm) -> bool:
+    """Whether the compiled step of ``lm`` needs inductor's freezing: yes for oneDNN-packed (or plain) linears,
+    which inductor's oneDNN lowering takes only as graph constants; no for soundry's row kernel
+    (``soundry.models.audiocraft.lm.rows_kernel``), an op that takes its weight as an input. Frozen graphs bypass
+    inductor's FX graph cache, so they are rebuilt by every process (~30 s a graph at dim 512); unfrozen ones
+    load from ``cache_dir`` on a restart (~7 s; bench/RESULTS.md)."""
+    from soundry.models.audiocraft.lm.rows_kernel import uses_rows_kernel
+
+    return not uses_rows_kernel(lm)
+
+
 def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
-    """Call the compiled step with inductor's freezing on (~12 us a call): the packed weights must be
-    graph constants for inductor's oneDNN linear lowering, for the first compile and for any
-    recompile should a guard fail. Set for each call because torch's config overrides are
+    """Call the compiled step with inductor's freezing set as ``freezes`` says (~12 us a call), for the first
+    compile and for any recompile should a guard fail. Set for each call because torch's config overrides are
     thread-local (the engine compiles in one thread and steps in another), and passed in
     ``torch.compile``'s options freezing does not take effect (dynamo reads it while tracing)."""
-    with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
+    with (torch._inductor.config.patch(freezing=freezes(batch.lm)),
+          torch._dynamo.config.patch(recompile_limit=64)):
         _compiled_step(batch, uniforms, key_marker)
 
 
