@@ -23,6 +23,18 @@ def default_cpu_weights() -> str:
     return "rows" if rows_kernel.available() else "packed"
 
 
+def random_lm(num_layers: int, seed: int):
+    """A musicgen-small-layout LM of width 256 (4 heads, cross-attention) with random weights, in eval mode."""
+    from soundry.models.audiocraft.checkpoint import LMConfig
+    from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_
+    from soundry.models.audiocraft.shapes import xp_cfg
+
+    cfg = LMConfig.from_cfg(xp_cfg("musicgen-small", dim=256, num_heads=4, num_layers=num_layers, cross_attention=True))
+    lm = TransformerLM(cfg).eval()
+    init_random_(lm, seed=seed)
+    return lm
+
+
 def tiny_model(kind: str):
     from soundry.models import load_model
 

@@ -8,20 +8,16 @@ import copy
 import pytest
 import torch
 
-from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.lm.kv_cache import KVCache
 from soundry.models.audiocraft.lm.packed import can_pack, is_packed
 from soundry.models.audiocraft.lm.precision import apply_precision, resolve_precision
-from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_
-from soundry.models.audiocraft.shapes import xp_cfg
+from soundry.models.audiocraft.lm.transformer import TransformerLM
+from tests.helpers_models import random_lm
 
 
 @pytest.fixture(scope="module")
 def fp32_lm():
-    cfg = LMConfig.from_cfg(xp_cfg("musicgen-small", dim=256, num_heads=4, num_layers=6, cross_attention=True))
-    lm = TransformerLM(cfg).eval()
-    init_random_(lm, seed=3)
-    return lm
+    return random_lm(num_layers=6, seed=3)
 
 
 @torch.no_grad()

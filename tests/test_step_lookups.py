@@ -7,19 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.lm import transformer
 from soundry.models.audiocraft.lm.kv_cache import KVCache
-from soundry.models.audiocraft.lm.transformer import TransformerLM, init_random_
-from soundry.models.audiocraft.shapes import xp_cfg
+from tests.helpers_models import random_lm
 
 
 @pytest.fixture(scope="module")
 def lm():
-    cfg = LMConfig.from_cfg(xp_cfg("musicgen-small", dim=256, num_heads=4, num_layers=3, cross_attention=True))
-    model = TransformerLM(cfg).eval()
-    init_random_(model, seed=5)
-    return model
+    return random_lm(num_layers=3, seed=5)
 
 
 def test_position_table_holds_the_terms_computed_per_step(lm):
