@@ -165,6 +165,11 @@ class Settings:
             raise ValueError(f"setting diffusion_memory: {self.diffusion_memory!r} is not a fraction in (0, 1]")
 
     @property
+    def linear_kernel(self) -> bool | str:
+        """The loader's ``packed`` (``apply_precision``): ``cpu_linear`` with ``packed_weights``, else False."""
+        return self.cpu_linear if self.packed_weights else False
+
+    @property
     def compile_cache(self) -> Path:
         """Where inductor keeps its caches (compiled kernels, autotuning results)."""
         base = Path(self.compile_cache_dir) if self.compile_cache_dir else Path(self.data_dir) / "compile-cache"

@@ -17,6 +17,7 @@ from soundry.engine.generate import generate
 from soundry.models import load_model
 from soundry.models.audiocraft.lm import rows_kernel
 from soundry.models.audiocraft.lm.rows_kernel import RowsLinear, use_rows_kernel_
+from tests.conftest import make_settings
 from tests.helpers_models import TINY
 
 needs_kernel = pytest.mark.skipif(not rows_kernel.available(), reason="no C++ compiler to build the kernel here")
@@ -80,10 +81,11 @@ def test_the_default_fp32_cpu_load_uses_it_and_decodes_like_onednn():
     torch.testing.assert_close(a.audio, b.audio, rtol=1e-3, atol=1e-3)
 
 
-def test_switched_off_or_unbuildable_it_leaves_onednn(monkeypatch):
+def test_switched_off_or_unbuildable_it_leaves_onednn(monkeypatch, tmp_path):
     assert not rows_kernel.available("onednn")
-    monkeypatch.setenv("SOUNDRY_CPU_LINEAR", "onednn")
-    assert load_model(str(TINY["audiogen"]), device="cpu").weights == "packed"
+    monkeypatch.setenv("SOUNDRY_CPU_LINEAR", "onednn")  # the setting, as the service and the local CLI read it
+    settings = make_settings(tmp_path)
+    assert load_model(str(TINY["audiogen"]), device="cpu", packed=settings.linear_kernel).weights == "packed"
     monkeypatch.delenv("SOUNDRY_CPU_LINEAR")
     monkeypatch.setattr(rows_kernel, "_state", {})  # as in a process that has not tried yet
     monkeypatch.setattr(rows_kernel.shutil, "which", lambda _name: None)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
             open_catalog(settings.data_dir, settings.model_paths)
         model = load_model(args.model_path or args.model, device=args.device, precision=settings.precision,
-                           packed=settings.packed_weights)
+                           packed=settings.linear_kernel)
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -53,14 +53,14 @@ def mbd_weights(mbd_path: str = "") -> Path:
 
 
 class EngineManager:
-    """``precision``, ``max_text_tokens`` and ``packed_weights`` go to the default loader; ``compile``
-    and ``compile_cache`` to each Engine."""
+    """``precision``, ``max_text_tokens`` and ``packed_weights`` (the loader's ``packed``: ``Settings.linear_kernel``)
+    go to the default loader; ``compile`` and ``compile_cache`` to each Engine."""
 
     def __init__(self, max_batch: int = 16, retry_after: float = 60.0, loader=None, precision: str = "auto",
                  compile: bool = False, compile_cache: Path | None = None, max_text_tokens: int | None = None,
-                 packed_weights: bool = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
+                 packed_weights: bool | str = True, kv_cache_memory: float = 0.9, fused_heads: bool = False,
                  rng: str = "generator", attention: str = "masked", mbd_path: str = "", melody_separations: int = 1,
-                 diffusion_memory: float = 0.9, cpu_linear: str = "auto"):
+                 diffusion_memory: float = 0.9):
         self.max_batch, self.retry_after = max_batch, retry_after
         # melody stem separations at once in this process, over all its engines (each takes every core; queued beyond)
         self.separations = threading.BoundedSemaphore(max(1, melody_separations))
@@ -79,17 +79,17 @@ class EngineManager:
             from soundry.models import load_model
 
             loader = partial(load_model, precision=precision, max_text_tokens=max_text_tokens,
-                             packed=cpu_linear if packed_weights else False, fused_heads=fused_heads)
+                             packed=packed_weights, fused_heads=fused_heads)
         self._loader = loader
 
     @classmethod
     def from_settings(cls, settings) -> EngineManager:
         return cls(max_batch=settings.max_batch, max_text_tokens=settings.max_text_tokens,
                    precision=settings.precision, compile=settings.compile, compile_cache=settings.compile_cache,
-                   packed_weights=settings.packed_weights, kv_cache_memory=settings.kv_cache_memory,
+                   packed_weights=settings.linear_kernel, kv_cache_memory=settings.kv_cache_memory,
                    fused_heads=settings.fused_heads, rng=settings.rng, attention=settings.attention,
                    mbd_path=settings.mbd_path, melody_separations=settings.melody_separations,
-                   diffusion_memory=settings.diffusion_memory, cpu_linear=settings.cpu_linear)
+                   diffusion_memory=settings.diffusion_memory)
 
     def key(self, name: str) -> str:
         try:

@@ -13,7 +13,7 @@ import torch
 from soundry.audio.convert import convert_audio
 from soundry.models.audiocraft.checkpoint import LMConfig
 from soundry.models.audiocraft.conditioners.text import TextConditioner
-from soundry.models.audiocraft.lm.packed import weight_layout
+from soundry.models.audiocraft.lm.precision import weight_layout
 from soundry.models.audiocraft.lm.transformer import TransformerLM
 from soundry.models.catalog import FAMILY_WINDOWS
 from soundry.models.transfer import on_side_stream, to_device

@@ -17,10 +17,10 @@ and give the plain result, so a torch without them (or a CPU oneDNN rejects) kee
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-
-from soundry.models.audiocraft.lm.quantize import is_quantized
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 ROWS_HINT = 2  # rows of a batch-1 step with guidance: the layout oneDNN picks is tuned for it
@@ -60,31 +60,26 @@ def can_pack(dtype: torch.dtype, device: torch.device | str) -> bool:
         return False
 
 
-def pack_linears_(module: nn.Module) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` with a ``PackedLinear`` (in place, on the CPU,
-    fp32 or bf16 weights); returns how many were replaced. The plain weights are released."""
+def replace_linears_(module: nn.Module, make: Callable[[nn.Linear], nn.Module],
+                     fits: Callable[[nn.Linear], bool] = lambda _linear: True) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` that ``fits`` with ``make(linear)``, in place; returns how
+    many were replaced. The plain weights are released as it goes."""
     replaced = 0
     # Parents only: a list holding the Linears themselves would keep every plain weight alive until
     # the end, doubling the peak memory of a load.
     parents = [m for m in module.modules() if type(m) is not nn.Linear]
     for parent in parents:
-        for name in [n for n, c in parent.named_children() if type(c) is nn.Linear]:
-            setattr(parent, name, PackedLinear(getattr(parent, name)))
+        for name in [n for n, c in parent.named_children() if type(c) is nn.Linear and fits(c)]:
+            setattr(parent, name, make(getattr(parent, name)))
             replaced += 1
     return replaced
 
 
+def pack_linears_(module: nn.Module) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` with a ``PackedLinear`` (in place, on the CPU,
+    fp32 or bf16 weights); returns how many were replaced."""
+    return replace_linears_(module, PackedLinear)
+
+
 def is_packed(module: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in module.modules())
-
-
-def weight_layout(lm: nn.Module) -> str:
-    """How a loaded LM holds its linear weights: ``rows`` (soundry's CPU kernel, ``rows_kernel``), ``packed``
-    (oneDNN), ``int8`` (dynamic quantised) or ``plain`` (``nn.Linear``)."""
-    from soundry.models.audiocraft.lm.rows_kernel import uses_rows_kernel
-
-    if uses_rows_kernel(lm):
-        return "rows"
-    if is_packed(lm):
-        return "packed"
-    return "int8" if is_quantized(lm) else "plain"

@@ -17,7 +17,7 @@ from torch import nn
 
 from soundry.config import PRECISIONS
 from soundry.models.audiocraft.lm import rows_kernel
-from soundry.models.audiocraft.lm.packed import can_pack, pack_linears_
+from soundry.models.audiocraft.lm.packed import can_pack, is_packed, pack_linears_
 from soundry.models.audiocraft.lm.quantize import is_quantized, quantize_lm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -118,3 +118,13 @@ def describe_lm_precision(lm: nn.Module) -> str:
         return "int8"
     dtype = next(p for p in lm.parameters() if p.is_floating_point()).dtype
     return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def weight_layout(lm: nn.Module) -> str:
+    """How a loaded LM holds its linear weights: ``rows`` (soundry's CPU kernel, ``rows_kernel``), ``packed``
+    (oneDNN), ``int8`` (dynamic quantised) or ``plain`` (``nn.Linear``)."""
+    if rows_kernel.uses_rows_kernel(lm):
+        return "rows"
+    if is_packed(lm):
+        return "packed"
+    return "int8" if is_quantized(lm) else "plain"

@@ -18,7 +18,8 @@ Built with torch's extension builder for the host CPU (``-march=native``) the fi
 needs it — ~10-30 s once per machine, then loaded from the cache in ``SOUNDRY_KERNEL_CACHE``
 (default ``~/.cache/soundry/kernels``), keyed by the source, torch's version and the CPU. Without a
 C++ compiler, or if the build fails, ``available()`` is False with the reason logged once, and the
-LM keeps oneDNN's packed weights. ``cpu_linear = "onednn"`` (``SOUNDRY_CPU_LINEAR``) skips it.
+LM keeps oneDNN's packed weights. ``cpu_linear = "onednn"`` (``SOUNDRY_CPU_LINEAR``; ``load_model(packed="onednn")``)
+skips it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from soundry.models.audiocraft.lm.packed import replace_linears_
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("rows_kernel.cpp")
@@ -44,7 +47,7 @@ FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "error": str
-_fake_registered: list[bool] = []  # torch.library allows one fake implementation per op and process
+_fake_registered = False  # torch.library allows one fake implementation per op and process
 
 
 def cache_dir() -> Path:
@@ -75,7 +78,7 @@ def available(mode: str = "auto") -> bool:
     ``mode == "onednn"``, off x86-64 Linux, or when it cannot be built (the reason logged once)."""
     if mode not in MODES:
         raise ValueError(f"unknown cpu_linear {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "onednn" or os.environ.get("SOUNDRY_CPU_LINEAR", "auto") == "onednn":
+    if mode == "onednn":
         return False
     with _lock:
         if "ok" not in _state:
@@ -136,6 +139,7 @@ def _build(cpp_extension, name: str, build: Path) -> None:
 def _register_fake() -> None:
     """The op's output shape for torch.compile (the compiled decode step calls it as an external kernel);
     once per process."""
+    global _fake_registered
     if _fake_registered:
         return
 
@@ -143,7 +147,7 @@ def _register_fake() -> None:
     def _(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0] * BLOCK))
 
-    _fake_registered.append(True)
+    _fake_registered = True
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -168,20 +172,15 @@ class RowsLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def fits(linear: nn.Module) -> bool:
-    return (type(linear) is nn.Linear and linear.weight.dtype == torch.float32 and linear.weight.device.type == "cpu"
-            and linear.out_features % BLOCK == 0)
+def fits(linear: nn.Linear) -> bool:
+    weight = linear.weight
+    return weight.dtype == torch.float32 and weight.device.type == "cpu" and linear.out_features % BLOCK == 0
 
 
 def use_rows_kernel_(module: nn.Module) -> int:
     """Replace every fitting ``nn.Linear`` inside ``module`` (fp32, CPU, a multiple of 16 outputs) with a
     ``RowsLinear``, in place; returns how many. Call only when ``available()``."""
-    replaced = 0
-    for parent in [m for m in module.modules() if type(m) is not nn.Linear]:  # parents only: see pack_linears_
-        for name in [n for n, c in parent.named_children() if fits(c)]:
-            setattr(parent, name, RowsLinear(getattr(parent, name)))
-            replaced += 1
-    return replaced
+    return replace_linears_(module, RowsLinear, fits)
 
 
 def uses_rows_kernel(module: nn.Module) -> bool:
