@@ -76,12 +76,12 @@ def freezes(lm) -> bool:
     return not uses_rows_kernel(lm)
 
 
-def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor) -> None:
-    """Call the compiled step with inductor's freezing set as ``freezes`` says (~12 us a call), for the first
+def _run_compiled(batch, uniforms: torch.Tensor, key_marker: torch.Tensor, freeze: bool) -> None:
+    """Call the compiled step with inductor's freezing set to ``freeze`` (``freezes``; ~12 us a call), for the first
     compile and for any recompile should a guard fail. Set for each call because torch's config overrides are
     thread-local (the engine compiles in one thread and steps in another), and passed in
     ``torch.compile``'s options freezing does not take effect (dynamo reads it while tracing)."""
-    with (torch._inductor.config.patch(freezing=freezes(batch.lm)),
+    with (torch._inductor.config.patch(freezing=freeze),
           torch._dynamo.config.patch(recompile_limit=64)):
         _compiled_step(batch, uniforms, key_marker)
 
@@ -99,6 +99,7 @@ class CompiledSteps:
             raise ValueError("compiled steps are for the CPU; on a GPU the engine uses CUDA graphs")
         self.batch = batch
         self.cache_dir = cache_dir
+        self.freeze = freezes(batch.lm)  # once: it walks the LM's modules
         self.graphs = [1] + ([2] if batch.max_slots >= 2 else [])  # 1: one request; 2: two or more
         self.compile_seconds: dict[int, float] = {}  # graphs ready, with what each took to compile
         self.steps_compiled = 0  # steps that ran a compiled graph (the rest ran eagerly)
@@ -125,7 +126,7 @@ class CompiledSteps:
             batch.decode_dynamic(n, uniforms)
             return
         # ≥ 2 keys (later ones are masked): sizes 0 and 1 would be specialised
-        _run_compiled(batch, uniforms, self._marker[: max(2, key_len)])
+        _run_compiled(batch, uniforms, self._marker[: max(2, key_len)], self.freeze)
         self.steps_compiled += 1
 
     # -- compiling --------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class CompiledSteps:
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()
-                self._compile(scratch, g)
+                self._compile(scratch, g, self.freeze)
                 self.compile_seconds[g] = time.perf_counter() - t0
                 log.info("decode step for %s ready in %.1f s", "one request" if g == 1 else "2+ requests",
                          self.compile_seconds[g])
@@ -176,7 +177,7 @@ class CompiledSteps:
                 raise
 
     @staticmethod
-    def _compile(scratch, g: int) -> None:
+    def _compile(scratch, g: int, freeze: bool) -> None:
         """Compile graph ``g`` (1: one request; 2: two or more) by running it once on ``scratch``."""
         cache = scratch.cache
         for t in cache.k + cache.v:  # what the compile run reads: 2 key positions of its rows
@@ -196,7 +197,7 @@ class CompiledSteps:
         for name in ("codes", "steps", "lengths", "prompts", "offsets", "params"):
             torch._dynamo.mark_dynamic(getattr(scratch, name), 0)
         torch._dynamo.mark_dynamic(scratch.codes, 2)
-        _run_compiled(scratch, uniforms, marker)
+        _run_compiled(scratch, uniforms, marker, freeze)
 
 
 def scratch_batch(batch):
